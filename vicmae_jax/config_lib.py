@@ -1,0 +1,168 @@
+"""Config schema pieces, validation and duration resolution shared by every trainer.
+
+Config files in `configs/` build on the defaults here, so every experiment has the same field names:
+
+  trainer            "pretrain" | "linear_probe" | "finetune"
+  seed               int; model init, masking and data order all derive from it
+  batch_size         GLOBAL batch size (pairs for pretraining), split over processes and devices
+  num_epochs / num_steps        exactly one > 0: how long to train
+  warmup_epochs / warmup_steps  at most one > 0
+  model.*            the model (variant and overrides; see models/vicmae.py)
+  loss.*             loss weights and temperature
+  optim.*            optimizer (see optim.py)
+  data.*             input pipeline (see data/pipeline.py)
+  mesh.*             mesh axis sizes: {"data": -1, "fsdp": 1, "model": 1}; -1 takes the remaining devices
+  checkpoint.*       every_steps, keep, keep_every, async_save
+  log.*              every_steps, image_every_steps, num_images
+  evals.*            evaluators run every N steps and at the end (see evaluators/)
+  init_from          "" or a path (a training workdir or a converted checkpoint) to take parameters from
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field."""
+
+  def __init__(self, field: str, message: str):
+    self.field = field
+    super().__init__(f"config.{field}: {message}")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Fields common to every trainer, with their defaults."""
+  c = ml_collections.ConfigDict()
+  c.trainer = "pretrain"
+  c.seed = 0
+  c.batch_size = 256
+  c.num_epochs = 0.0
+  c.num_steps = 0
+  c.warmup_epochs = 0.0
+  c.warmup_steps = 0
+  c.init_from = ""
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+
+  c.checkpoint = ml_collections.ConfigDict(
+      dict(every_steps=1000, keep=3, keep_every=0, async_save=True)
+  )
+  c.log = ml_collections.ConfigDict(
+      dict(every_steps=50, image_every_steps=0, num_images=4)
+  )
+  # Profile a window of steps into the workdir (a trace viewable in TensorBoard's profile tab).
+  c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=5))
+  c.evals = ml_collections.ConfigDict()
+  return c
+
+
+def optim_config(**overrides) -> ml_collections.ConfigDict:
+  """AdamW as in the official pretraining scripts; `base_lr` is scaled by batch/256."""
+  c = ml_collections.ConfigDict(
+      dict(
+          name="adamw",
+          base_lr=1.5e-4,
+          lr=0.0,  # absolute lr; 0 means base_lr * batch_size / 256
+          min_lr=0.0,
+          b1=0.9,
+          b2=0.95,
+          weight_decay=0.05,
+          clip_grad_norm=0.0,
+          grad_accum_steps=1,
+          schedule="cosine",
+      )
+  )
+  c.update(overrides)
+  return c
+
+
+def suggest(name: str, options) -> str:
+  close = difflib.get_close_matches(name, list(options), n=1)
+  return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def require(cond: bool, field: str, message: str):
+  if not cond:
+    raise ConfigError(field, message)
+
+
+def validate_common(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Checks the fields every trainer shares; raises ConfigError naming the field."""
+  for field in ("trainer", "seed", "batch_size", "mesh", "checkpoint", "log"):
+    require(field in config, field, "missing")
+  require(isinstance(config.batch_size, int) and config.batch_size > 0, "batch_size",
+          f"must be a positive int, got {config.batch_size!r}")
+  has_epochs = float(config.get("num_epochs", 0) or 0) > 0
+  has_steps = int(config.get("num_steps", 0) or 0) > 0
+  require(has_epochs != has_steps, "num_steps",
+          "set exactly one of num_epochs and num_steps to a positive value "
+          f"(got num_epochs={config.get('num_epochs')}, num_steps={config.get('num_steps')})")
+  require(not (float(config.get("warmup_epochs", 0) or 0) > 0 and int(config.get("warmup_steps", 0) or 0) > 0),
+          "warmup_steps", "set at most one of warmup_epochs and warmup_steps")
+  mesh_size = mesh_shape(config.mesh, num_devices)
+  data_parallel = mesh_size["data"] * mesh_size["fsdp"]
+  require(config.batch_size % data_parallel == 0, "batch_size",
+          f"global batch {config.batch_size} is not divisible by the data-parallel size "
+          f"{data_parallel} (mesh data={mesh_size['data']} x fsdp={mesh_size['fsdp']})")
+  ckpt = config.checkpoint
+  require(int(ckpt.every_steps) >= 0, "checkpoint.every_steps", "must be >= 0")
+  require(int(ckpt.keep) >= 1, "checkpoint.keep", "must be >= 1")
+  require(int(config.log.every_steps) >= 1, "log.every_steps", "must be >= 1")
+
+
+def mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
+  """Resolves a mesh config ({"data": -1, "fsdp": 1, "model": 1}) against the device count."""
+  sizes = {k: int(mesh_cfg.get(k, 1)) for k in ("data", "fsdp", "model")}
+  for k in mesh_cfg.keys():
+    require(k in sizes, f"mesh.{k}", f"unknown mesh axis{suggest(k, sizes)}; axes are data, fsdp, model")
+  free = [k for k, v in sizes.items() if v == -1]
+  require(len(free) <= 1, "mesh", f"at most one axis may be -1, got {dict(sizes)}")
+  for k, v in sizes.items():
+    require(v == -1 or v >= 1, f"mesh.{k}", f"must be -1 or >= 1, got {v}")
+  fixed = math.prod(v for v in sizes.values() if v != -1)
+  if free:
+    require(num_devices % fixed == 0, "mesh",
+            f"{num_devices} devices cannot be split into {dict(sizes)}")
+    sizes[free[0]] = num_devices // fixed
+  require(math.prod(sizes.values()) == num_devices, "mesh",
+          f"mesh {sizes} needs {math.prod(sizes.values())} devices but {num_devices} are present")
+  return sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class Durations:
+  total_steps: int
+  warmup_steps: int
+  steps_per_epoch: int
+
+
+def resolve_durations(config, dataset_size: int) -> Durations:
+  """The one place where epochs become steps: steps_per_epoch = dataset_size // batch_size."""
+  steps_per_epoch = max(1, dataset_size // config.batch_size)
+  if float(config.get("num_epochs", 0) or 0) > 0:
+    total = int(round(float(config.num_epochs) * steps_per_epoch))
+  else:
+    total = int(config.num_steps)
+  if float(config.get("warmup_epochs", 0) or 0) > 0:
+    warmup = int(round(float(config.warmup_epochs) * steps_per_epoch))
+  else:
+    warmup = int(config.get("warmup_steps", 0) or 0)
+  require(total >= 1, "num_epochs", f"resolves to {total} steps (dataset of {dataset_size}, batch "
+          f"{config.batch_size}); train longer or use a smaller batch")
+  warmup = min(warmup, total)
+  return Durations(total_steps=total, warmup_steps=warmup, steps_per_epoch=steps_per_epoch)
+
+
+def to_plain(config: Any):
+  """ConfigDict -> plain python (for JSON and hparams)."""
+  if isinstance(config, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
+    return {k: to_plain(v) for k, v in config.items()}
+  if isinstance(config, (list, tuple)):
+    return [to_plain(v) for v in config]
+  return config

@@ -1,0 +1,133 @@
+"""Metric writing (clu: TensorBoard event files + console), progress, ETA, throughput and MFU.
+
+Process 0 writes event files; every process logs its console lines through absl, other processes
+only at warning level. Metrics arrive here already fetched to host (the loop fetches step s while
+step s+1 runs on the device, so logging never stalls it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Mapping
+
+from absl import logging
+from clu import metric_writers
+import jax
+import numpy as np
+
+
+def _fmt_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class TrainLogger:
+  """Accumulates per-step host metrics and writes averages every `every_steps` steps."""
+
+  def __init__(self, workdir: str, *, total_steps: int, global_batch: int, unit: str = "pairs",
+               flops_per_step: float | None = None, peak_flops_total: float | None = None,
+               prefix: str = "train"):
+    self.writer = metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+    self.total_steps = total_steps
+    self.global_batch = global_batch
+    self.unit = unit
+    self.flops_per_step = flops_per_step
+    self.peak_flops_total = peak_flops_total
+    self.prefix = prefix
+    self._sums: dict[str, float] = {}
+    self._count = 0
+    self._window_start = time.perf_counter()
+    self._window_steps = 0
+    self.history: list[dict] = []
+
+  def write_hparams(self, hparams: Mapping):
+    flat = {}
+
+    def rec(prefix, d):
+      for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, Mapping):
+          rec(key, v)
+        elif isinstance(v, (int, float, str, bool)):
+          flat[key] = v
+        else:
+          flat[key] = str(v)
+    rec("", hparams)
+    self.writer.write_hparams(flat)
+
+  def add(self, metrics: Mapping[str, float]):
+    for k, v in metrics.items():
+      self._sums[k] = self._sums.get(k, 0.0) + float(v)
+    self._count += 1
+    self._window_steps += 1
+
+  def reset_clock(self):
+    """Call after compilation/eval so throughput covers training steps only."""
+    self._window_start = time.perf_counter()
+    self._window_steps = 0
+
+  def flush(self, step: int) -> dict[str, float] | None:
+    """Writes window averages for `step` (1-based count of completed steps)."""
+    if not self._count:
+      return None
+    avg = {f"{self.prefix}/{k}": v / self._count for k, v in self._sums.items()}
+    elapsed = time.perf_counter() - self._window_start
+    step_time = elapsed / max(self._window_steps, 1)
+    avg[f"{self.prefix}/step_time_s"] = step_time
+    avg[f"{self.prefix}/{self.unit}_per_s"] = self.global_batch / step_time if step_time > 0 else 0.0
+    if self.flops_per_step and self.peak_flops_total:
+      avg[f"{self.prefix}/mfu"] = self.flops_per_step / step_time / self.peak_flops_total
+    self.writer.write_scalars(step, avg)
+    eta = (self.total_steps - step) * step_time
+    parts = [f"step {step}/{self.total_steps}"]
+    for key in ("loss", "loss_recon", "loss_contrast", "accuracy", "lr", "grad_norm",
+                "param_norm", "update_norm"):
+      full = f"{self.prefix}/{key}"
+      if full in avg:
+        parts.append(f"{key} {avg[full]:.4g}")
+    parts.append(f"{avg[f'{self.prefix}/{self.unit}_per_s']:.1f} {self.unit}/s")
+    parts.append(f"{step_time:.3f} s/step")
+    if f"{self.prefix}/mfu" in avg:
+      parts.append(f"mfu {100 * avg[f'{self.prefix}/mfu']:.1f}%")
+    parts.append(f"ETA {_fmt_duration(eta)}")
+    logging.info(" | ".join(parts))
+    self.history.append({"step": step, **avg})
+    self._sums, self._count = {}, 0
+    self._window_start = time.perf_counter()
+    self._window_steps = 0
+    return avg
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]):
+    self.writer.write_scalars(step, {k: float(v) for k, v in scalars.items()})
+
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]):
+    self.writer.write_images(step, images)
+
+  def close(self):
+    self.writer.flush()
+    self.writer.close()
+
+
+def global_norm(tree) -> jax.Array:
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return 0.0
+  import jax.numpy as jnp
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+
+
+def check_finite(metrics: Mapping[str, float], step: int) -> None:
+  """Raises FloatingPointError naming the bad metrics when any is NaN or Inf."""
+  bad = {k: v for k, v in metrics.items() if not math.isfinite(float(v))}
+  if bad:
+    raise FloatingPointError(
+        f"non-finite training metrics at step {step}: "
+        + ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+        + ". Stopping without saving this state; the last good checkpoint is kept. "
+        "Lower the learning rate, enable optim.clip_grad_norm, or check the input data.")

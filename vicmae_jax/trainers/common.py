@@ -1,0 +1,223 @@
+"""Pieces every trainer shares: mesh, sharded state init, restore order, the step loop driver.
+
+A train state is a plain dict pytree:
+  {"step": int32 [], "rng": uint32 [2] (raw key data), "params": nnx.State, "batch_stats": nnx.State,
+   "opt_state": optax state}
+Parameters live as nnx.State (their Variables carry the logical axis names used for sharding);
+the step merges them with the static graphdef inside `jax.jit`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vicmae_jax import checkpoint as ckpt_lib
+from vicmae_jax import config_lib
+from vicmae_jax import metrics as metrics_lib
+from vicmae_jax import sharding as sharding_lib
+
+
+def make_mesh(config) -> jax.sharding.Mesh:
+  shape = config_lib.mesh_shape(config.mesh, jax.device_count())
+  return sharding_lib.make_mesh(shape)
+
+
+def split_model(model: nnx.Module):
+  """-> (graphdef, params, batch_stats, rest). `rest` holds non-trainable, non-stat variables."""
+  graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+  return graphdef, params, batch_stats, rest
+
+
+def merge_model(graphdef, params, batch_stats, rest):
+  return nnx.merge(graphdef, params, batch_stats, rest)
+
+
+def rng_data(seed: int) -> jax.Array:
+  return jax.random.key_data(jax.random.key(seed))
+
+
+def step_key(state: dict) -> jax.Array:
+  """The step's key: the run's key folded with the step (pure, so a resumed run draws the same)."""
+  return jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+
+
+def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state, param_shardings,
+                        mesh) -> Any:
+  """Optimizer slots take their parameter's sharding; everything else is replicated."""
+  replicated = sharding_lib.replicated(mesh)
+  return optax.tree_map_params(
+      tx,
+      lambda _, s: s,
+      abstract_opt_state,
+      param_shardings,
+      transform_non_params=lambda _: replicated,
+  )
+
+
+def create_state(model_fn: Callable[[], nnx.Module], tx: optax.GradientTransformation,
+                 mesh: jax.sharding.Mesh, seed: int):
+  """Shapes first, then shardings, then one jitted init that writes each shard where it lives.
+
+  Returns (state, state_shardings, graphdef, rest) where `rest` is the model's non-trainable,
+  non-stat state (captured as constants by the step).
+  """
+  def init():
+    model = model_fn()
+    graphdef, params, batch_stats, rest = split_model(model)
+    opt_state = tx.init(params)
+    state = {"step": jnp.zeros((), jnp.int32), "rng": rng_data(seed), "params": params,
+             "batch_stats": batch_stats, "opt_state": opt_state}
+    return state, rest
+
+  with jax.set_mesh(mesh):
+    abstract_state, abstract_rest = jax.eval_shape(init)
+    shardings = state_shardings(abstract_state, tx, mesh)
+    rest_shardings = jax.tree.map(lambda _: sharding_lib.replicated(mesh), abstract_rest)
+    state, rest = jax.jit(init, out_shardings=(shardings, rest_shardings))()
+    graphdef = nnx.graphdef(_abstract_model(model_fn))
+  return state, shardings, graphdef, rest
+
+
+def _abstract_model(model_fn):
+  return nnx.eval_shape(model_fn)
+
+
+def state_shardings(abstract_state: dict, tx, mesh) -> dict:
+  param_sh = sharding_lib.state_shardings(abstract_state["params"], mesh)
+  repl = sharding_lib.replicated(mesh)
+  return {
+      "step": repl,
+      "rng": repl,
+      "params": param_sh,
+      "batch_stats": jax.tree.map(lambda _: repl, abstract_state["batch_stats"]),
+      "opt_state": opt_state_shardings(tx, abstract_state["opt_state"], param_sh, mesh),
+  }
+
+
+def abstract_with_shardings(state, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
+                      shardings)
+
+
+def load_init_from(state: dict, init_from: str, *, allow_missing=(), ignore_unexpected=()) -> dict:
+  """Replaces params (and batch stats when present) with those of another run or a converted checkpoint."""
+  loaded = ckpt_lib.load_pretrained_tree(init_from)
+  new_state = dict(state)
+  for key in ("params", "batch_stats"):
+    target = nnx.to_pure_dict(state[key])
+    if key == "batch_stats" and not loaded[key]:
+      continue
+    merged, report = ckpt_lib.merge_pretrained(
+        _stringify(target), loaded[key], what=key, allow_missing=allow_missing,
+        ignore_unexpected=ignore_unexpected)
+    flat_target = ckpt_lib.flatten(_stringify(target))
+    flat_merged = ckpt_lib.flatten(merged)
+    new_leaves = {}
+    for path, value in flat_merged.items():
+      old = flat_target[path]
+      new_leaves[path] = jax.device_put(np.asarray(value, dtype=old.dtype), old.sharding)
+    new_state[key] = _replace_state(state[key], new_leaves)
+    logging.info("init_from %s: loaded %d %s entries (%d kept from init, %d unexpected ignored)",
+                 init_from, len(report["loaded"]), key, len(report["missing"]),
+                 len(report["unexpected"]))
+  return new_state
+
+
+def _stringify(tree):
+  if isinstance(tree, dict):
+    return {str(k): _stringify(v) for k, v in tree.items()}
+  return tree
+
+
+def _replace_state(state: nnx.State, flat_values: dict[str, jax.Array]) -> nnx.State:
+  pure = nnx.to_pure_dict(state)
+
+  def rebuild(node, prefix):
+    if isinstance(node, dict):
+      return {k: rebuild(v, f"{prefix}/{k}" if prefix else str(k)) for k, v in node.items()}
+    return flat_values[prefix]
+  new_pure = rebuild(pure, "")
+  new_state = jax.tree.map(lambda x: x, state)
+  nnx.replace_by_pure_dict(new_state, new_pure)
+  return new_state
+
+
+class PreemptionWatcher:
+  """SIGTERM (a TPU preemption notice, `kill`, SLURM's time limit) asks the loop to save and stop.
+
+  Across processes the decision is taken together (jax's preemption sync point when the
+  distributed service runs), so every process saves the same step.
+  """
+
+  def __init__(self):
+    self._flag = threading.Event()
+    self._old = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, self._handler)
+    return self
+
+  def _handler(self, signum, frame):
+    logging.warning("SIGTERM received: saving a checkpoint at the next step and stopping.")
+    self._flag.set()
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      try:
+        from jax.experimental import multihost_utils
+        if multihost_utils.reached_preemption_sync_point(step):
+          return True
+      except Exception:  # the preemption service is optional
+        pass
+      # Agree across processes: a SIGTERM seen by any process stops all at the same step.
+      from jax.experimental import multihost_utils
+      flags = multihost_utils.process_allgather(np.array([self._flag.is_set()], np.int32))
+      return bool(np.any(flags))
+    return self._flag.is_set()
+
+
+@contextlib.contextmanager
+def maybe_profile(workdir: str, step: int, config):
+  """Traces steps [start_step, start_step + num_steps) into WORKDIR/profile (TensorBoard)."""
+  start = int(config.profile.start_step)
+  if start >= 0 and step == start:
+    jax.profiler.start_trace(os.path.join(workdir, "profile"))
+    logging.info("Profiler started at step %d", step)
+  yield
+  if start >= 0 and step == start + int(config.profile.num_steps) - 1:
+    jax.effects_barrier()
+    jax.profiler.stop_trace()
+    logging.info("Profiler trace written to %s", os.path.join(workdir, "profile"))
+
+
+def host_metrics(device_metrics) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+
+
+def wait_for(x):
+  jax.block_until_ready(x)
+  return x
+
+
+def timed(fn, *args):
+  t = time.perf_counter()
+  out = fn(*args)
+  jax.block_until_ready(out)
+  return out, time.perf_counter() - t
