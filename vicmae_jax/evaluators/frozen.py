@@ -1,0 +1,169 @@
+"""Frozen-encoder evaluators run during pretraining: kNN and a quick linear probe.
+
+Configured as
+
+  config.evals.knn = dict(every_steps=N, train_data=<eval data cfg>, test_data=<eval data cfg>,
+                          k=20, temperature=0.07, pool="mean", batch_size=256, max_examples=0)
+  config.evals.linear_probe = dict(every_steps=N, train_data=..., test_data=..., steps=500,
+                                   learning_rate=0.01, weight_decay=1e-4, pool="mean", ...)
+
+Both run at step 0, every `every_steps` steps and at the end. Features of the same data at the same
+step are extracted once and shared. kNN: cosine similarity on L2-normalized features, the top-k
+neighbours vote with weight exp(sim / temperature). Linear probe: BatchNorm-style standardization
+(no affine) + one linear layer trained full-batch with AdamW on the train features.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vicmae_jax.data import pipeline as data_pipeline
+
+
+def extract_features(encode_fn: Callable, loader, to_global: Callable) -> tuple[np.ndarray, np.ndarray]:
+  """Runs `encode_fn(images uint8 [B,S,S,3]) -> [B, D]` over an eval loader.
+
+  Returns host (features f32 [N, D], labels int [N]) of the whole dataset on every process;
+  padded examples (valid == False) are dropped.
+  """
+  feats, labels, valids = [], [], []
+  for batch in loader:
+    out = encode_fn(to_global({"image": batch["image"]})["image"])
+    feats.append(_local(out).astype(np.float32))
+    labels.append(np.asarray(batch["label"]).astype(np.int64))
+    valids.append(np.asarray(batch["valid"]).astype(bool))
+  if not feats:
+    raise ValueError("evaluation loader yielded no examples")
+  feats, labels, valids = np.concatenate(feats), np.concatenate(labels), np.concatenate(valids)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    feats, labels, valids = (np.asarray(multihost_utils.process_allgather(a)).reshape(
+        (-1,) + a.shape[1:]) for a in (feats, labels, valids))
+  return feats[valids], labels[valids]
+
+
+def _local(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, in order."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  seen, rows = set(), []
+  for s in shards:
+    start = s.index[0].start or 0
+    if start in seen:
+      continue
+    seen.add(start)
+    rows.append(np.asarray(s.data))
+  return np.concatenate(rows)
+
+
+def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                 test_y: np.ndarray, *, k: int = 20, temperature: float = 0.07,
+                 num_classes: int | None = None, chunk: int = 1024) -> float:
+  """Weighted kNN top-1 accuracy (cosine similarity, weights exp(sim / T))."""
+  num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
+  k = min(k, len(train_x))
+  tr = train_x / np.maximum(np.linalg.norm(train_x, axis=1, keepdims=True), 1e-12)
+  te = test_x / np.maximum(np.linalg.norm(test_x, axis=1, keepdims=True), 1e-12)
+  correct = 0
+  for i in range(0, len(te), chunk):
+    sim = te[i:i + chunk] @ tr.T  # [c, N]
+    idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    top_sim = np.take_along_axis(sim, idx, axis=1)
+    weights = np.exp(top_sim / temperature)
+    votes = np.zeros((len(idx), num_classes))
+    np.add.at(votes, (np.arange(len(idx))[:, None], train_y[idx]), weights)
+    correct += int(np.sum(votes.argmax(1) == test_y[i:i + chunk]))
+  return correct / len(te)
+
+
+def linear_probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                          test_y: np.ndarray, *, steps: int = 500, learning_rate: float = 0.01,
+                          weight_decay: float = 1e-4, num_classes: int | None = None,
+                          seed: int = 0) -> float:
+  """Standardize (train statistics, no affine) + linear softmax classifier, full batch AdamW."""
+  num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
+  mean = train_x.mean(0, keepdims=True)
+  std = train_x.std(0, keepdims=True) + 1e-6
+  xtr = jnp.asarray((train_x - mean) / std)
+  xte = jnp.asarray((test_x - mean) / std)
+  ytr = jnp.asarray(train_y)
+  w = jnp.zeros((xtr.shape[1], num_classes), jnp.float32)
+  b = jnp.zeros((num_classes,), jnp.float32)
+  params = {"w": w, "b": b}
+  tx = optax.adamw(learning_rate, weight_decay=weight_decay)
+  opt_state = tx.init(params)
+
+  def loss_fn(p):
+    logits = xtr @ p["w"] + p["b"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, ytr).mean()
+
+  @jax.jit
+  def train(params, opt_state):
+    def body(_, carry):
+      p, s = carry
+      g = jax.grad(loss_fn)(p)
+      u, s = tx.update(g, s, p)
+      return optax.apply_updates(p, u), s
+    return jax.lax.fori_loop(0, steps, body, (params, opt_state))
+
+  params, _ = train(params, opt_state)
+  pred = np.asarray(jnp.argmax(xte @ params["w"] + params["b"], axis=1))
+  return float(np.mean(pred == test_y))
+
+
+class FrozenEvaluator:
+  """Runs the configured kNN / linear-probe evals on a pooled-feature function."""
+
+  KINDS = ("knn", "linear_probe")
+
+  def __init__(self, evals_cfg, *, image_size: int, seed: int = 0):
+    self.cfg = {name: evals_cfg[name] for name in self.KINDS if name in evals_cfg}
+    for name in evals_cfg.keys():
+      if name not in self.KINDS:
+        raise ValueError(f"config.evals.{name}: unknown evaluator; known: {', '.join(self.KINDS)}")
+    self.image_size = image_size
+    self.seed = seed
+
+  def __bool__(self):
+    return bool(self.cfg)
+
+  def due(self, step: int, total_steps: int) -> list[str]:
+    return [name for name, c in self.cfg.items()
+            if step == 0 or step == total_steps or (c.every_steps and step % c.every_steps == 0)]
+
+  def run(self, names: list[str], encode_fn: Callable, to_global: Callable,
+          batch_size: int) -> dict[str, float]:
+    cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def features(data_cfg):
+      key = json.dumps(data_cfg.to_dict(), sort_keys=True, default=str)
+      if key not in cache:
+        loader = data_pipeline.make_eval_loader(
+            data_cfg, batch_size=batch_size, image_size=self.image_size)
+        cache[key] = extract_features(encode_fn, loader, to_global)
+      return cache[key]
+
+    results = {}
+    for name in names:
+      c = self.cfg[name]
+      xtr, ytr = features(c.train_data)
+      xte, yte = features(c.test_data)
+      if name == "knn":
+        acc = knn_accuracy(xtr, ytr, xte, yte, k=int(c.get("k", 20)),
+                           temperature=float(c.get("temperature", 0.07)))
+      else:
+        acc = linear_probe_accuracy(
+            xtr, ytr, xte, yte, steps=int(c.get("steps", 500)),
+            learning_rate=float(c.get("learning_rate", 0.01)),
+            weight_decay=float(c.get("weight_decay", 1e-4)), seed=self.seed)
+      results[f"eval/{name}_top1"] = acc
+      logging.info("eval %s: top-1 %.4f (train %d, test %d examples)", name, acc, len(xtr), len(xte))
+    return results

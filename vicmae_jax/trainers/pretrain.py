@@ -1,0 +1,312 @@
+"""ViC-MAE pretraining: the sharded loop with exact resume, metrics, evaluators and checkpoints.
+
+`train(config, workdir)` is what `python -m vicmae_jax.main` calls for `config.trainer ==
+"pretrain"`; it is importable and returns a summary dict, so tests drive it directly too.
+
+One step (`make_train_step`) is a single `jax.jit` over global arrays:
+  uint8 views [B, 2, H, W, 3] -> normalize -> ViC-MAE forward (both views in one encoder call)
+  -> 0.97 * recon + 0.03 * NT-Xent -> grads -> optax -> new state + metrics.
+The state is donated; its shardings are declared (see trainers/common.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vicmae_jax import checkpoint as ckpt_lib
+from vicmae_jax import config_lib
+from vicmae_jax import losses
+from vicmae_jax import metrics as metrics_lib
+from vicmae_jax import optim
+from vicmae_jax import sharding as sharding_lib
+from vicmae_jax.data import pipeline as data_pipeline
+from vicmae_jax.evaluators import frozen as frozen_eval
+from vicmae_jax.models import vicmae
+from vicmae_jax.models import vit
+from vicmae_jax.trainers import common
+
+
+def validate(config: ml_collections.ConfigDict) -> dict:
+  """Every check that can fail before compiling. Returns the resolved model dims."""
+  config_lib.validate_common(config, jax.device_count())
+  for field in ("model", "loss", "optim", "data"):
+    config_lib.require(field in config, field, "missing")
+  dims = vicmae.resolve_model_config(config.model)
+  ratio = float(config.model.mask_ratio)
+  config_lib.require(0.0 <= ratio < 1.0, "model.mask_ratio", f"must be in [0, 1), got {ratio}")
+  keep = int(dims["num_patches"] * (1 - ratio)) if "num_patches" in dims else 1
+  config_lib.require(keep >= 1, "model.mask_ratio", f"{ratio} keeps no patch")
+  loss = config.loss
+  config_lib.require(float(loss.temperature) > 0, "loss.temperature", "must be > 0")
+  config_lib.require(float(loss.weight_recon) >= 0 and float(loss.weight_contrast) >= 0,
+                     "loss.weight_recon", "loss weights must be >= 0")
+  data_pipeline.validate_data_config(config.data)
+  if config.evals:
+    frozen_eval.FrozenEvaluator(config.evals, image_size=int(config.model.image_size))
+  return dims
+
+
+def make_train_step(graphdef, rest, tx, lr_schedule, config, state_shardings, batch_sharding,
+                    mesh):
+  mask_ratio = float(config.model.mask_ratio)
+  patch_size = int(vicmae.resolve_model_config(config.model)["patch_size"])
+  loss_cfg = config.loss
+  accum = int(config.optim.get("grad_accum_steps", 1) or 1)
+  repl = sharding_lib.replicated(mesh)
+
+  def step_fn(state, batch):
+    key = common.step_key(state)
+    images = vit.normalize_images(batch["views"])  # [B, 2, H, W, 3] f32
+
+    def loss_fn(params):
+      model = common.merge_model(graphdef, params, state["batch_stats"], rest)
+      out = model(images, mask_ratio=mask_ratio, key=key, train=True)
+      loss, parts = losses.pretrain_loss(
+          images, out, patch_size=patch_size, temperature=float(loss_cfg.temperature),
+          weight_recon=float(loss_cfg.weight_recon),
+          weight_contrast=float(loss_cfg.weight_contrast),
+          norm_pix=bool(loss_cfg.get("norm_pix", True)))
+      return loss, (parts, nnx.state(model, nnx.BatchStat))
+
+    (_, (parts, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new_state = {"step": state["step"] + 1, "rng": state["rng"], "params": params,
+                 "batch_stats": new_stats, "opt_state": opt_state}
+    metrics = dict(parts)
+    metrics["lr"] = lr_schedule(state["step"] // accum)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["param_norm"] = optax.global_norm(params)
+    metrics["update_norm"] = optax.global_norm(updates)
+    return new_state, metrics
+
+  return jax.jit(step_fn, in_shardings=(state_shardings, {"views": batch_sharding}),
+                 out_shardings=(state_shardings, repl), donate_argnums=(0,))
+
+
+def make_encode_fn(graphdef, rest, mesh, pool: str = "mean"):
+  """uint8 images [B,S,S,3] (global) -> pooled features [B, D] f32 (mask ratio 0, no masking)."""
+
+  @jax.jit
+  def encode(params, batch_stats, images):
+    model = common.merge_model(graphdef, params, batch_stats, rest)
+    tokens, pooled = model.encode(vit.normalize_images(images))
+    return pooled if pool == "mean" else tokens[:, 0].astype(jnp.float32)
+  return encode
+
+
+def make_recon_fn(graphdef, rest, config):
+  mask_ratio = float(config.model.mask_ratio)
+
+  @jax.jit
+  def recon(params, batch_stats, views, key):
+    model = common.merge_model(graphdef, params, batch_stats, rest)
+    out = model(vit.normalize_images(views), mask_ratio=mask_ratio, key=key, train=False)
+    return out["pred"], out["mask"]
+  return recon
+
+
+def reconstruction_panel(views: np.ndarray, pred: np.ndarray, mask: np.ndarray,
+                         patch_size: int) -> np.ndarray:
+  """Images for TensorBoard: per example, original | masked | reconstruction (view 1).
+
+  views uint8 [n, 2, H, W, 3]; pred [n, 2, L, p*p*3] in normalized-pixel space per patch (with
+  norm_pix the prediction is per-patch normalized, so it is mapped back with the original
+  patch's mean/std, as the MAE visualizations do). Returns float [n, H, 3W, 3] in [0, 1].
+  """
+  n, _, h, w, _ = views.shape
+  img = views[:, 0].astype(np.float32) / 255.0
+  target = np.asarray(vit.patchify(jnp.asarray(img), patch_size))  # [n, L, ppc]
+  mean = target.mean(-1, keepdims=True)
+  std = target.std(-1, keepdims=True, ddof=1) + 1e-6
+  p = pred[:, 0]
+  recon_patches = p * std + mean
+  m = mask[:, 0][..., None]
+  masked = target * (1 - m) + 0.5 * m
+  pasted = target * (1 - m) + recon_patches * m
+  un = lambda x: np.asarray(vit.unpatchify(jnp.asarray(x), patch_size, h // patch_size, w // patch_size))
+  panel = np.concatenate([img, un(masked), un(pasted)], axis=2)
+  return np.clip(panel, 0.0, 1.0)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Pretrains ViC-MAE; resumes from `workdir` when it holds a checkpoint. Returns a summary."""
+  dims = validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = common.make_mesh(config)
+  logging.info("Mesh: %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
+               jax.process_count())
+
+  # Data first: its size resolves epochs into steps.
+  dataset_size = data_pipeline.dataset_size(config.data)
+  durations = config_lib.resolve_durations(config, dataset_size)
+  total_steps = durations.total_steps
+  image_size = int(config.model.image_size)
+  loader = data_pipeline.make_pretrain_loader(
+      config.data, global_batch_size=config.batch_size, image_size=image_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  data_iter = iter(loader)
+  logging.info("Data: %d examples, %d steps/epoch, %d steps (%d warm-up)", dataset_size,
+               durations.steps_per_epoch, total_steps, durations.warmup_steps)
+
+  # Optimizer and model.
+  peak_lr = float(config.optim.lr) or optim.scaled_lr(float(config.optim.base_lr), config.batch_size)
+  accum = int(config.optim.get("grad_accum_steps", 1) or 1)
+  lr_schedule = optim.make_lr_schedule(peak_lr, max(1, total_steps // accum),
+                                       durations.warmup_steps // accum,
+                                       min_lr=float(config.optim.get("min_lr", 0.0)))
+  model_fn = functools.partial(vicmae.build_model, config.model, rngs=nnx.Rngs(config.seed))
+  abstract_params = nnx.state(nnx.eval_shape(model_fn), nnx.Param)
+  tx = optim.make_optimizer(config.optim, lr_schedule, abstract_params)
+  state, state_sh, graphdef, rest = common.create_state(model_fn, tx, mesh, config.seed)
+  batch_sh = sharding_lib.batch_sharding(mesh)
+  train_step = make_train_step(graphdef, rest, tx, lr_schedule, config, state_sh, batch_sh, mesh)
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
+  logging.info("Model: %s, %.2fM parameters", config.model.get("variant", "custom"), num_params / 1e6)
+
+  # Resume order: the workdir's newest complete checkpoint, else init_from, else fresh.
+  ckpt = common_checkpointer(config, workdir)
+  start_step = 0
+  latest = ckpt.latest_step()
+  if latest is not None:
+    abstract = common.abstract_with_shardings(state, state_sh)
+    state = ckpt.restore(latest, abstract, data_iter)
+    start_step = int(jax.device_get(state["step"]))
+    logging.info("Resumed from %s at step %d", ckpt.directory, start_step)
+  elif config.init_from:
+    state = common.load_init_from(state, config.init_from)
+
+  to_global = functools.partial(data_pipeline.to_global, sharding=batch_sh)
+  logger = metrics_lib.TrainLogger(
+      workdir, total_steps=total_steps, global_batch=config.batch_size, unit="pairs",
+      flops_per_step=_flops(dims, config), peak_flops_total=_peak_flops_total())
+  if start_step == 0 and jax.process_index() == 0:
+    logger.write_hparams(config_lib.to_plain(config))
+
+  evaluator = frozen_eval.FrozenEvaluator(config.evals, image_size=image_size, seed=config.seed)
+  encode = make_encode_fn(graphdef, rest, mesh)
+  recon = make_recon_fn(graphdef, rest, config) if int(config.log.image_every_steps) > 0 else None
+  eval_results: dict[int, dict] = {}
+
+  def run_evals(step):
+    names = evaluator.due(step, total_steps) if evaluator else []
+    if not names:
+      return
+    res = evaluator.run(names, lambda imgs: encode(state["params"], state["batch_stats"], imgs),
+                        to_global, batch_size=int(config.evals.get(names[0]).get(
+                            "batch_size", config.batch_size)))
+    logger.write_scalars(step, res)
+    eval_results[step] = res
+
+  if start_step == 0:
+    run_evals(0)
+
+  plain_config = config_lib.to_plain(config)
+  pending = None  # (step, device metrics) of the previous step: fetched one step late
+  image_batch = None
+  last_good_step = start_step
+  stopped_early = False
+  step = start_step
+  with common.PreemptionWatcher() as preempt:
+    logger.reset_clock()
+    while step < total_steps:
+      with common.maybe_profile(workdir, step, config):
+        batch = next(data_iter)
+        if image_batch is None and recon is not None:
+          image_batch = _same_on_all_processes(
+              np.asarray(batch["views"][: int(config.log.num_images)]))
+        state, device_metrics = train_step(state, to_global({"views": batch["views"]}))
+      if pending is not None:
+        _consume(pending, logger, config)
+      pending = (step + 1, device_metrics)
+      step += 1
+      if step == start_step + 1:
+        logger.reset_clock()  # the first step includes compilation
+
+      save_now = (int(config.checkpoint.every_steps) > 0
+                  and step % int(config.checkpoint.every_steps) == 0) or step == total_steps
+      stop_now = preempt.should_stop(step)
+      if save_now or stop_now:
+        _consume(pending, logger, config)  # never save a state whose step produced NaN
+        pending = None
+        ckpt.save(step, state, data_iter, plain_config)
+        last_good_step = step
+      if recon is not None and step % int(config.log.image_every_steps) == 0:
+        _write_recon(logger, recon, state, image_batch, step, config, dims)
+      if evaluator and step != total_steps and evaluator.due(step, total_steps):
+        run_evals(step)
+        logger.reset_clock()
+      if stop_now:
+        logging.warning("Stopped at step %d after a termination signal; checkpoint saved.", step)
+        stopped_early = True
+        break
+    if pending is not None:
+      _consume(pending, logger, config)
+  if not stopped_early:
+    run_evals(total_steps)
+  ckpt.close()
+  logger.close()
+  return {"final_step": step, "last_checkpoint": last_good_step, "history": logger.history,
+          "evals": eval_results, "stopped_early": stopped_early, "total_steps": total_steps}
+
+
+def common_checkpointer(config, workdir) -> ckpt_lib.Checkpointer:
+  return ckpt_lib.Checkpointer(
+      ckpt_lib.checkpoint_dir(workdir), keep=int(config.checkpoint.keep),
+      keep_every=int(config.checkpoint.keep_every),
+      async_save=bool(config.checkpoint.async_save))
+
+
+def _consume(pending, logger, config):
+  step, device_metrics = pending
+  host = common.host_metrics(device_metrics)
+  metrics_lib.check_finite(host, step)
+  logger.add(host)
+  if step % int(config.log.every_steps) == 0 or step == logger.total_steps:
+    logger.flush(step)
+
+
+def _write_recon(logger, recon, state, image_batch, step, config, dims):
+  if image_batch is None:
+    return
+  n = len(image_batch)
+  key = jax.random.key(config.seed + 12345)
+  pred, mask = recon(state["params"], state["batch_stats"], jnp.asarray(image_batch), key)
+  panel = reconstruction_panel(image_batch, np.asarray(pred)[:n], np.asarray(mask)[:n],
+                               int(dims["patch_size"]))
+  logger.write_images(step, {"reconstruction": panel})
+
+
+def _same_on_all_processes(x: np.ndarray) -> np.ndarray:
+  if jax.process_count() == 1:
+    return x
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.broadcast_one_to_all(x))
+
+
+def _flops(dims, config):
+  try:
+    from vicmae_jax import flops
+    return flops.vicmae_train_flops(dims, int(config.model.image_size),
+                                    float(config.model.mask_ratio), int(config.batch_size))
+  except Exception:  # FLOPs are informational; a missing formula must not stop training
+    return None
+
+
+def _peak_flops_total():
+  try:
+    from vicmae_jax import flops
+    peak = flops.peak_flops(jax.devices()[0])
+    return peak * jax.device_count() if peak else None
+  except Exception:
+    return None
