@@ -166,3 +166,82 @@ def to_plain(config: Any):
   if isinstance(config, (list, tuple)):
     return [to_plain(v) for v in config]
   return config
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+  """ViC-MAE model fields; `variant` sets the dims, the None fields override single dims."""
+  c = ml_collections.ConfigDict(
+      dict(
+          variant="B/16",
+          image_size=224,
+          mask_ratio=0.5,
+          dtype="float32",  # compute dtype of matmuls: "bfloat16" on accelerators
+          remat="none",  # "none" | "full" | "dots": rematerialization of encoder blocks
+          scan=False,  # stack encoder blocks and run them with a scan (large variants)
+          projector_hidden_dim=4096,
+          projector_out_dim=128,
+          drop_path_rate=0.0,
+          patch_size=ml_collections.FieldReference(None, field_type=int),
+          width=ml_collections.FieldReference(None, field_type=int),
+          depth=ml_collections.FieldReference(None, field_type=int),
+          num_heads=ml_collections.FieldReference(None, field_type=int),
+          mlp_ratio=4.0,
+          decoder_width=ml_collections.FieldReference(None, field_type=int),
+          decoder_depth=ml_collections.FieldReference(None, field_type=int),
+          decoder_heads=ml_collections.FieldReference(None, field_type=int),
+      )
+  )
+  c.update(overrides)
+  return c
+
+
+def loss_config(**overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict(
+      dict(temperature=0.1, weight_recon=0.97, weight_contrast=0.03, norm_pix=True))
+  c.update(overrides)
+  return c
+
+
+def pretrain_config() -> ml_collections.ConfigDict:
+  """The official pretraining recipe: batch 4096, AdamW blr 1.5e-4, 40 warm-up of 800 epochs."""
+  c = base_config()
+  c.trainer = "pretrain"
+  c.batch_size = 4096
+  c.num_epochs = 800.0
+  c.warmup_epochs = 40.0
+  c.model = model_config()
+  c.loss = loss_config()
+  c.optim = optim_config()
+  return c
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """`file.py:variant=B/16,runlocal` -> ConfigDict(variant="B/16", runlocal=True) over defaults.
+
+  Values keep the type of their default (bool: true/false/1/0; a bare name sets True).
+  """
+  out = ml_collections.ConfigDict(defaults)
+  if not arg:
+    return out
+  for item in arg.split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, eq, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ConfigError(f"<arg>.{key}", f"unknown config option{suggest(key, defaults)}; "
+                        f"options are {', '.join(sorted(defaults))}")
+    default = defaults[key]
+    if not eq:
+      parsed = True
+    elif isinstance(default, bool):
+      parsed = value.strip().lower() in ("1", "true", "yes", "on")
+    elif isinstance(default, int):
+      parsed = int(value)
+    elif isinstance(default, float):
+      parsed = float(value)
+    else:
+      parsed = value
+    out[key] = parsed
+  return out

@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vicmae_jax.data import pipeline as data_pipeline
 
 
 def extract_features(encode_fn: Callable, loader, to_global: Callable) -> tuple[np.ndarray, np.ndarray]:
@@ -146,6 +145,7 @@ class FrozenEvaluator:
     def features(data_cfg):
       key = json.dumps(data_cfg.to_dict(), sort_keys=True, default=str)
       if key not in cache:
+        from vicmae_jax.data import pipeline as data_pipeline
         loader = data_pipeline.make_eval_loader(
             data_cfg, batch_size=batch_size, image_size=self.image_size)
         cache[key] = extract_features(encode_fn, loader, to_global)
