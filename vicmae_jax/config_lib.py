@@ -63,19 +63,28 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def optim_config(**overrides) -> ml_collections.ConfigDict:
-  """AdamW as in the official pretraining scripts; `base_lr` is scaled by batch/256."""
+  """Optimizer fields (see optim.OPTIM_FIELDS); defaults: AdamW of the official pretraining.
+
+  `base_lr` is per 256 examples (lr = base_lr * batch_size / 256) unless `lr` > 0 is given.
+  Zero means "off" for clip_grad_norm and layer_decay.
+  """
   c = ml_collections.ConfigDict(
       dict(
           name="adamw",
+          lr=0.0,
           base_lr=1.5e-4,
-          lr=0.0,  # absolute lr; 0 means base_lr * batch_size / 256
+          lr_batch_base=256,
           min_lr=0.0,
+          schedule="cosine",
+          weight_decay=0.05,
           b1=0.9,
           b2=0.95,
-          weight_decay=0.05,
+          eps=1e-8,
+          momentum=0.9,
+          trust_coefficient=0.001,
           clip_grad_norm=0.0,
           grad_accum_steps=1,
-          schedule="cosine",
+          layer_decay=0.0,
       )
   )
   c.update(overrides)

@@ -41,7 +41,7 @@ def validate(config: ml_collections.ConfigDict) -> dict:
   config_lib.validate_common(config, jax.device_count())
   for field in ("model", "loss", "optim", "data"):
     config_lib.require(field in config, field, "missing")
-  dims = vicmae.resolve_model_config(config.model)
+  dims = _as_config_error("model", lambda: vicmae.resolve_model_config(config.model))
   ratio = float(config.model.mask_ratio)
   config_lib.require(0.0 <= ratio < 1.0, "model.mask_ratio", f"must be in [0, 1), got {ratio}")
   keep = int(dims["num_patches"] * (1 - ratio)) if "num_patches" in dims else 1
@@ -50,18 +50,31 @@ def validate(config: ml_collections.ConfigDict) -> dict:
   config_lib.require(float(loss.temperature) > 0, "loss.temperature", "must be > 0")
   config_lib.require(float(loss.weight_recon) >= 0 and float(loss.weight_contrast) >= 0,
                      "loss.weight_recon", "loss weights must be >= 0")
-  data_pipeline.validate_data_config(config.data)
+  _as_config_error("optim", lambda: optim.resolve_optim_config(config.optim))
+  _as_config_error("data", lambda: data_pipeline.validate_data_config(config.data))
   if config.evals:
     frozen_eval.FrozenEvaluator(config.evals, image_size=int(config.model.image_size))
   return dims
 
 
-def make_train_step(graphdef, rest, tx, lr_schedule, config, state_shardings, batch_sharding,
-                    mesh):
+def _as_config_error(section: str, fn):
+  """Validation helpers raise ValueError naming `section.field`; surface them as ConfigError."""
+  try:
+    return fn()
+  except config_lib.ConfigError:
+    raise
+  except ValueError as e:
+    msg = str(e)
+    field = msg.split(":", 1)[0] if msg.startswith(section + ".") else section
+    if field.startswith("config."):
+      field = field[len("config."):]
+    raise config_lib.ConfigError(field, msg) from None
+
+
+def make_train_step(graphdef, rest, tx, lr_fn, config, state_shardings, batch_sharding, mesh):
   mask_ratio = float(config.model.mask_ratio)
   patch_size = int(vicmae.resolve_model_config(config.model)["patch_size"])
   loss_cfg = config.loss
-  accum = int(config.optim.get("grad_accum_steps", 1) or 1)
   repl = sharding_lib.replicated(mesh)
 
   def step_fn(state, batch):
@@ -84,7 +97,7 @@ def make_train_step(graphdef, rest, tx, lr_schedule, config, state_shardings, ba
     new_state = {"step": state["step"] + 1, "rng": state["rng"], "params": params,
                  "batch_stats": new_stats, "opt_state": opt_state}
     metrics = dict(parts)
-    metrics["lr"] = lr_schedule(state["step"] // accum)
+    metrics["lr"] = lr_fn(state["step"])
     metrics["grad_norm"] = optax.global_norm(grads)
     metrics["param_norm"] = optax.global_norm(params)
     metrics["update_norm"] = optax.global_norm(updates)
@@ -160,17 +173,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                durations.steps_per_epoch, total_steps, durations.warmup_steps)
 
   # Optimizer and model.
-  peak_lr = float(config.optim.lr) or optim.scaled_lr(float(config.optim.base_lr), config.batch_size)
-  accum = int(config.optim.get("grad_accum_steps", 1) or 1)
-  lr_schedule = optim.make_lr_schedule(peak_lr, max(1, total_steps // accum),
-                                       durations.warmup_steps // accum,
-                                       min_lr=float(config.optim.get("min_lr", 0.0)))
   model_fn = functools.partial(vicmae.build_model, config.model, rngs=nnx.Rngs(config.seed))
   abstract_params = nnx.state(nnx.eval_shape(model_fn), nnx.Param)
-  tx = optim.make_optimizer(config.optim, lr_schedule, abstract_params)
+  tx = optim.make_optimizer(config.optim, total_steps, abstract_params,
+                            warmup_steps=durations.warmup_steps,
+                            global_batch_size=config.batch_size)
+  lr_fn = optim.make_lr_fn(config.optim, total_steps, warmup_steps=durations.warmup_steps,
+                           global_batch_size=config.batch_size)
   state, state_sh, graphdef, rest = common.create_state(model_fn, tx, mesh, config.seed)
   batch_sh = sharding_lib.batch_sharding(mesh)
-  train_step = make_train_step(graphdef, rest, tx, lr_schedule, config, state_sh, batch_sh, mesh)
+  train_step = make_train_step(graphdef, rest, tx, lr_fn, config, state_sh, batch_sh, mesh)
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
   logging.info("Model: %s, %.2fM parameters", config.model.get("variant", "custom"), num_params / 1e6)
 
