@@ -204,7 +204,11 @@ def _load_pth_with_torch(path: str) -> Any:
     import torch
   except ImportError as e:
     raise ImportError("backend='torch' needs torch installed; the default backend='numpy' does not") from e
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  import argparse
+
+  # The official training scripts pickle their argparse.Namespace next to the weights; it only holds values.
+  with torch.serialization.safe_globals([argparse.Namespace]):
+    obj = torch.load(path, map_location="cpu", weights_only=True)
 
   def to_numpy(x):
     if isinstance(x, torch.Tensor):
