@@ -178,35 +178,38 @@ def to_plain(config: Any):
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
-  """ViC-MAE model fields; `variant` sets the dims, the None fields override single dims."""
+  """ViC-MAE model fields (see models/vicmae.py `resolve_model_config`).
+
+  `variant` sets the architecture; the fields left None take the variant's value and may be
+  overridden one by one (`--config.model.depth=6`). The loss hyperparameters live here too.
+  """
+  none_int = lambda: ml_collections.FieldReference(None, field_type=int)
   c = ml_collections.ConfigDict(
       dict(
           variant="B/16",
-          image_size=224,
-          mask_ratio=0.5,
-          dtype="float32",  # compute dtype of matmuls: "bfloat16" on accelerators
-          remat="none",  # "none" | "full" | "dots": rematerialization of encoder blocks
-          scan=False,  # stack encoder blocks and run them with a scan (large variants)
-          projector_hidden_dim=4096,
-          projector_out_dim=128,
-          drop_path_rate=0.0,
-          patch_size=ml_collections.FieldReference(None, field_type=int),
-          width=ml_collections.FieldReference(None, field_type=int),
-          depth=ml_collections.FieldReference(None, field_type=int),
-          num_heads=ml_collections.FieldReference(None, field_type=int),
+          patch_size=none_int(),
+          embed_dim=none_int(),
+          depth=none_int(),
+          num_heads=none_int(),
+          decoder_embed_dim=none_int(),
+          decoder_depth=none_int(),
+          decoder_num_heads=none_int(),
+          projector_hidden_dim=none_int(),
+          projector_out_dim=none_int(),
           mlp_ratio=4.0,
-          decoder_width=ml_collections.FieldReference(None, field_type=int),
-          decoder_depth=ml_collections.FieldReference(None, field_type=int),
-          decoder_heads=ml_collections.FieldReference(None, field_type=int),
+          dtype="float32",  # compute dtype of matmuls: "bfloat16" on accelerators
+          param_dtype="float32",
+          remat="none",  # "none" | "full" | "dots": rematerialization of blocks
+          scan_layers=False,  # stack blocks and run them with a scan (large variants)
+          drop_path_rate=0.0,
+          attention_impl=ml_collections.FieldReference(None, field_type=str),  # None|"xla"|"cudnn"
+          mask_ratio=0.5,
+          temperature=0.1,
+          weight_recon=0.97,
+          weight_contrast=0.03,
+          norm_pix_loss=True,
       )
   )
-  c.update(overrides)
-  return c
-
-
-def loss_config(**overrides) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict(
-      dict(temperature=0.1, weight_recon=0.97, weight_contrast=0.03, norm_pix=True))
   c.update(overrides)
   return c
 
@@ -218,8 +221,8 @@ def pretrain_config() -> ml_collections.ConfigDict:
   c.batch_size = 4096
   c.num_epochs = 800.0
   c.warmup_epochs = 40.0
+  c.image_size = 224
   c.model = model_config()
-  c.loss = loss_config()
   c.optim = optim_config()
   return c
 

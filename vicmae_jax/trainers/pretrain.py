@@ -39,21 +39,20 @@ from vicmae_jax.trainers import common
 def validate(config: ml_collections.ConfigDict) -> dict:
   """Every check that can fail before compiling. Returns the resolved model dims."""
   config_lib.validate_common(config, jax.device_count())
-  for field in ("model", "loss", "optim", "data"):
+  for field in ("model", "optim", "data", "image_size"):
     config_lib.require(field in config, field, "missing")
   dims = _as_config_error("model", lambda: vicmae.resolve_model_config(config.model))
-  ratio = float(config.model.mask_ratio)
-  config_lib.require(0.0 <= ratio < 1.0, "model.mask_ratio", f"must be in [0, 1), got {ratio}")
-  keep = int(dims["num_patches"] * (1 - ratio)) if "num_patches" in dims else 1
-  config_lib.require(keep >= 1, "model.mask_ratio", f"{ratio} keeps no patch")
-  loss = config.loss
-  config_lib.require(float(loss.temperature) > 0, "loss.temperature", "must be > 0")
-  config_lib.require(float(loss.weight_recon) >= 0 and float(loss.weight_contrast) >= 0,
-                     "loss.weight_recon", "loss weights must be >= 0")
+  image_size = int(config.image_size)
+  patch = int(dims["patch_size"])
+  config_lib.require(image_size > 0 and image_size % patch == 0, "image_size",
+                     f"{image_size} is not a positive multiple of the patch size {patch}")
+  num_patches = (image_size // patch) ** 2
+  config_lib.require(int(num_patches * (1 - float(dims["mask_ratio"]))) >= 1, "model.mask_ratio",
+                     f"{dims['mask_ratio']} keeps no patch of {num_patches}")
   _as_config_error("optim", lambda: optim.resolve_optim_config(config.optim))
   _as_config_error("data", lambda: data_pipeline.validate_data_config(config.data))
   if config.evals:
-    frozen_eval.FrozenEvaluator(config.evals, image_size=int(config.model.image_size))
+    frozen_eval.FrozenEvaluator(config.evals, image_size=int(config.image_size))
   return dims
 
 
@@ -72,9 +71,9 @@ def _as_config_error(section: str, fn):
 
 
 def make_train_step(graphdef, rest, tx, lr_fn, config, state_shardings, batch_sharding, mesh):
-  mask_ratio = float(config.model.mask_ratio)
-  patch_size = int(vicmae.resolve_model_config(config.model)["patch_size"])
-  loss_cfg = config.loss
+  dims = vicmae.resolve_model_config(config.model)
+  mask_ratio = float(dims["mask_ratio"])
+  patch_size = int(dims["patch_size"])
   repl = sharding_lib.replicated(mesh)
 
   def step_fn(state, batch):
@@ -85,10 +84,9 @@ def make_train_step(graphdef, rest, tx, lr_fn, config, state_shardings, batch_sh
       model = common.merge_model(graphdef, params, state["batch_stats"], rest)
       out = model(images, mask_ratio=mask_ratio, key=key, train=True)
       loss, parts = losses.pretrain_loss(
-          images, out, patch_size=patch_size, temperature=float(loss_cfg.temperature),
-          weight_recon=float(loss_cfg.weight_recon),
-          weight_contrast=float(loss_cfg.weight_contrast),
-          norm_pix=bool(loss_cfg.get("norm_pix", True)))
+          images, out, patch_size=patch_size, temperature=float(dims["temperature"]),
+          weight_recon=float(dims["weight_recon"]), weight_contrast=float(dims["weight_contrast"]),
+          norm_pix=bool(dims["norm_pix_loss"]))
       return loss, (parts, nnx.state(model, nnx.BatchStat))
 
     (_, (parts, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -119,7 +117,7 @@ def make_encode_fn(graphdef, rest, mesh, pool: str = "mean"):
 
 
 def make_recon_fn(graphdef, rest, config):
-  mask_ratio = float(config.model.mask_ratio)
+  mask_ratio = float(config.model.mask_ratio) or 0.5
 
   @jax.jit
   def recon(params, batch_stats, views, key):
@@ -164,7 +162,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   dataset_size = data_pipeline.dataset_size(config.data)
   durations = config_lib.resolve_durations(config, dataset_size)
   total_steps = durations.total_steps
-  image_size = int(config.model.image_size)
+  image_size = int(config.image_size)
   loader = data_pipeline.make_pretrain_loader(
       config.data, global_batch_size=config.batch_size, image_size=image_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
@@ -201,7 +199,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   to_global = functools.partial(data_pipeline.to_global, sharding=batch_sh)
   logger = metrics_lib.TrainLogger(
       workdir, total_steps=total_steps, global_batch=config.batch_size, unit="pairs",
-      flops_per_step=_flops(dims, config), peak_flops_total=_peak_flops_total())
+      flops_per_step=_flops(dims, config), peak_flops_total=_peak_flops_total(dims))
   if start_step == 0 and jax.process_index() == 0:
     logger.write_hparams(config_lib.to_plain(config))
 
@@ -309,16 +307,16 @@ def _same_on_all_processes(x: np.ndarray) -> np.ndarray:
 def _flops(dims, config):
   try:
     from vicmae_jax import flops
-    return flops.vicmae_train_flops(dims, int(config.model.image_size),
+    return flops.vicmae_train_flops(dims, int(config.image_size),
                                     float(config.model.mask_ratio), int(config.batch_size))
   except Exception:  # FLOPs are informational; a missing formula must not stop training
     return None
 
 
-def _peak_flops_total():
+def _peak_flops_total(dims):
   try:
     from vicmae_jax import flops
-    peak = flops.peak_flops(jax.devices()[0])
+    peak = flops.peak_flops(jax.devices()[0], dims["dtype"])
     return peak * jax.device_count() if peak else None
   except Exception:
     return None
