@@ -221,3 +221,89 @@ def timed(fn, *args):
   out = fn(*args)
   jax.block_until_ready(out)
   return out, time.perf_counter() - t
+
+
+def make_checkpointer(config, workdir: str) -> ckpt_lib.Checkpointer:
+  return ckpt_lib.Checkpointer(
+      ckpt_lib.checkpoint_dir(workdir), keep=int(config.checkpoint.keep),
+      keep_every=int(config.checkpoint.keep_every),
+      async_save=bool(config.checkpoint.async_save))
+
+
+def restore_or_init(ckpt: ckpt_lib.Checkpointer, state: dict, shardings: dict, data_iter,
+                    init_from: str = "", **init_from_kwargs) -> tuple[dict, int]:
+  """The resume order: workdir's newest complete checkpoint > init_from > fresh init."""
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state = ckpt.restore(latest, abstract_with_shardings(state, shardings), data_iter)
+    step = int(jax.device_get(state["step"]))
+    logging.info("Resumed from %s at step %d", ckpt.directory, step)
+    return state, step
+  if init_from:
+    state = load_init_from(state, init_from, **init_from_kwargs)
+  return state, 0
+
+
+def run_loop(*, config, workdir: str, state: dict, train_step: Callable, data_iter,
+             to_global: Callable, batch_keys: tuple[str, ...], ckpt: ckpt_lib.Checkpointer,
+             logger: metrics_lib.TrainLogger, start_step: int, total_steps: int,
+             evaluate: Callable[[int, dict], None] | None = None,
+             eval_due: Callable[[int], bool] = lambda step: False,
+             on_step: Callable[[int, dict, dict], None] | None = None) -> dict:
+  """Drives `train_step` from `start_step` to `total_steps` with checkpoints, metrics and evals.
+
+  - Metrics of step s are fetched while step s+1 runs (one step late), checked for NaN/Inf.
+  - Before any save the pending metrics are checked, so a NaN state is never written.
+  - SIGTERM: save at the current step and return (stopped_early=True).
+  - `evaluate(step, state)` runs when `eval_due(step)`; `on_step(step, state, host_batch)` runs
+    after each step (e.g. reconstruction images).
+  Returns {"final_step", "last_checkpoint", "stopped_early", "state"}.
+  """
+  plain_config = config_lib.to_plain(config)
+  every = int(config.checkpoint.every_steps)
+  pending = None
+  last_saved = start_step if ckpt.latest_step() is not None else None
+  stopped_early = False
+  step = start_step
+
+  def consume(p):
+    s, device_metrics = p
+    host = host_metrics(device_metrics)
+    metrics_lib.check_finite(host, s)
+    logger.add(host)
+    if s % int(config.log.every_steps) == 0 or s == total_steps:
+      logger.flush(s)
+
+  with PreemptionWatcher() as preempt:
+    logger.reset_clock()
+    while step < total_steps:
+      with maybe_profile(workdir, step, config):
+        batch = next(data_iter)
+        state, device_metrics = train_step(state, to_global({k: batch[k] for k in batch_keys}))
+      if pending is not None:
+        consume(pending)
+      pending = (step + 1, device_metrics)
+      step += 1
+      if step == start_step + 1:
+        logger.reset_clock()  # the first step includes compilation
+      save_now = (every > 0 and step % every == 0) or step == total_steps
+      stop_now = preempt.should_stop(step)
+      if save_now or stop_now:
+        consume(pending)  # never save a state whose step produced NaN
+        pending = None
+        ckpt.save(step, state, data_iter, plain_config)
+        last_saved = step
+      if on_step is not None:
+        on_step(step, state, batch)
+      if evaluate is not None and step != total_steps and eval_due(step):
+        evaluate(step, state)
+        logger.reset_clock()
+      if stop_now:
+        logging.warning("Stopped at step %d after a termination signal; checkpoint saved.", step)
+        stopped_early = True
+        break
+    if pending is not None:
+      consume(pending)
+  ckpt.wait()
+  return {"final_step": step, "last_checkpoint": last_saved, "stopped_early": stopped_early,
+          "state": state}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 
 from absl import logging
 from flax import nnx
@@ -185,16 +184,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("Model: %s, %.2fM parameters", config.model.get("variant", "custom"), num_params / 1e6)
 
   # Resume order: the workdir's newest complete checkpoint, else init_from, else fresh.
-  ckpt = common_checkpointer(config, workdir)
-  start_step = 0
-  latest = ckpt.latest_step()
-  if latest is not None:
-    abstract = common.abstract_with_shardings(state, state_sh)
-    state = ckpt.restore(latest, abstract, data_iter)
-    start_step = int(jax.device_get(state["step"]))
-    logging.info("Resumed from %s at step %d", ckpt.directory, start_step)
-  elif config.init_from:
-    state = common.load_init_from(state, config.init_from)
+  ckpt = common.make_checkpointer(config, workdir)
+  state, start_step = common.restore_or_init(ckpt, state, state_sh, data_iter, config.init_from)
 
   to_global = functools.partial(data_pipeline.to_global, sharding=batch_sh)
   logger = metrics_lib.TrainLogger(
@@ -205,85 +196,45 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   evaluator = frozen_eval.FrozenEvaluator(config.evals, image_size=image_size, seed=config.seed)
   encode = make_encode_fn(graphdef, rest, mesh)
-  recon = make_recon_fn(graphdef, rest, config) if int(config.log.image_every_steps) > 0 else None
   eval_results: dict[int, dict] = {}
 
-  def run_evals(step):
-    names = evaluator.due(step, total_steps) if evaluator else []
+  def evaluate(step, state):
+    names = evaluator.due(step, total_steps)
     if not names:
       return
+    batch_size = int(config.evals[names[0]].get("batch_size", config.batch_size))
     res = evaluator.run(names, lambda imgs: encode(state["params"], state["batch_stats"], imgs),
-                        to_global, batch_size=int(config.evals.get(names[0]).get(
-                            "batch_size", config.batch_size)))
+                        to_global, batch_size=batch_size)
     logger.write_scalars(step, res)
     eval_results[step] = res
 
-  if start_step == 0:
-    run_evals(0)
+  on_step = None
+  if int(config.log.image_every_steps) > 0:
+    recon = make_recon_fn(graphdef, rest, config)
+    fixed = {}
 
-  plain_config = config_lib.to_plain(config)
-  pending = None  # (step, device metrics) of the previous step: fetched one step late
-  image_batch = None
-  last_good_step = start_step
-  stopped_early = False
-  step = start_step
-  with common.PreemptionWatcher() as preempt:
-    logger.reset_clock()
-    while step < total_steps:
-      with common.maybe_profile(workdir, step, config):
-        batch = next(data_iter)
-        if image_batch is None and recon is not None:
-          image_batch = _same_on_all_processes(
-              np.asarray(batch["views"][: int(config.log.num_images)]))
-        state, device_metrics = train_step(state, to_global({"views": batch["views"]}))
-      if pending is not None:
-        _consume(pending, logger, config)
-      pending = (step + 1, device_metrics)
-      step += 1
-      if step == start_step + 1:
-        logger.reset_clock()  # the first step includes compilation
+    def on_step(step, state, batch):
+      if "views" not in fixed:
+        fixed["views"] = _same_on_all_processes(
+            np.asarray(batch["views"][: int(config.log.num_images)]))
+      if step % int(config.log.image_every_steps) == 0 or step == total_steps:
+        _write_recon(logger, recon, state, fixed["views"], step, config, dims)
 
-      save_now = (int(config.checkpoint.every_steps) > 0
-                  and step % int(config.checkpoint.every_steps) == 0) or step == total_steps
-      stop_now = preempt.should_stop(step)
-      if save_now or stop_now:
-        _consume(pending, logger, config)  # never save a state whose step produced NaN
-        pending = None
-        ckpt.save(step, state, data_iter, plain_config)
-        last_good_step = step
-      if recon is not None and step % int(config.log.image_every_steps) == 0:
-        _write_recon(logger, recon, state, image_batch, step, config, dims)
-      if evaluator and step != total_steps and evaluator.due(step, total_steps):
-        run_evals(step)
-        logger.reset_clock()
-      if stop_now:
-        logging.warning("Stopped at step %d after a termination signal; checkpoint saved.", step)
-        stopped_early = True
-        break
-    if pending is not None:
-      _consume(pending, logger, config)
-  if not stopped_early:
-    run_evals(total_steps)
+  if start_step == 0 and evaluator:
+    evaluate(0, state)
+  out = common.run_loop(
+      config=config, workdir=workdir, state=state, train_step=train_step, data_iter=data_iter,
+      to_global=to_global, batch_keys=("views",), ckpt=ckpt, logger=logger,
+      start_step=start_step, total_steps=total_steps,
+      evaluate=evaluate if evaluator else None,
+      eval_due=lambda step: bool(evaluator.due(step, total_steps)), on_step=on_step)
+  if not out["stopped_early"] and evaluator:
+    evaluate(total_steps, out["state"])
   ckpt.close()
   logger.close()
-  return {"final_step": step, "last_checkpoint": last_good_step, "history": logger.history,
-          "evals": eval_results, "stopped_early": stopped_early, "total_steps": total_steps}
-
-
-def common_checkpointer(config, workdir) -> ckpt_lib.Checkpointer:
-  return ckpt_lib.Checkpointer(
-      ckpt_lib.checkpoint_dir(workdir), keep=int(config.checkpoint.keep),
-      keep_every=int(config.checkpoint.keep_every),
-      async_save=bool(config.checkpoint.async_save))
-
-
-def _consume(pending, logger, config):
-  step, device_metrics = pending
-  host = common.host_metrics(device_metrics)
-  metrics_lib.check_finite(host, step)
-  logger.add(host)
-  if step % int(config.log.every_steps) == 0 or step == logger.total_steps:
-    logger.flush(step)
+  return {"final_step": out["final_step"], "last_checkpoint": out["last_checkpoint"],
+          "history": logger.history, "evals": eval_results,
+          "stopped_early": out["stopped_early"], "total_steps": total_steps}
 
 
 def _write_recon(logger, recon, state, image_batch, step, config, dims):
