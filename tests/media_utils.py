@@ -74,6 +74,7 @@ def make_video(
     live: for webm/mkv, write without duration and cues, as streamed recordings are.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     codec = codec or _CODEC_FOR_SUFFIX[path.suffix.lower()]
     if frame_times is not None and len(frame_times) != num_frames:
         raise ValueError(f"frame_times has {len(frame_times)} entries, expected num_frames={num_frames}")
