@@ -48,7 +48,29 @@ def get_trainer(name: str):
 
 def run(config, workdir: str) -> dict:
   """Runs the configured trainer in this process (jax.distributed already initialized)."""
-  return get_trainer(config.trainer)(config, workdir)
+  trainer = get_trainer(config.trainer)
+  ensure_demo_data(config)
+  return trainer(config, workdir)
+
+
+def ensure_demo_data(config) -> None:
+  """Builds the embedded demo dataset on first use when the config asks for it (`demo_data`).
+
+  Process 0 builds it (idempotent, cached under `demo_data.root`); the others wait.
+  """
+  if "demo_data" not in config or not config.demo_data.get("enabled", True):
+    return
+  import jax
+  from vicmae_jax.data import demo
+  spec = config.demo_data
+  root = os.path.expanduser(spec.root)
+  if jax.process_index() == 0:
+    kwargs = {k: v for k, v in spec.items() if k not in ("root", "enabled")}
+    logging.info("Demo dataset: %s", root)
+    demo.ensure_demo_dataset(root, **kwargs)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("demo_data_ready")
 
 
 def _enable_compilation_cache(workdir: str):
