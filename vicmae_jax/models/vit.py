@@ -376,6 +376,32 @@ def unstack_layers(stacked: dict) -> dict:
     return {i: jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(depth)}
 
 
+def stack_blocks_in_tree(tree: Any) -> Any:
+    """Converts every ``blocks: {0: .., 1: ..}`` in a nested pure dict to the scanned layout."""
+    if not isinstance(tree, dict):
+        return tree
+    out = {}
+    for name, sub in tree.items():
+        if name == "blocks" and isinstance(sub, dict) and sub and all(isinstance(k, int) for k in sub):
+            out[name] = stack_layers(sub)
+        else:
+            out[name] = stack_blocks_in_tree(sub)
+    return out
+
+
+def unstack_blocks_in_tree(tree: Any) -> Any:
+    """Inverse of ``stack_blocks_in_tree``: scanned ``blocks`` arrays -> ``{0: .., 1: ..}``."""
+    if not isinstance(tree, dict):
+        return tree
+    out = {}
+    for name, sub in tree.items():
+        if name == "blocks" and isinstance(sub, dict) and sub and not any(isinstance(k, int) for k in sub):
+            out[name] = unstack_layers(sub)
+        else:
+            out[name] = unstack_blocks_in_tree(sub)
+    return out
+
+
 class VisionTransformer(nnx.Module):
     """ViT encoder: patch Dense + fixed sin-cos positions, cls token, random masking, blocks, LayerNorm.
 
