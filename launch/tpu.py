@@ -159,8 +159,8 @@ def setup_steps(tpu: Tpu, *, repo_dir: str, remote_dir: str, venv: str, python_v
                 git_url: str | None, git_ref: str, extra_packages: Sequence[str]) -> list[Step]:
     """Copies the code to every worker and installs it into a virtual environment there.
 
-    The TPU images ship an older system Python than the package needs, so `uv` (installed with
-    pip --user) provides Python `python_version` in the environment.
+    The TPU images ship an older system Python than the package needs, so `uv` provides Python
+    `python_version` in the environment.
     """
     steps = []
     remote = _remote_path(remote_dir)
@@ -178,7 +178,9 @@ def setup_steps(tpu: Tpu, *, repo_dir: str, remote_dir: str, venv: str, python_v
     packages = " ".join(shlex.quote(p) for p in ("jax[tpu]", *extra_packages))
     install = " && ".join([
         fetch,
-        "python3 -m pip install --quiet --user --upgrade uv",
+        # pip --user where the system pip allows it, uv's own installer where it does not (PEP 668).
+        '{ [ -x "$HOME"/.local/bin/uv ] || python3 -m pip install --quiet --user uv '
+        "|| curl -LsSf https://astral.sh/uv/install.sh | sh; }",
         f"{uv} venv --quiet --allow-existing --python {shlex.quote(python_version)} {_remote_path(venv)}",
         f"cd {remote}",
         f"{uv} pip install --quiet --python {venv_python} -r requirements.txt {packages}",
