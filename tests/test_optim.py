@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from vicmae_jax import optim
+from vicmae_jax.models import vicmae, vit
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,6 +118,33 @@ def test_weight_decay_mask_on_model_tree():
     assert jax.tree_util.tree_structure(optim.weight_decay_mask(params)) == jax.tree_util.tree_structure(params)
 
 
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_weight_decay_mask_on_vit_encoder(scan_layers):
+    # Abstract (shape-only) params, as the trainers pass them.
+    encoder = nnx.eval_shape(lambda: vit.VisionTransformer(patch_size=4, embed_dim=16, depth=2, num_heads=2,
+                                                           scan_layers=scan_layers, rngs=nnx.Rngs(0)))
+    mask = _flat(optim.weight_decay_mask(nnx.state(encoder, nnx.Param)))
+    blocks = ["blocks"] if scan_layers else ["blocks/0", "blocks/1"]
+    expected = ["patch_embed/kernel"] + [f"{b}/{m}/kernel" for b in blocks
+                                         for m in ("attn/qkv", "attn/proj", "mlp/fc1", "mlp/fc2")]
+    assert sorted(k for k, v in mask.items() if v) == sorted(expected)
+    assert not mask["cls_token"]  # [1, 1, D]: 3-D, but a token
+    assert not mask["blocks/norm1/scale" if scan_layers else "blocks/0/norm1/scale"]
+    assert optim.count_blocks(nnx.state(encoder, nnx.Param)) == 2
+
+
+def test_weight_decay_mask_on_vicmae_tree():
+    model = nnx.eval_shape(lambda: vicmae.build_model({"variant": "mu/8"}, rngs=nnx.Rngs(0)))
+    mask = _flat(optim.weight_decay_mask(nnx.state(model, nnx.Param)))
+    assert not mask["decoder/mask_token"] and not mask["encoder/cls_token"]
+    assert mask["decoder/embed/kernel"] and mask["projector/fc3/kernel"]
+    assert not mask["projector/bn1/scale"] and not mask["projector/fc1/bias"]
+    # Every decayed leaf is a matrix; every matrix except the tokens is decayed.
+    params = _flat(nnx.state(model, nnx.Param))
+    assert {k for k, v in mask.items() if v} == {
+        k for k, v in params.items() if np.ndim(v) == 2 and "token" not in k}
+
+
 def test_weight_decay_mask_on_stacked_blocks():
     mask = _flat(optim.weight_decay_mask(_stacked_tree()))
     # A stacked bias / scale is 2-D but still a vector per layer: no decay.
@@ -155,6 +183,20 @@ def test_layerwise_scales_stacked_are_per_slice():
     assert scales["head/kernel"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="blocks/mlp/.*scanned stack has 3 layers"):
         optim.layerwise_lr_decay_scales(tree, 4, 0.5)
+
+
+def test_layerwise_scales_on_scanned_vit_match_list_layout():
+    dims = dict(patch_size=4, embed_dim=16, depth=3, num_heads=2)
+    listed = _flat(optim.layerwise_lr_decay_scales(
+        nnx.state(nnx.eval_shape(lambda: vit.VisionTransformer(**dims, rngs=nnx.Rngs(0))), nnx.Param), 3, 0.75))
+    scanned = _flat(optim.layerwise_lr_decay_scales(nnx.state(nnx.eval_shape(
+        lambda: vit.VisionTransformer(**dims, scan_layers=True, rngs=nnx.Rngs(0))), nnx.Param), 3, 0.75))
+    for i in range(3):
+        assert listed[f"blocks/{i}/mlp/fc1/kernel"] == pytest.approx(0.75 ** (3 - i))
+        assert scanned["blocks/mlp/fc1/kernel"][i, 0, 0] == pytest.approx(listed[f"blocks/{i}/mlp/fc1/kernel"])
+        assert scanned["blocks/norm2/bias"][i, 0] == pytest.approx(listed[f"blocks/{i}/norm2/bias"])
+    assert listed["patch_embed/kernel"] == listed["cls_token"] == pytest.approx(0.75 ** 4)
+    assert listed["norm/scale"] == 1.0
 
 
 def test_block_index_out_of_range_names_the_path():
