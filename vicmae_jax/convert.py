@@ -368,3 +368,538 @@ def _write_record(archive: zipfile.ZipFile, name: str, data, *, align: bool = Fa
     padding = (-header_end) % _ALIGNMENT
     info.extra = b"FB" + struct.pack("<H", padding) + b"Z" * padding
   archive.writestr(info, bytes(data) if not isinstance(data, bytes) else data)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Official names <-> our parameter paths
+# ---------------------------------------------------------------------------------------------------------
+
+KINDS = ("vicmae", "mae", "encoder")
+# Official buffers that are not parameters here: the fixed position tables (checked against ours, see
+# `_check_pos_embed`) and BatchNorm's batch counter (unused with a fixed momentum).
+_POS_EMBEDS = ("pos_embed", "decoder_pos_embed")
+# Keys of a fine-tuned classifier (official models_vit.VisionTransformer) that have no place in ViC-MAE.
+_CLASSIFIER_PREFIXES = ("head.", "fc_norm.")
+
+
+class ConversionError(ValueError):
+  """The checkpoint does not fit the model; `missing`, `unexpected` and `mismatched` name every offender."""
+
+  def __init__(self, message: str, *, missing=(), unexpected=(), mismatched=()):
+    super().__init__(message)
+    self.missing = list(missing)
+    self.unexpected = list(unexpected)
+    self.mismatched = list(mismatched)
+
+
+class _Entry:
+  """One official tensor and where it lives here.
+
+  layout: "linear" (torch [out, in] <-> kernel [in, out]), "patch" (conv [D, C, p, p] <-> kernel [p*p*C, D]),
+  or "copy" (same array).
+  """
+
+  __slots__ = ("official", "collection", "path", "layout")
+
+  def __init__(self, official: str, collection: str, path: tuple[str, ...], layout: str):
+    self.official, self.collection, self.path, self.layout = official, collection, path, layout
+
+
+def _block_entries(official_prefix: str, our_prefix: tuple[str, ...]) -> list[_Entry]:
+  out = []
+  for official, ours in (("norm1", ("norm1",)), ("attn.qkv", ("attn", "qkv")), ("attn.proj", ("attn", "proj")),
+                         ("norm2", ("norm2",)), ("mlp.fc1", ("mlp", "fc1")), ("mlp.fc2", ("mlp", "fc2"))):
+    is_norm = official.startswith("norm")
+    out.append(_Entry(f"{official_prefix}.{official}.weight", "params",
+                      our_prefix + ours + (("scale",) if is_norm else ("kernel",)), "copy" if is_norm else "linear"))
+    out.append(_Entry(f"{official_prefix}.{official}.bias", "params", our_prefix + ours + ("bias",), "copy"))
+  return out
+
+
+def _linear(official: str, path: tuple[str, ...]) -> list[_Entry]:
+  return [_Entry(f"{official}.weight", "params", path + ("kernel",), "linear"),
+          _Entry(f"{official}.bias", "params", path + ("bias",), "copy")]
+
+
+def _norm(official: str, path: tuple[str, ...]) -> list[_Entry]:
+  return [_Entry(f"{official}.weight", "params", path + ("scale",), "copy"),
+          _Entry(f"{official}.bias", "params", path + ("bias",), "copy")]
+
+
+def official_entries(depth: int, decoder_depth: int, kind: str) -> list[_Entry]:
+  """Every official tensor of a `kind` checkpoint with its path here, in the official state_dict order.
+
+  The position tables and `num_batches_tracked` are not listed (they are not parameters here).
+  """
+  if kind not in KINDS:
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+  with_decoder = kind in ("vicmae", "mae")
+  entries = [_Entry("cls_token", "params", ("encoder", "cls_token"), "copy")]
+  if with_decoder:
+    entries.append(_Entry("mask_token", "params", ("decoder", "mask_token"), "copy"))
+  entries += [_Entry("patch_embed.proj.weight", "params", ("encoder", "patch_embed", "kernel"), "patch"),
+              _Entry("patch_embed.proj.bias", "params", ("encoder", "patch_embed", "bias"), "copy")]
+  for i in range(depth):
+    entries += _block_entries(f"blocks.{i}", ("encoder", "blocks", str(i)))
+  entries += _norm("norm", ("encoder", "norm"))
+  if with_decoder:
+    entries += _linear("decoder_embed", ("decoder", "embed"))
+    for i in range(decoder_depth):
+      entries += _block_entries(f"decoder_blocks.{i}", ("decoder", "blocks", str(i)))
+    entries += _norm("decoder_norm", ("decoder", "norm"))
+    entries += _linear("decoder_pred", ("decoder", "pred"))
+  if kind == "vicmae":
+    for index, name in ((0, "fc1"), (3, "fc2"), (6, "fc3")):
+      entries += _linear(f"projector.{index}", ("projector", name))
+      if index < 6:
+        bn_index, bn = index + 1, f"bn{index // 3 + 1}"
+        entries += _norm(f"projector.{bn_index}", ("projector", bn))
+        entries += [_Entry(f"projector.{bn_index}.running_mean", "batch_stats", ("projector", bn, "mean"), "copy"),
+                    _Entry(f"projector.{bn_index}.running_var", "batch_stats", ("projector", bn, "var"), "copy")]
+  return entries
+
+
+def _official_order(entries: list[_Entry], kind: str) -> list[str]:
+  """Official state_dict key order: module-level tensors first (incl. position tables), then submodules."""
+  names = [e.official for e in entries]
+  tokens = ["cls_token", "pos_embed"] + (["mask_token", "decoder_pos_embed"] if kind != "encoder" else [])
+  rest = [n for n in names if n not in tokens]
+  out = []
+  for name in rest:
+    out.append(name)
+    if name.endswith(".running_var"):
+      out.append(name[: -len("running_var")] + "num_batches_tracked")
+  return tokens + out
+
+
+def _to_ours(entry: _Entry, value: np.ndarray) -> np.ndarray:
+  if entry.layout == "linear":
+    return value.T
+  if entry.layout == "patch":
+    # [D, C, p, q] -> [p, q, C, D] -> [p*q*C, D]: rows in the (p, q, c) order of `patchify`.
+    return value.transpose(2, 3, 1, 0).reshape(-1, value.shape[0])
+  return value
+
+
+def _to_official(entry: _Entry, value: np.ndarray, in_channels: int) -> np.ndarray:
+  if entry.layout == "linear":
+    return value.T
+  if entry.layout == "patch":
+    rows, width = value.shape
+    p = int(round((rows // in_channels) ** 0.5))
+    return value.reshape(p, p, in_channels, width).transpose(3, 2, 0, 1)
+  return value
+
+
+def _official_shape(entry: _Entry, our_shape: tuple[int, ...], in_channels: int) -> tuple[int, ...]:
+  if entry.layout == "linear":
+    return tuple(reversed(our_shape))
+  if entry.layout == "patch":
+    rows, width = our_shape
+    p = int(round((rows // in_channels) ** 0.5))
+    return (width, in_channels, p, p)
+  return tuple(our_shape)
+
+
+def _get(tree: Mapping, path: tuple[str, ...]):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _set(tree: dict, path: tuple[str, ...], value) -> None:
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.update(_flatten(value, prefix + (str(key),)))
+    else:
+      out[prefix + (str(key),)] = value
+  return out
+
+
+def _is_stacked(blocks: Mapping) -> bool:
+  return not all(str(k).isdigit() for k in blocks)
+
+
+def _unstack_blocks(tree: Mapping) -> dict:
+  """Scan layout (blocks = one tree of [depth, ...] arrays) -> list layout (blocks = {"0": tree, ...})."""
+  out = {}
+  for key, value in tree.items():
+    if key == "blocks" and isinstance(value, Mapping) and _is_stacked(value):
+      flat = _flatten(value)
+      depth = next(iter(flat.values())).shape[0]
+      layers: dict = {}
+      for i in range(depth):
+        for path, array in flat.items():
+          _set(layers, (str(i),) + path, array[i])
+      out[key] = layers
+    elif isinstance(value, Mapping):
+      out[key] = _unstack_blocks(value)
+    else:
+      out[key] = value
+  return out
+
+
+def _stack_blocks(tree: Mapping) -> dict:
+  """Inverse of `_unstack_blocks`."""
+  out = {}
+  for key, value in tree.items():
+    if key == "blocks" and isinstance(value, Mapping) and not _is_stacked(value):
+      layers = [_flatten(value[k]) for k in sorted(value, key=int)]
+      stacked: dict = {}
+      for path in layers[0]:
+        _set(stacked, path, np.stack([np.asarray(layer[path]) for layer in layers]))
+      out[key] = stacked
+    elif isinstance(value, Mapping):
+      out[key] = _stack_blocks(value)
+    else:
+      out[key] = value
+  return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading an official checkpoint
+# ---------------------------------------------------------------------------------------------------------
+
+
+def extract_state_dict(checkpoint: Any) -> dict[str, np.ndarray]:
+  """The tensors of an official checkpoint: under 'model' (official training), 'state_dict', or top level.
+
+  A DistributedDataParallel 'module.' prefix is removed. Raises PthFormatError naming what was found instead.
+  """
+  obj = checkpoint
+  if isinstance(obj, Mapping):
+    for key in ("model", "state_dict", "model_state"):
+      if key in obj and isinstance(obj[key], Mapping):
+        obj = obj[key]
+        break
+  if not isinstance(obj, Mapping) or not obj:
+    raise PthFormatError(f"no state dict found in the checkpoint (top-level: {type(checkpoint).__name__})")
+  non_arrays = sorted(k for k, v in obj.items() if not isinstance(v, np.ndarray))
+  if non_arrays:
+    keys = sorted(checkpoint) if isinstance(checkpoint, Mapping) else []
+    raise PthFormatError(f"entries that are not tensors in the state dict: {non_arrays[:10]} "
+                         f"(checkpoint top-level keys: {keys})")
+  state = {str(k): v for k, v in obj.items()}
+  if all(k.startswith("module.") for k in state):
+    state = {k[len("module."):]: v for k, v in state.items()}
+  return state
+
+
+def detect_kind(state_dict: Mapping[str, np.ndarray]) -> str:
+  """"vicmae" (has the projector), "mae" (decoder, no projector) or "encoder" (encoder only)."""
+  if any(k.startswith("projector.") for k in state_dict):
+    return "vicmae"
+  if "decoder_embed.weight" in state_dict:
+    return "mae"
+  return "encoder"
+
+
+def _count_blocks(state_dict: Mapping[str, np.ndarray], prefix: str) -> int:
+  indices = {int(k.split(".")[1]) for k in state_dict if k.startswith(prefix + ".") and k.split(".")[1].isdigit()}
+  return max(indices) + 1 if indices else 0
+
+
+def infer_model_config(state_dict: Mapping[str, np.ndarray], *, kind: str | None = None) -> dict[str, Any]:
+  """Architecture fields read off an official state dict (input for `resolve_model_config`).
+
+  Head counts are not stored in a checkpoint: they come from the published variant with the same encoder
+  (patch size, width, depth); a ValueError asks for them when none matches. Parts absent from the checkpoint
+  (decoder, projector) take that variant's sizes.
+  Also returns "image_size" (from the position table's length) under a separate key, "_image_size".
+  """
+  from vicmae_jax.models import vicmae as vicmae_model
+
+  kind = kind or detect_kind(state_dict)
+  if "patch_embed.proj.weight" not in state_dict:
+    raise ConversionError("cannot read the architecture: 'patch_embed.proj.weight' is missing",
+                          missing=["patch_embed.proj.weight"])
+  width, in_channels, patch, _ = state_dict["patch_embed.proj.weight"].shape
+  cfg: dict[str, Any] = {"patch_size": int(patch), "embed_dim": int(width), "in_channels": int(in_channels),
+                         "depth": _count_blocks(state_dict, "blocks")}
+  if "blocks.0.mlp.fc1.weight" in state_dict:
+    cfg["mlp_ratio"] = state_dict["blocks.0.mlp.fc1.weight"].shape[0] / width
+  if kind in ("vicmae", "mae") and "decoder_embed.weight" in state_dict:
+    cfg["decoder_embed_dim"] = int(state_dict["decoder_embed.weight"].shape[0])
+    cfg["decoder_depth"] = _count_blocks(state_dict, "decoder_blocks")
+  if kind == "vicmae" and "projector.0.weight" in state_dict and "projector.6.weight" in state_dict:
+    cfg["projector_hidden_dim"] = int(state_dict["projector.0.weight"].shape[0])
+    cfg["projector_out_dim"] = int(state_dict["projector.6.weight"].shape[0])
+  matches = [name for name, v in vicmae_model.VARIANTS.items()
+             if (v["patch_size"], v["embed_dim"], v["depth"]) == (cfg["patch_size"], width, cfg["depth"])]
+  if not matches:
+    raise ValueError(
+        f"no known variant has patch {cfg['patch_size']}, width {width}, depth {cfg['depth']}: the head counts "
+        "cannot be read from a checkpoint; give them (e.g. --set num_heads=12 --set decoder_num_heads=16)")
+  variant = dict(vicmae_model.VARIANTS[matches[0]])
+  cfg["num_heads"] = variant["num_heads"]
+  for field in ("decoder_embed_dim", "decoder_depth", "projector_hidden_dim", "projector_out_dim"):
+    if field not in cfg and field in variant:
+      cfg[field] = variant[field]
+  if cfg.get("decoder_embed_dim") == variant["decoder_embed_dim"]:
+    cfg["decoder_num_heads"] = variant["decoder_num_heads"]
+  if "pos_embed" in state_dict:
+    grid = int(round((state_dict["pos_embed"].shape[1] - 1) ** 0.5))
+    cfg["_image_size"] = grid * cfg["patch_size"]
+  return cfg
+
+
+def _check_pos_embed(state_dict, name: str, width: int) -> str | None:
+  """None when `name` holds the official fixed sin-cos table; else what is wrong with it."""
+  from vicmae_jax.models import vit
+
+  value = state_dict[name]
+  if value.ndim != 3 or value.shape[0] != 1 or value.shape[2] != width:
+    return f"{name}: shape {value.shape}, expected [1, 1 + L, {width}]"
+  grid = int(round((value.shape[1] - 1) ** 0.5))
+  if grid * grid != value.shape[1] - 1:
+    return f"{name}: {value.shape[1] - 1} patch positions is not a square grid"
+  table = vit.sincos_2d(width, grid, grid, cls_token=True)
+  diff = float(np.max(np.abs(value[0].astype(np.float32) - table)))
+  # The official table is computed in float32; ours in float64 then rounded. They agree to ~1e-6.
+  if diff > 1e-4:
+    return (f"{name}: not the fixed 2-D sin-cos table (max |difference| {diff:.3g}); it was learned or "
+            "interpolated, and the model here always uses the fixed table")
+  return None
+
+
+def abstract_tree(model_cfg: Mapping[str, Any]) -> dict:
+  """{"params", "batch_stats"} of the model as ShapeDtypeStructs, string keys, list layout for blocks."""
+  from flax import nnx
+
+  from vicmae_jax.models import vicmae as vicmae_model
+
+  model = nnx.eval_shape(lambda: vicmae_model.build_model(model_cfg, rngs=nnx.Rngs(0)))
+  return {"params": _unstack_blocks(_stringify(nnx.to_pure_dict(nnx.state(model, nnx.Param)))),
+          "batch_stats": _unstack_blocks(_stringify(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))))}
+
+
+def initial_tree(model_cfg: Mapping[str, Any], seed: int = 0) -> dict:
+  """Like `abstract_tree` with the values of a fresh initialization (numpy arrays)."""
+  from flax import nnx
+
+  from vicmae_jax.models import vicmae as vicmae_model
+
+  model = vicmae_model.build_model(model_cfg, rngs=nnx.Rngs(seed))
+  to_numpy = lambda tree: _unstack_blocks(_stringify(jax_tree_to_numpy(nnx.to_pure_dict(tree))))
+  return {"params": to_numpy(nnx.state(model, nnx.Param)), "batch_stats": to_numpy(nnx.state(model, nnx.BatchStat))}
+
+
+def jax_tree_to_numpy(tree):
+  import jax
+
+  return jax.tree.map(np.asarray, tree)
+
+
+def _stringify(tree):
+  if isinstance(tree, Mapping):
+    return {str(k): _stringify(v) for k, v in tree.items()}
+  return tree
+
+
+def official_to_ours(state_dict: Mapping[str, np.ndarray], model_cfg: Mapping[str, Any], *,
+                     kind: str | None = None, strict: bool = True, seed: int = 0) -> tuple[dict, dict]:
+  """Maps an official state dict onto our parameters.
+
+  Args:
+    state_dict: official names -> arrays (see `extract_state_dict`).
+    model_cfg: our model config (`resolve_model_config` input); its shapes are what the checkpoint must fit.
+    kind: "vicmae", "mae" or "encoder"; detected from the keys when None. Parts a kind lacks (mae: projector;
+      encoder: decoder and projector) keep a fresh initialization from `seed`.
+    strict: raise ConversionError naming every missing / unexpected / mis-shaped tensor. With False the
+      same problems are warnings, and the tensors concerned keep their fresh initialization.
+
+  Returns:
+    (tree, report): tree = {"params": nested dict, "batch_stats": nested dict} of numpy arrays with string keys,
+    in the layout the config asks for (stacked blocks when `scan_layers`); report = {"kind", "loaded",
+    "initialized", "ignored", "missing", "unexpected", "mismatched", "warnings"}.
+  """
+  import warnings
+
+  from vicmae_jax.models import vicmae as vicmae_model
+
+  cfg = vicmae_model.resolve_model_config(model_cfg)
+  state_dict = dict(state_dict)
+  kind = kind or detect_kind(state_dict)
+  entries = official_entries(cfg["depth"], cfg["decoder_depth"], kind)
+  target = abstract_tree(cfg)
+  values: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+  missing, mismatched, loaded = [], [], []
+  for entry in entries:
+    leaf = _get(target[entry.collection], entry.path)
+    want = _official_shape(entry, tuple(leaf.shape), cfg["in_channels"])
+    if entry.official not in state_dict:
+      missing.append(entry.official)
+      continue
+    got = tuple(state_dict[entry.official].shape)
+    if got != want:
+      mismatched.append(f"{entry.official}: checkpoint {list(got)} vs model {list(want)} "
+                        f"({entry.collection}/{'/'.join(entry.path)})")
+      continue
+    values[(entry.collection, entry.path)] = np.asarray(_to_ours(entry, state_dict[entry.official]),
+                                                        dtype=leaf.dtype)
+    loaded.append(entry.official)
+
+  known = {e.official for e in entries}
+  ignored = [k for k in state_dict if k.endswith("num_batches_tracked") and k[: -len("num_batches_tracked")]
+             + "running_var" in known]
+  positions = [name for name in _POS_EMBEDS if name in state_dict
+               and (name == "pos_embed" or kind != "encoder")]
+  ignored += positions
+  warnings_list = []
+  for name in positions:
+    width = cfg["embed_dim"] if name == "pos_embed" else cfg["decoder_embed_dim"]
+    problem = _check_pos_embed(state_dict, name, width)
+    if problem:
+      mismatched.append(problem)
+  unexpected = [k for k in state_dict if k not in known and k not in ignored]
+  hints = []
+  if any(k.startswith(_CLASSIFIER_PREFIXES) for k in state_dict):
+    hints.append("this looks like a fine-tuned classifier (official models_vit: 'head.*' / 'fc_norm.*'); only "
+                 "pretraining checkpoints map onto ViC-MAE. strict=False (CLI: --nostrict) takes its encoder "
+                 "blocks and leaves the rest initialized")
+  if kind != "vicmae" and any(k.startswith("projector.") for k in state_dict):
+    hints.append(f"kind={kind!r} but the checkpoint has a projector: use kind='vicmae'")
+  if kind == "encoder" and "decoder_embed.weight" in state_dict:
+    hints.append("kind='encoder' but the checkpoint has a decoder: use kind='mae' or 'vicmae'")
+
+  if missing or unexpected or mismatched:
+    lines = [f"official {kind} checkpoint does not fit the model "
+             f"(variant={cfg.get('variant')!r}, embed_dim={cfg['embed_dim']}, depth={cfg['depth']}):"]
+    if missing:
+      lines.append(f"  missing ({len(missing)}): {', '.join(missing)}")
+    if unexpected:
+      lines.append(f"  unexpected ({len(unexpected)}): {', '.join(unexpected)}")
+    if mismatched:
+      lines.append(f"  mismatched ({len(mismatched)}): " + "; ".join(mismatched))
+    lines += [f"  hint: {h}" for h in hints]
+    message = "\n".join(lines)
+    if strict:
+      raise ConversionError(message, missing=missing, unexpected=unexpected, mismatched=mismatched)
+    warnings.warn(message + "\n  (strict=False: those tensors keep their fresh initialization)", stacklevel=2)
+    warnings_list.append(message)
+
+  target_flat = {(collection, path): leaf for collection in ("params", "batch_stats")
+                 for path, leaf in _flatten(target[collection]).items()}
+  initialized = [f"{c}/{'/'.join(p)}" for (c, p) in target_flat if (c, p) not in values]
+  fresh = initial_tree(cfg, seed) if initialized else None
+  tree: dict = {"params": {}, "batch_stats": {}}
+  for (collection, path) in target_flat:
+    value = values.get((collection, path))
+    if value is None:
+      value = _get(fresh[collection], path)
+    _set(tree[collection], path, value)
+  if cfg["scan_layers"]:
+    tree = {name: _stack_blocks(sub) for name, sub in tree.items()}
+  report = {"kind": kind, "loaded": loaded, "initialized": initialized, "ignored": ignored, "missing": missing,
+            "unexpected": unexpected, "mismatched": mismatched, "warnings": warnings_list}
+  return tree, report
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing an official checkpoint
+# ---------------------------------------------------------------------------------------------------------
+
+
+def tree_kind(tree: Mapping) -> str:
+  """The richest official kind a {"params", ...} tree can fill."""
+  params = tree["params"]
+  if "projector" in params:
+    return "vicmae"
+  if "decoder" in params:
+    return "mae"
+  return "encoder"
+
+
+def ours_to_official(tree: Mapping, *, image_size: int, kind: str | None = None,
+                     in_channels: int = 3) -> "collections.OrderedDict[str, np.ndarray]":
+  """Our {"params", "batch_stats"} tree (list or scan layout) -> an official state dict, in official order.
+
+  Args:
+    image_size: side of the square images the official model is built for; sets the length of the fixed
+      `pos_embed` / `decoder_pos_embed` tables it expects in its state dict.
+    kind: "vicmae" (everything), "mae" (no projector) or "encoder"; the richest the tree allows when None.
+  BatchNorm `num_batches_tracked` is written as 0: the official projector uses a fixed momentum, which never
+  reads it.
+  """
+  from vicmae_jax.models import vit
+
+  kind = kind or tree_kind(tree)
+  params = _unstack_blocks(_stringify(jax_tree_to_numpy(tree["params"])))
+  batch_stats = _unstack_blocks(_stringify(jax_tree_to_numpy(tree.get("batch_stats", {}))))
+  collections_ = {"params": params, "batch_stats": batch_stats}
+  depth = len(params["encoder"]["blocks"])
+  decoder_depth = len(params["decoder"]["blocks"]) if kind != "encoder" else 0
+  entries = official_entries(depth, decoder_depth, kind)
+  by_name = {e.official: e for e in entries}
+  width = params["encoder"]["cls_token"].shape[-1]
+  patch = int(round((params["encoder"]["patch_embed"]["kernel"].shape[0] // in_channels) ** 0.5))
+  if image_size % patch:
+    raise ValueError(f"image_size {image_size} is not a multiple of the patch size {patch}")
+  grid = image_size // patch
+  out: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+  for name in _official_order(entries, kind):
+    if name == "pos_embed":
+      out[name] = vit.sincos_2d(width, grid, grid, cls_token=True)[None]
+    elif name == "decoder_pos_embed":
+      dec_width = params["decoder"]["mask_token"].shape[-1]
+      out[name] = vit.sincos_2d(dec_width, grid, grid, cls_token=True)[None]
+    elif name.endswith("num_batches_tracked"):
+      out[name] = np.array(0, dtype=np.int64)
+    else:
+      entry = by_name[name]
+      try:
+        value = _get(collections_[entry.collection], entry.path)
+      except KeyError:
+        raise ConversionError(f"the tree has no {entry.collection}/{'/'.join(entry.path)} (needed for {name})",
+                              missing=[name]) from None
+      out[name] = np.ascontiguousarray(_to_official(entry, np.asarray(value, dtype=np.float32), in_channels))
+  return out
+
+
+def load_into_model(model, tree: Mapping) -> None:
+  """Writes a {"params", "batch_stats"} tree (string keys, either block layout) into an nnx model in place.
+
+  Raises ValueError naming any path whose shape differs or that the tree lacks.
+  """
+  import jax
+  from flax import nnx
+
+  for collection, variable_type in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
+    state = nnx.state(model, variable_type)
+    current = nnx.to_pure_dict(state)
+    stacked = _flatten(_stringify(current))
+    source = _stringify(tree.get(collection, {}))
+    # Bring the source to the model's block layout.
+    source_flat = _flatten(_stack_blocks(source) if _model_is_stacked(current) else _unstack_blocks(source))
+    problems = []
+    for path, leaf in stacked.items():
+      if path not in source_flat:
+        problems.append(f"{collection}/{'/'.join(path)}: missing")
+      elif tuple(np.shape(source_flat[path])) != tuple(leaf.shape):
+        problems.append(f"{collection}/{'/'.join(path)}: tree {list(np.shape(source_flat[path]))} vs model "
+                        f"{list(leaf.shape)}")
+    if problems:
+      raise ValueError("cannot load the tree into the model: " + "; ".join(problems))
+
+    def replace(path, leaf):
+      key = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+      return jax.numpy.asarray(source_flat[key], dtype=leaf.dtype)
+
+    nnx.replace_by_pure_dict(state, jax.tree_util.tree_map_with_path(replace, current))
+    nnx.update(model, state)
+
+
+def _model_is_stacked(pure: Mapping) -> bool:
+  for key, value in pure.items():
+    if key == "blocks" and isinstance(value, Mapping):
+      return _is_stacked(value)
+    if isinstance(value, Mapping) and _model_is_stacked(value):
+      return True
+  return False
