@@ -139,6 +139,8 @@ def test_weight_decay_mask_on_vicmae_tree():
     assert not mask["decoder/mask_token"] and not mask["encoder/cls_token"]
     assert mask["decoder/embed/kernel"] and mask["projector/fc3/kernel"]
     assert not mask["projector/bn1/scale"] and not mask["projector/fc1/bias"]
+    with pytest.raises(ValueError, match="decoder/blocks, encoder/blocks"):
+        optim.count_blocks(nnx.state(model, nnx.Param))
     # Every decayed leaf is a matrix; every matrix except the tokens is decayed.
     params = _flat(nnx.state(model, nnx.Param))
     assert {k for k, v in mask.items() if v} == {

@@ -180,12 +180,23 @@ def weight_decay_mask(params) -> Any:
 # ----------------------------------------------------------------------------------------------
 
 def count_blocks(params) -> int:
-    """Number of transformer blocks in `params` (list layout or scanned stack); 0 if none."""
+    """Number of transformer blocks in `params` (list layout or scanned stack); 0 if none.
+
+    Raises ValueError when blocks sit under more than one parent (e.g. `encoder/blocks` and
+    `decoder/blocks`): layer-wise lr decay is defined for one stack, a classifier's tree.
+    """
     count = 0
+    parents = set()
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        position = block_position(path_names(path))
+        names = path_names(path)
+        position = block_position(names)
         if position is None:
             continue
+        parents.add(names[:names.index(BLOCKS_NAME) + 1])
+        if len(parents) > 1:
+            raise ValueError("params hold more than one stack of blocks "
+                             f"({', '.join(sorted('/'.join(p) for p in parents))}); "
+                             "layer-wise lr decay needs a single encoder")
         count = max(count, position.index + 1 if not position.stacked else np.shape(leaf)[0])
     return count
 
