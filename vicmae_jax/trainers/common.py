@@ -81,17 +81,13 @@ def create_state(model_fn: Callable[[], nnx.Module], tx: optax.GradientTransform
              "batch_stats": batch_stats, "opt_state": opt_state}
     return state, rest
 
+  graphdef = nnx.graphdef(nnx.eval_shape(model_fn))
   with jax.set_mesh(mesh):
     abstract_state, abstract_rest = jax.eval_shape(init)
     shardings = state_shardings(abstract_state, tx, mesh)
     rest_shardings = jax.tree.map(lambda _: sharding_lib.replicated(mesh), abstract_rest)
     state, rest = jax.jit(init, out_shardings=(shardings, rest_shardings))()
-    graphdef = nnx.graphdef(_abstract_model(model_fn))
   return state, shardings, graphdef, rest
-
-
-def _abstract_model(model_fn):
-  return nnx.eval_shape(model_fn)
 
 
 def state_shardings(abstract_state: dict, tx, mesh) -> dict:

@@ -79,16 +79,20 @@ def make_train_step(graphdef, rest, tx, lr_fn, config, state_shardings, batch_sh
     key = common.step_key(state)
     images = vit.normalize_images(batch["views"])  # [B, 2, H, W, 3] f32
 
-    def loss_fn(params):
-      model = common.merge_model(graphdef, params, state["batch_stats"], rest)
+    # Merge at the step's trace level; nnx.value_and_grad differentiates the Params only and
+    # carries the BatchNorm running-stat updates out of the differentiated function.
+    model = common.merge_model(graphdef, state["params"], state["batch_stats"], rest)
+
+    def loss_fn(model):
       out = model(images, mask_ratio=mask_ratio, key=key, train=True)
-      loss, parts = losses.pretrain_loss(
+      return losses.pretrain_loss(
           images, out, patch_size=patch_size, temperature=float(dims["temperature"]),
           weight_recon=float(dims["weight_recon"]), weight_contrast=float(dims["weight_contrast"]),
           norm_pix=bool(dims["norm_pix_loss"]))
-      return loss, (parts, nnx.state(model, nnx.BatchStat))
 
-    (_, (parts, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (_, parts), grads = nnx.value_and_grad(
+        loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)(model)
+    new_stats = nnx.state(model, nnx.BatchStat)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new_state = {"step": state["step"] + 1, "rng": state["rng"], "params": params,
@@ -170,7 +174,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                durations.steps_per_epoch, total_steps, durations.warmup_steps)
 
   # Optimizer and model.
-  model_fn = functools.partial(vicmae.build_model, config.model, rngs=nnx.Rngs(config.seed))
+  model_fn = lambda: vicmae.build_model(config.model, rngs=nnx.Rngs(config.seed))
   abstract_params = nnx.state(nnx.eval_shape(model_fn), nnx.Param)
   tx = optim.make_optimizer(config.optim, total_steps, abstract_params,
                             warmup_steps=durations.warmup_steps,
