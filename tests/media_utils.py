@@ -114,7 +114,9 @@ def make_zero_byte(path: str | os.PathLike) -> Path:
 
 
 def make_truncated(path: str | os.PathLike, *, num_frames: int = 30, keep_fraction: float = 0.5) -> Path:
-    """A good mp4 cut after `keep_fraction` of its bytes (an interrupted download)."""
+    """A good video (container from the suffix) cut after `keep_fraction` of its bytes (an interrupted
+    download). An mp4 keeps its index at the end, so a cut mp4 cannot be opened; a cut webm still plays
+    up to the cut."""
     path = Path(path)
     make_video(path, num_frames=num_frames)
     data = path.read_bytes()

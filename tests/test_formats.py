@@ -53,7 +53,8 @@ def test_kinetics_finds_files_anywhere_and_indexes_sorted_labels(kinetics):
     assert label_names == ["abseiling", "passing American football (in game)", "riding a bike"]
     assert entries == [
         VideoEntry(files["--07WQ2iBlw_000001_000011"], 2, "riding a bike", "--07WQ2iBlw_000001_000011"),
-        VideoEntry(files["-0zYl9xEFoE_000020_000030"], 1, "passing American football (in game)", "-0zYl9xEFoE_000020_000030"),
+        VideoEntry(files["-0zYl9xEFoE_000020_000030"], 1, "passing American football (in game)",
+                   "-0zYl9xEFoE_000020_000030"),
         VideoEntry(files["0347ZoDXyP0_000000_000010"], 0, "abseiling", "0347ZoDXyP0_000000_000010"),
     ]
     assert [entry.clip_id for entry in listing.missing] == ["zzzMissing1_000005_000015"]
@@ -156,7 +157,8 @@ def test_something_something_v2(tmp_path):
         VideoEntry(second, 0, "Approaching something with your camera", "42326"),
     ]
     assert [entry.clip_id for entry in listing.missing] == ["99999"]
-    assert ssv2_class_name("Pretending to put [something] into [something]") == "Pretending to put something into something"
+    assert (ssv2_class_name("Pretending to put [something] into [something]")
+            == "Pretending to put something into something")
     # The dispatcher finds labels.json beside the split file.
     assert list_dataset("ssv2", root, annotations=tmp_path / "train.json").entries == entries
     # A template that is not a class is a data error that names the id.

@@ -4,7 +4,7 @@ import pickle
 import numpy as np
 import pytest
 
-from media_utils import BOTTOM_RGB, make_bad_files, make_video, read_index
+from media_utils import BOTTOM_RGB, make_bad_files, make_truncated, make_video, read_index
 from vicmae_jax.data import video_io
 from vicmae_jax.data.video_io import VideoDecodeError, decode_at_times, probe, read_frames
 
@@ -161,6 +161,14 @@ def test_missing_file_and_single_frame(media, tmp_path):
     assert caught.value.reason == video_io.REASON_NOT_FOUND
     frames, timestamps, _ = read_frames(media["bad"]["too_short"])
     assert frames.shape[0] == 1 and timestamps.tolist() == [0.0]
+
+
+def test_truncated_webm_gives_the_frames_before_the_cut(tmp_path):
+    path = make_truncated(tmp_path / "cut.webm", num_frames=NUM_FRAMES, keep_fraction=0.6)
+    frames, timestamps, _ = read_frames(path)
+    assert 0 < len(frames) < NUM_FRAMES
+    assert indices(frames) == list(range(len(frames)))
+    assert indices(decode_at_times(path, [100.0])) == [len(frames) - 1]
 
 
 def test_decode_error_survives_pickling():

@@ -120,7 +120,8 @@ def list_kinetics(
         needed = {"youtube_id", "time_start", "time_end"}
         if not needed <= fields:
             raise ValueError(
-                f"{annotations_csv}: header must contain {sorted(needed)} (and 'label', 'split'); got {reader.fieldnames}"
+                f"{annotations_csv}: header must contain {sorted(needed)} (and 'label', 'split'); "
+                f"got {reader.fieldnames}"
             )
         rows = list(reader)
     if split is not None and "split" in fields:

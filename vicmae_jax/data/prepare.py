@@ -112,7 +112,8 @@ def _write_shard(task: dict[str, Any], on_clip=None) -> dict[str, Any]:
             except video_io.VideoDecodeError as error:
                 skipped.append({"path": entry.path, "reason": error.reason, "detail": error.detail or ""})
             except Exception as error:  # noqa: BLE001 - one odd file must not stop a day-long job
-                skipped.append({"path": entry.path, "reason": REASON_UNEXPECTED, "detail": f"{type(error).__name__}: {error}"})
+                detail = f"{type(error).__name__}: {error}"
+                skipped.append({"path": entry.path, "reason": REASON_UNEXPECTED, "detail": detail})
             else:
                 writer.write(record)
                 num_clips += 1
@@ -316,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jpeg_quality", type=int, default=90)
     parser.add_argument("--min_duration", type=float, default=0.0, help="seconds; shorter videos are skipped")
     parser.add_argument("--max_frames", type=int, default=None, help="keep at most this many frames per clip")
-    parser.add_argument("--num_shards", type=int, default=None, help=f"default: one per {DEFAULT_CLIPS_PER_SHARD} clips")
+    parser.add_argument("--num_shards", type=int, default=None,
+                        help=f"default: one per {DEFAULT_CLIPS_PER_SHARD} clips")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
     parser.add_argument("--no_progress", action="store_true")
     return parser

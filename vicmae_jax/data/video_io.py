@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterator, Sequence
-from fractions import Fraction
 
 import av
 import numpy as np
@@ -165,7 +164,8 @@ def read_frames(
       frames: uint8 [T, H, W, 3] RGB; with short_side, the shorter side equals short_side (up or down).
       timestamps: float64 [T], seconds from the stream start, strictly increasing (the kept frames' own times).
       source_fps: the stream's frame rate (from the container, or measured from frame times).
-    Raises VideoDecodeError; REASON_NO_FRAMES when nothing decodes.
+    Raises VideoDecodeError; REASON_NO_FRAMES when nothing decodes. A stream cut short (an interrupted
+    download of a webm/mkv) gives the frames before the cut; an mp4 cut before its index cannot be opened.
     """
     if target_fps is not None and target_fps <= 0:
         raise ValueError(f"target_fps must be positive, got {target_fps}")
@@ -253,13 +253,12 @@ def decode_at_times(
         fps_hint = _stream_fps(stream)
         time_base = float(stream.time_base) if stream.time_base is not None else None
         origin = _stream_origin_s(stream)
-        decoder = _timed_frames(container, stream, path, fps_hint)
         if origin is None or time_base is None:
-            first = next(decoder, None)
+            # The time origin is the first frame's time; every target restarts from a seek below.
+            first = next(_timed_frames(container, stream, path, fps_hint), None)
             if first is None:
                 raise VideoDecodeError(path, REASON_NO_FRAMES)
             origin = first[0]
-            decoder = None  # restart from the beginning below
 
         def restart(seek_to: float | None) -> Iterator[tuple[float, av.VideoFrame]]:
             try:
@@ -289,8 +288,7 @@ def decode_at_times(
             bracketed = after is not None and target <= after[0] and (before is None or before[0] < target)
             at_end = exhausted and before is not None and target > before[0]
             if not (bracketed or at_end):
-                forward = frames is not None and after is not None and 0 < target - after[0] <= FORWARD_DECODE_LIMIT_S
-                if forward:
+                if frames is not None and after is not None and 0 < target - after[0] <= FORWARD_DECODE_LIMIT_S:
                     before, after = advance(frames, target, after)
                 else:
                     frames = restart(target if target > 0 else None)
