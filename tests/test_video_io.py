@@ -148,7 +148,7 @@ def test_decode_at_times_seeks_instead_of_decoding_from_the_start(media, monkeyp
 )
 def test_bad_files_raise_decode_error_with_reason(media, kind, reason):
     path = media["bad"][kind]
-    for call in (probe, read_frames, lambda p: decode_at_times(p, [0.5])):
+    for call in (probe, read_frames, video_io.frame_times, lambda p: decode_at_times(p, [0.5])):
         with pytest.raises(VideoDecodeError) as caught:
             call(path)
         assert caught.value.reason == reason
@@ -163,11 +163,18 @@ def test_missing_file_and_single_frame(media, tmp_path):
     assert frames.shape[0] == 1 and timestamps.tolist() == [0.0]
 
 
+@pytest.mark.parametrize("kind", ["mp4", "webm", "live_webm", "ntsc", "vfr", "long_gop5"])
+def test_frame_times_from_packets_match_decoded_times(media, kind):
+    _, decoded_times, _ = read_frames(media[kind])
+    np.testing.assert_allclose(video_io.frame_times(media[kind]), decoded_times, atol=1e-9)
+
+
 def test_truncated_webm_gives_the_frames_before_the_cut(tmp_path):
     path = make_truncated(tmp_path / "cut.webm", num_frames=NUM_FRAMES, keep_fraction=0.6)
     frames, timestamps, _ = read_frames(path)
     assert 0 < len(frames) < NUM_FRAMES
     assert indices(frames) == list(range(len(frames)))
+    np.testing.assert_allclose(video_io.frame_times(path), timestamps, atol=1e-9)
     assert indices(decode_at_times(path, [100.0])) == [len(frames) - 1]
 
 
