@@ -118,3 +118,13 @@ def test_conversion_is_not_trivially_right(golden, model_cfg, converted):
   out, _, _ = _run(graphdef, state, jnp.asarray(golden["images"]), jnp.asarray(golden["masked_noise"]),
                    float(golden["masked_mask_ratio"]), 8)
   assert np.abs(np.asarray(out["pooled"]) - golden["masked_pooled"]).max() > 100 * ATOL
+
+
+def test_scan_layers_model_matches_official(golden, model_cfg, converted):
+  """The same converted tree loads into the scan (stacked blocks) model and gives the same outputs."""
+  model = _model(dict(model_cfg, scan_layers=True), converted)
+  graphdef, state = nnx.split(model)
+  out, _, _ = _run(graphdef, state, jnp.asarray(golden["images"]), jnp.asarray(golden["masked_noise"]),
+                   float(golden["masked_mask_ratio"]), 8)
+  for name in ("pred", "pooled", "proj"):
+    np.testing.assert_allclose(np.asarray(out[name]), golden[f"masked_{name}"], rtol=0, atol=ATOL, err_msg=name)
