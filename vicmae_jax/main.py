@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import sys
 
+import logging as py_logging
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -84,9 +86,25 @@ def _enable_compilation_cache(workdir: str):
     logging.warning("compilation cache disabled: %s", e)
 
 
+class _QuietLibraries(py_logging.Filter):
+  """Keeps checkpointing/data-library INFO chatter out of the console; warnings still show."""
+
+  _NOISY = ("/orbax/", "/grain/", "/tensorflow/", "/clu/")
+
+  def filter(self, record):
+    return record.levelno >= 30 or not any(p in (record.pathname or "") for p in self._NOISY)
+
+
+def _quiet_library_logs():
+  handler = logging.get_absl_handler()
+  handler.addFilter(_QuietLibraries())
+  py_logging.getLogger().addFilter(_QuietLibraries())
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  _quiet_library_logs()
   from vicmae_jax import distributed
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 

@@ -289,8 +289,8 @@ def run_loop(*, config, workdir: str, state: dict, train_step: Callable, data_it
         pending = None
         ckpt.save(step, state, data_iter, plain_config)
         last_saved = step
-      if on_step is not None:
-        on_step(step, state, batch)
+      if on_step is not None and on_step(step, state, batch):
+        logger.reset_clock()  # the hook did visible work (e.g. images); keep it out of step time
       if evaluate is not None and step != total_steps and eval_due(step):
         evaluate(step, state)
         logger.reset_clock()

@@ -223,6 +223,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             np.asarray(batch["views"][: int(config.log.num_images)]))
       if step % int(config.log.image_every_steps) == 0 or step == total_steps:
         _write_recon(logger, recon, state, fixed["views"], step, config, dims)
+        return True
+      return False
 
   if start_step == 0 and evaluator:
     evaluate(0, state)
