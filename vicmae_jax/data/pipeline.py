@@ -3,7 +3,7 @@
 Pretraining, per process (`make_pretrain_loader`):
 
     for each source:  record indices -> this process's part [process_index::process_count]
-                      -> shuffle (reshuffled every epoch) -> repeat
+                      -> repeat, in a new random order every epoch
                       -> (record index, epoch) -> example from the source
                       -> video: gap (seconds) -> two frames -> two augmented views
                          image: decoded once -> two augmented views
@@ -63,6 +63,7 @@ import atexit
 import dataclasses
 import math
 import os
+import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -220,11 +221,6 @@ def dataset_size(cfg: Mapping[str, Any]) -> int:
 # Pretraining.
 
 
-def _shard(num_records: int, process_index: int, process_count: int) -> grain.MapDataset:
-    """This process's record indices: [process_index::process_count] (disjoint, covering)."""
-    return grain.MapDataset.range(num_records)[process_index::process_count]
-
-
 def _seed32(*values: int) -> int:
     return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0])
 
@@ -373,17 +369,50 @@ def _finish(dataset: grain.MapDataset, cfg: Mapping[str, Any], host_batch: int, 
     return iter_dataset
 
 
+class EpochOrder:
+    """Global position in an endless stream -> (record index, epoch): a fresh permutation every epoch.
+
+    shard: [n] record indices of this process. The permutation of epoch e is a function of
+    (seed, e) only. (grain's index_shuffle takes milliseconds per element on small datasets, a
+    numpy permutation per epoch costs microseconds per element at any size.)
+    """
+
+    def __init__(self, shard: np.ndarray, seed: int):
+        self.shard = np.asarray(shard, np.int64)
+        self.seed = int(seed)
+        self._cache: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        return {"shard": self.shard, "seed": self.seed}
+
+    def __setstate__(self, state):
+        self.__init__(state["shard"], state["seed"])
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        with self._lock:
+            order = self._cache.get(epoch)
+            if order is None:
+                order = np.random.default_rng(np.random.SeedSequence([self.seed, epoch])).permutation(len(self.shard))
+                # Threads may straddle an epoch boundary: keep the newest two epochs.
+                self._cache = {e: o for e, o in self._cache.items() if e >= epoch - 1}
+                self._cache[epoch] = order
+            return order
+
+    def __call__(self, position: int, _: Any = None) -> tuple[int, int]:
+        epoch, offset = divmod(int(position), len(self.shard))
+        return int(self.shard[self.permutation(epoch)[offset]]), epoch
+
+
 def _training_mixture(data_cfg, built, *, seed: int, process_index: int, process_count: int, make_example) -> grain.MapDataset:
-    """Shard -> shuffle -> repeat -> (record index, epoch) -> make_example(source, index) per source, mixed by weight."""
+    """Shard -> per-epoch shuffle -> repeat -> (record index, epoch) -> make_example(source, index), mixed by weight."""
     per_source, weights = [], []
     for source_index, (name, weight, source) in enumerate(built):
-        indices = _shard(len(source), process_index, process_count)
-        if len(indices) == 0:
+        shard = np.arange(len(source))[process_index::process_count]
+        if len(shard) == 0:
             raise ValueError(f"data.sources.{name}: {len(source)} records cannot be split over {process_count} processes")
-        shard_length = len(indices)
-        epochs = indices.shuffle(seed=_seed32(seed, sampling.source_key(name))).repeat()
-        # (record index, epoch): the epoch counts passes over this process's part of the source.
-        keyed = epochs.map_with_index(lambda position, record, n=shard_length: (int(record), position // n))
+        order = EpochOrder(shard, _seed32(seed, sampling.source_key(name)))
+        keyed = grain.MapDataset.range(len(shard)).repeat().map_with_index(order)
         per_source.append(keyed.map(make_example(source, source_index)))
         weights.append(weight)
     mixed = per_source[0] if len(per_source) == 1 else grain.MapDataset.mix(per_source, weights)
