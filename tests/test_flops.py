@@ -130,3 +130,25 @@ def test_peak_flops_table():
   assert flops.peak_flops("TPU v4", "tfloat32") is None
   assert flops.peak_flops("some accelerator") is None
   assert flops.peak_flops(jax.devices("cpu")[0]) is None
+
+
+def test_step_benchmark_reports_the_analytic_flops(tmp_path):
+  import importlib.util
+  import json
+  import os
+
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "step.py")
+  spec = importlib.util.spec_from_file_location("step_benchmark", path)
+  step_benchmark = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(step_benchmark)
+  json_out = tmp_path / "rows.json"
+  rows = step_benchmark.main(["--variant=mu/8", "--image_size=32", "--batch=4", "--dtype=float32", "--steps=2",
+                              "--warmup=1", "--set", "decoder_depth=1", f"--json_out={json_out}"])
+  assert len(rows) == 1
+  row = rows[0]
+  dims = vicmae.resolve_model_config({"variant": "mu/8"})
+  assert row["flops_per_step"] == flops.vicmae_train_flops(dims, 32, 0.5, 4)
+  assert row["pairs_per_s"] == pytest.approx(4 / (row["step_ms"] / 1e3))
+  assert row["step_ms_min"] <= row["step_ms"] and row["compile_s"] > 0 and row["peak_mem_gib"] > 0
+  assert np.isfinite(row["final_loss"]) and row["mfu"] is None  # no peak known for a CPU
+  assert json.loads(json_out.read_text())[0]["flops_per_step"] == row["flops_per_step"]
