@@ -1,1 +1,15 @@
+"""Data: preparing videos into shards, reading sources, sampling frame pairs, augmenting, grain pipelines.
 
+  records.py    one clip = one msgpack record (JPEG frames + timestamps)
+  video_io.py   PyAV probing, fixed-rate reading, seeking to given times
+  formats.py    Kinetics / Moments in Time / Something-Something / folder listings
+  prepare.py    raw videos -> ArrayRecord shards (CLI: python -m vicmae_jax.data.prepare)
+  demo.py       the self-building moving-digits demo dataset
+  sources.py    grain data sources: prepared clips, raw videos, TFDS, image folders, npz
+  sampling.py   frame pairs a set time apart, clip windows; per-example random generators
+  augment.py    named image ops composed from spec strings (the ViC-MAE two-view recipe)
+  pipeline.py   make_pretrain_loader / make_eval_loader / make_clip_loader, the data config, to_global
+
+Modules are imported directly (`from vicmae_jax.data import pipeline`) so that importing the package
+stays cheap.
+"""

@@ -1,0 +1,224 @@
+"""Frame pairs per second per CPU core at 224 px: prepared shards vs raw videos vs the decoder itself.
+
+Measures, on the same videos and with the same pair sampling (1.06 s gaps):
+
+  jpeg_decode        decoding the two stored JPEG frames of a pair and nothing else (upper bound)
+  prepared_crop_flip prepared shards: record -> pair by time -> decode + random resized crop + flip,
+                     two views of 224 x 224 (the fast path)
+  prepared_full      the same with the full ViC-MAE recipe (colour jitter, grayscale, blur / solarize)
+  raw_crop_flip      raw video files: pair by time -> seek + decode both frames -> crop + flip
+  pyav_seek_decode   the decoder's own rate: PyAV seek to each of the two times + decode to it, RGB
+                     out, no resizing or augmentation (the baseline for raw decoding)
+  grain_loader       the real pipeline (make_pretrain_loader, prepared, full recipe) with one thread
+                     per core, batches of 64: pairs/s in total and per core
+
+Single-thread rates are pairs per CPU-second of this process (time.process_time over the loop), which
+is the per-core rate even on a machine shared with other work; wall-clock rates are printed beside
+them. Targets: prepared_crop_flip >= 700 pairs/s per core; raw within 2x of pyav_seek_decode.
+
+By default it writes K400-like videos first (456x256, 30 fps, 10 s, H.264, 2 s keyframe interval;
+slow pans over scikit-image photographs plus sensor noise) and prepares them at 8 fps, short side
+256. Point --videos at a folder of real videos (<root>/<class>/*.mp4) to measure on those instead.
+
+  python benchmarks/input_pipeline.py                       # ~2 minutes on 2 cores
+  python benchmarks/input_pipeline.py --videos=/data/k400_subset --seconds=20 --json_out=/tmp/ip.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from fractions import Fraction
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import av  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from vicmae_jax.data import augment, pipeline, prepare, sampling, sources  # noqa: E402
+
+_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "retina", "immunohistochemistry", "hubble_deep_field", "colorwheel")
+
+
+def write_videos(root: str, count: int, *, seconds: float = 10.0, fps: float = 30.0, width: int = 456, height: int = 256) -> None:
+    """K400-like H.264 clips: a slow pan and zoom over a photograph with per-frame noise."""
+    import skimage.data
+
+    rng = np.random.default_rng(0)
+    for number in range(count):
+        photo = getattr(skimage.data, _PHOTOS[number % len(_PHOTOS)])()
+        if photo.ndim == 2:
+            photo = np.stack([photo] * 3, axis=-1)
+        photo = np.asarray(Image.fromarray(photo[..., :3]).resize((width * 2, height * 2), Image.Resampling.BICUBIC))
+        os.makedirs(os.path.join(root, f"class{number % 4}"), exist_ok=True)
+        path = os.path.join(root, f"class{number % 4}", f"clip{number:03d}.mp4")
+        rate = Fraction(fps).limit_denominator(1001)
+        with av.open(path, mode="w") as container:
+            stream = container.add_stream("libx264", rate=rate)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = {"preset": "veryfast", "crf": "23"}
+            stream.codec_context.gop_size = int(2 * fps)
+            num_frames = int(seconds * fps)
+            for index in range(num_frames):
+                progress = index / max(num_frames - 1, 1)
+                scale = 1.0 - 0.3 * progress
+                crop_w, crop_h = int(width * 2 * scale), int(height * 2 * scale)
+                left = int((width * 2 - crop_w) * progress)
+                top = int((height * 2 - crop_h) * (0.5 + 0.5 * np.sin(3 * progress)) / 1.0)
+                top = min(max(top, 0), height * 2 - crop_h)
+                image = Image.fromarray(photo[top : top + crop_h, left : left + crop_w]).resize((width, height), Image.Resampling.BILINEAR)
+                pixels = np.asarray(image).astype(np.int16) + rng.integers(-6, 7, (height, width, 1), dtype=np.int16)
+                frame = av.VideoFrame.from_ndarray(np.clip(pixels, 0, 255).astype(np.uint8), format="rgb24")
+                frame.pts, frame.time_base = index, 1 / rate
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+
+
+def rate(label: str, work, seconds: float) -> dict:
+    """Runs work() -> pairs done, repeatedly for `seconds`; pairs per CPU-second and per wall-second."""
+    work()  # warm-up: imports, caches, first file opens
+    pairs, wall_start, cpu_start = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - wall_start < seconds:
+        pairs += work()
+    wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
+    result = {"name": label, "pairs": pairs, "pairs_per_cpu_s": pairs / cpu, "pairs_per_wall_s": pairs / wall}
+    print(f"  {label:<20} {result['pairs_per_cpu_s']:8.1f} pairs/s per core  ({result['pairs_per_wall_s']:8.1f} per wall s, {pairs} pairs)",
+          flush=True)
+    return result
+
+
+def pyav_seek_decode(path: str, times: tuple[float, float]) -> None:
+    """The decoder alone: for each time, seek to the keyframe before it, decode up to it, convert to RGB."""
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "SLICE"
+        for target in sorted(times):
+            container.seek(int(target / stream.time_base), stream=stream, backward=True)
+            for frame in container.decode(stream):
+                if frame.time is not None and frame.time >= target - 1e-6:
+                    frame.to_ndarray(format="rgb24")
+                    break
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--videos", default="", help="folder-format video root (default: write K400-like clips)")
+    parser.add_argument("--num_videos", type=int, default=8)
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per row")
+    parser.add_argument("--fps", type=float, default=8.0, help="stored frame rate of the prepared shards")
+    parser.add_argument("--workdir", default="", help="where videos and shards go (default: a temporary dir)")
+    parser.add_argument("--json_out", default="")
+    args = parser.parse_args(argv)
+
+    workdir = args.workdir or tempfile.mkdtemp(prefix="vicmae_input_bench_")
+    videos = args.videos or os.path.join(workdir, "videos")
+    if not args.videos and not os.path.isdir(videos):
+        print(f"writing {args.num_videos} K400-like videos to {videos}", flush=True)
+        write_videos(videos, args.num_videos)
+    prepared_dir = os.path.join(workdir, "prepared")
+    if not os.path.isfile(os.path.join(prepared_dir, "train_meta.json")):
+        print(f"preparing shards at {args.fps} fps, short side 256 in {prepared_dir}", flush=True)
+        prepare.prepare_dataset("folder", videos, prepared_dir, fps=args.fps, short_side=256,
+                                workers=os.cpu_count() or 1, progress=False)
+
+    size = args.image_size
+    prepared = sources.PreparedClipSource(prepared_dir, "train", name="prepared")
+    raw = sources.RawVideoSource("folder", videos, short_side=256, name="raw")
+    first = prepared[0]
+    height, width = np.asarray(Image.open(__import__("io").BytesIO(first["frames"][0]))).shape[:2]
+    cores = os.cpu_count() or 1
+    print(f"{len(prepared)} clips; stored frames {width}x{height}; output {size}x{size}; {cores} cores visible", flush=True)
+
+    def maker(source, specs):
+        return pipeline.PairMaker(source, 0, view_specs=specs, image_size=size, crop_scale=(0.08, 1.0),
+                                  frame_gap_seconds=sampling.DEFAULT_FRAME_GAP_SECONDS, frame_gap_range=None, seed=0)
+
+    counter = {"i": 0}
+
+    def pairs_of(make, batch=16):
+        def work():
+            for _ in range(batch):
+                counter["i"] += 1
+                out = make((counter["i"] % len(make.source), counter["i"] // len(make.source)))
+                assert not isinstance(out, sources.Skipped), out
+            return batch
+        return work
+
+    clips = [prepared[i] for i in range(len(prepared))]
+
+    def jpeg_only():
+        for n in range(16):
+            counter["i"] += 1
+            clip = clips[counter["i"] % len(clips)]
+            rng = sampling.example_rng(0, 1, counter["i"], 0)
+            i, j = sampling.pair_indices(clip["timestamps"], sampling.DEFAULT_FRAME_GAP_SECONDS, rng)
+            for index in (i, j):
+                Image.open(__import__("io").BytesIO(clip["frames"][index])).convert("RGB").load()
+        return 16
+
+    def decoder_only():
+        for n in range(4):
+            counter["i"] += 1
+            example = raw[counter["i"] % len(raw)]
+            rng = sampling.example_rng(0, 2, counter["i"], 0)
+            pyav_seek_decode(example["path"], sampling.pair_times(example["duration_s"], sampling.DEFAULT_FRAME_GAP_SECONDS, rng))
+        return 4
+
+    print("single thread (per core):", flush=True)
+    results = [
+        rate("jpeg_decode", jpeg_only, args.seconds),
+        rate("prepared_crop_flip", pairs_of(maker(prepared, (augment.CROP_FLIP_SPEC,) * 2)), args.seconds),
+        rate("prepared_full", pairs_of(maker(prepared, augment.DEFAULT_VIEW_SPECS)), args.seconds),
+        rate("raw_crop_flip", pairs_of(maker(raw, (augment.CROP_FLIP_SPEC,) * 2), batch=4), args.seconds),
+        rate("pyav_seek_decode", decoder_only, args.seconds),
+    ]
+    by_name = {r["name"]: r for r in results}
+
+    cfg = pipeline.default_data_config()
+    cfg.sources.prepared = pipeline.default_source_config(kind="prepared", path=prepared_dir)
+    cfg.num_threads = cores
+    loader = pipeline.make_pretrain_loader(cfg, global_batch_size=64, image_size=size, seed=0, process_index=0, process_count=1)
+    iterator = iter(loader)
+    next(iterator)
+    start_wall, start_cpu, batches = time.perf_counter(), time.process_time(), 0
+    while time.perf_counter() - start_wall < args.seconds:
+        next(iterator)
+        batches += 1
+    wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
+    loader_result = {"name": "grain_loader", "threads": cores, "pairs_per_wall_s": 64 * batches / wall,
+                     "pairs_per_cpu_s": 64 * batches / cpu, "cpu_utilisation": cpu / wall}
+    print(f"grain loader, prepared, full recipe, {cores} threads: {loader_result['pairs_per_wall_s']:.1f} pairs/s in total, "
+          f"{loader_result['pairs_per_cpu_s']:.1f} per CPU-second ({loader_result['cpu_utilisation']:.2f} cores busy)", flush=True)
+    iterator.close()
+
+    ratios = {
+        "prepared_crop_flip / raw_crop_flip": by_name["prepared_crop_flip"]["pairs_per_cpu_s"] / by_name["raw_crop_flip"]["pairs_per_cpu_s"],
+        "pyav_seek_decode / raw_crop_flip": by_name["pyav_seek_decode"]["pairs_per_cpu_s"] / by_name["raw_crop_flip"]["pairs_per_cpu_s"],
+        "jpeg_decode / prepared_crop_flip": by_name["jpeg_decode"]["pairs_per_cpu_s"] / by_name["prepared_crop_flip"]["pairs_per_cpu_s"],
+        "prepared_crop_flip / prepared_full": by_name["prepared_crop_flip"]["pairs_per_cpu_s"] / by_name["prepared_full"]["pairs_per_cpu_s"],
+    }
+    print("ratios (per core):")
+    for name, value in ratios.items():
+        print(f"  {name:<36} {value:6.2f}x")
+    targets = {
+        "prepared_crop_flip >= 700 pairs/s per core": by_name["prepared_crop_flip"]["pairs_per_cpu_s"] >= 700,
+        "raw within 2x of pyav_seek_decode": ratios["pyav_seek_decode / raw_crop_flip"] <= 2.0,
+    }
+    for name, met in targets.items():
+        print(f"  target {name}: {'met' if met else 'NOT met'}")
+    summary = {"results": results, "grain_loader": loader_result, "ratios": ratios, "targets": targets,
+               "frames": f"{width}x{height}", "image_size": size, "cores": cores, "videos": videos}
+    if args.json_out:
+        with open(args.json_out, "w") as file:
+            json.dump(summary, file, indent=1)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
