@@ -6,6 +6,7 @@
   prepare.py    raw videos -> ArrayRecord shards (CLI: python -m vicmae_jax.data.prepare)
   demo.py       the self-building moving-digits demo dataset
   sources.py    grain data sources: prepared clips, raw videos, TFDS, image folders, npz
+  finetune_augment.py  RandAugment, random erasing, mixup / cutmix for fine-tuning
   sampling.py   frame pairs a set time apart, clip windows; per-example random generators
   augment.py    named image ops composed from spec strings (the ViC-MAE two-view recipe)
   pipeline.py   make_pretrain_loader / make_eval_loader / make_clip_loader, the data config, to_global

@@ -197,7 +197,7 @@ class RawVideoSource(Source):
     """Video files listed by formats.py, decoded on the fly (seek + decode of the frames needed).
 
     The time of the last frame comes from the container header; for containers that do not state a
-    duration (live-recorded webm, some mkv) the file is decoded once to find it, and cached.
+    duration (live-recorded webm, some mkv) from the packet timestamps (no decoding); cached per file.
     """
 
     kind = "raw"
@@ -245,8 +245,8 @@ class RawVideoSource(Source):
                 frame_interval = 1.0 / info.fps if info.fps else 0.0
                 result = max(info.duration_s - frame_interval, 0.0)
             else:
-                # No duration in the header: decode once (to tiny frames) for the frame times.
-                _, times, _ = video_io.read_frames(path, short_side=16)
+                # No duration in the header: read the packet timestamps (no decoding).
+                times = video_io.frame_times(path)
                 result = float(times[-1]) if times.size >= MIN_CLIP_FRAMES else 0.0
         except video_io.VideoDecodeError as error:
             result = Skipped(self.name, path, error.reason, error.detail or "")
