@@ -1,0 +1,558 @@
+"""Shared core of the classification trainers (linear probe, fine-tuning).
+
+`run(...)` is the driver both trainers hand their pieces to: the same mesh, sharded state, resume
+order, `common.run_loop`, clu metrics and checkpoints (with the data iterator) as pretraining.
+What differs between them is a `Task` (how logits are computed and from which batch field) plus the
+model, the optional frozen encoder and the loaders.
+
+One train step is one `jax.jit` over global arrays:
+  batch {pixels uint8 | features f32, "label" int32 [B], (mixing "mix_lam" [B], "mix_box" [B, 4])}
+  -> (mixup / cutmix on device) -> normalize -> logits [B, K] -> soft-target cross entropy
+  -> grads -> optax -> new state + metrics.
+A frozen encoder (linear probe on pixels) travels as a separate, non-donated argument and is not
+part of the checkpoint: it comes from `init_from` again on resume.
+
+Evaluation: top-1 / top-5 over the padded eval loader (`valid` masks padding). A batch whose pixels
+carry a view axis ([B, V, ...], multi-view testing) is scored by the mean over views of the softmax.
+
+Loading (`init_from`): the `encoder.*` subtree of a pretraining workdir, a converted official
+checkpoint or a fine-tuned classifier; each load is reported by name (loaded, kept from init,
+unused) and a missing or mis-shaped encoder parameter is an error naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vicmae_jax import checkpoint as ckpt_lib
+from vicmae_jax import config_lib
+from vicmae_jax import losses
+from vicmae_jax import optim
+from vicmae_jax import sharding as sharding_lib
+from vicmae_jax.data import classification as data_lib
+from vicmae_jax.data import pipeline as data_pipeline
+from vicmae_jax.models import classifier
+from vicmae_jax.models import vicmae
+from vicmae_jax.models import vit
+from vicmae_jax.trainers import common
+
+PIXEL_KEYS = {"image": "image", "clip": "video"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------
+
+def classification_config(trainer: str) -> ml_collections.ConfigDict:
+  """Fields shared by the linear-probe and fine-tuning configs (configs/ build on these).
+
+    image_size     crop size S fed to the model
+    num_classes    0 = from the training data's class names
+    input_kind     "image" (one image or one frame per record) | "clip" (frames of a video)
+    model.*        the pretrained encoder's architecture (vicmae.resolve_model_config fields)
+    data.*         training data (pipeline.default_data_config; clip_num_frames, clip_stride,
+                   clip_augmentation and crop_scale for clips)
+    eval_data.*    evaluation data, one source (eval_augmentation; num_temporal_views and
+                   num_spatial_views: multi-view testing of clips)
+    augment.*      per-image training augmentation (data/classification.py augment_config)
+    mixup.*        mixup / cutmix / label smoothing (data/classification.py mixup_config)
+    eval.*         every_steps (0 = only at the end), batch_size (global)
+  """
+  c = config_lib.base_config()
+  c.trainer = trainer
+  c.image_size = 224
+  c.num_classes = 0
+  c.input_kind = "image"
+  c.model = config_lib.model_config()
+  c.optim = config_lib.optim_config()
+  c.data = data_pipeline.default_data_config()
+  c.eval_data = data_pipeline.default_data_config()
+  # Evaluation clips have as many frames as training clips unless set apart.
+  c.eval_data.clip_num_frames = c.data.get_ref("clip_num_frames")
+  c.eval_data.clip_stride = c.data.get_ref("clip_stride")
+  c.augment = data_lib.augment_config()
+  c.mixup = data_lib.mixup_config()
+  c.eval = ml_collections.ConfigDict(dict(every_steps=0, batch_size=256))
+  return c
+
+
+def _as_config_error(section: str, fn: Callable[[], Any]):
+  """Helpers raise ValueError('<section>.<field>: ...'); surface them as ConfigError on that field."""
+  try:
+    return fn()
+  except config_lib.ConfigError:
+    raise
+  except ValueError as e:
+    msg = str(e)
+    field = msg.split(":", 1)[0] if msg.startswith(section + ".") else section
+    if field.startswith("config."):
+      field = field[len("config."):]
+    raise config_lib.ConfigError(field, msg) from None
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> dict:
+  """Every check that can fail before reading data or compiling. Returns the resolved model dims."""
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  config_lib.validate_common(config, num_devices)
+  for field in ("model", "optim", "data", "eval_data", "image_size", "num_classes", "input_kind", "augment",
+                "mixup", "eval"):
+    config_lib.require(field in config, field, "missing")
+  dims = _as_config_error("model", lambda: vicmae.resolve_model_config(config.model))
+  config_lib.require(config.input_kind in data_lib.INPUT_KINDS, "input_kind",
+                     f"must be one of {data_lib.INPUT_KINDS}, got {config.input_kind!r}")
+  image_size, patch = int(config.image_size), int(dims["patch_size"])
+  config_lib.require(image_size > 0 and image_size % patch == 0, "image_size",
+                     f"{image_size} is not a positive multiple of the patch size {patch}")
+  config_lib.require(int(config.num_classes) >= 0, "num_classes", "must be >= 0 (0 = from the data)")
+  _as_config_error("optim", lambda: optim.resolve_optim_config(config.optim))
+  _as_config_error("data", lambda: data_pipeline.validate_data_config(config.data))
+  _as_config_error("eval_data", lambda: _renamed_errors(data_pipeline.validate_data_config, config.eval_data,
+                                                        "data.", "eval_data."))
+  _as_config_error("augment", lambda: data_lib.validate_augment_config(config.augment))
+  _as_config_error("mixup", lambda: data_lib.validate_mixup_config(config.mixup))
+  mesh = config_lib.mesh_shape(config.mesh, num_devices)
+  data_parallel = mesh["data"] * mesh["fsdp"]
+  eval_batch = int(config.eval.batch_size)
+  config_lib.require(eval_batch > 0 and eval_batch % data_parallel == 0, "eval.batch_size",
+                     f"{eval_batch} is not a positive multiple of the data-parallel size {data_parallel}")
+  config_lib.require(int(config.eval.every_steps) >= 0, "eval.every_steps", "must be >= 0")
+  return dims
+
+
+def _renamed_errors(fn, arg, old_prefix: str, new_prefix: str):
+  """Runs fn(arg); a ValueError's leading field name `old_prefix...` is reported as `new_prefix...`."""
+  try:
+    return fn(arg)
+  except ValueError as e:
+    msg = str(e)
+    raise ValueError(new_prefix + msg[len(old_prefix):] if msg.startswith(old_prefix) else msg) from None
+
+
+def resolve_num_classes(config) -> int:
+  if int(config.num_classes) > 0:
+    return int(config.num_classes)
+  return _as_config_error("data", lambda: data_lib.num_classes(config.data))
+
+
+def make_optimizer(config, abstract_params, durations: config_lib.Durations):
+  """(tx, lr_fn) from `config.optim` for the trainable params (layer decay counts their blocks)."""
+  tx = optim.make_optimizer(config.optim, durations.total_steps, abstract_params,
+                            warmup_steps=durations.warmup_steps, global_batch_size=config.batch_size)
+  lr_fn = optim.make_lr_fn(config.optim, durations.total_steps, warmup_steps=durations.warmup_steps,
+                           global_batch_size=config.batch_size)
+  return tx, lr_fn
+
+
+# ----------------------------------------------------------------------------------------------
+# Targets and mixing (on device)
+# ----------------------------------------------------------------------------------------------
+
+def smooth_targets(labels: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
+  """int [B] -> float32 [B, K]: 1 - s + s/K on the label, s/K elsewhere."""
+  one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  return one_hot * (1.0 - smoothing) + smoothing / num_classes
+
+
+def partner_rows(x: jax.Array, num_blocks: int) -> jax.Array:
+  """Each block of B / num_blocks rows reversed: the mixing partner of row i within its block.
+
+  Blocks are the processes' host batches, so a partner always comes from the same host (as
+  timm mixes within a device's batch) and mixing moves no pixels between hosts.
+  """
+  rows = x.shape[0]
+  blocked = x.reshape(num_blocks, rows // num_blocks, *x.shape[1:])
+  return blocked[:, ::-1].reshape(x.shape)
+
+
+def mix_batch(pixels: jax.Array, labels: jax.Array, lam: jax.Array, box: jax.Array, *, num_classes: int,
+              smoothing: float, num_blocks: int = 1) -> tuple[jax.Array, jax.Array]:
+  """Mixup / cutmix of a batch with its reversed partner rows (finetune_augment.mixup_cutmix on device).
+
+  pixels: [B, ..., H, W, C] (uint8 or float; clips mix every frame alike). labels int [B].
+  lam float32 [B]: weight of the row itself. box int32 [B, 4] (top, bottom, left, right): a
+  non-empty box means cutmix (pixels inside come from the partner; lam already equals the kept
+  area), an empty one mixup (lam x + (1 - lam) partner). lam = 1 with an empty box leaves the
+  row untouched. Returns (pixels float32 in the input's scale, targets float32 [B, K] =
+  lam smooth(y) + (1 - lam) smooth(y_partner)).
+  """
+  x = pixels.astype(jnp.float32)
+  partner = partner_rows(x, num_blocks)
+  height, width = x.shape[-3], x.shape[-2]
+  extra = (1,) * (x.ndim - 4)  # frame axes between the batch and H
+  top, bottom, left, right = (box[:, i].reshape((-1,) + extra + (1, 1, 1)) for i in range(4))
+  rows = jnp.arange(height).reshape(height, 1, 1)
+  cols = jnp.arange(width).reshape(1, width, 1)
+  inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+  is_cutmix = ((box[:, 1] - box[:, 0]) * (box[:, 3] - box[:, 2]) > 0).reshape((-1,) + extra + (1, 1, 1))
+  weight = lam.astype(jnp.float32).reshape((-1,) + extra + (1, 1, 1))
+  mixed = jnp.where(is_cutmix, jnp.where(inside, partner, x), weight * x + (1.0 - weight) * partner)
+  targets = smooth_targets(labels, num_classes, smoothing)
+  lam_rows = lam.astype(jnp.float32)[:, None]
+  targets = lam_rows * targets + (1.0 - lam_rows) * partner_rows(targets, num_blocks)
+  return mixed, targets
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What a trainer computes.
+
+  input_key: batch field of the model input ("image" [B,S,S,3], "video" [B,T,S,S,3], "features" [B,D]).
+  example_ndim: rank of that field for a batch without a view axis (4, 5 or 2).
+  logits: (model, frozen_model or None, inputs, key or None, train) -> logits [B, K] float32; pixel
+    inputs arrive normalized.
+  num_classes, label_smoothing: the targets. mixing: the batches carry mix_lam / mix_box.
+  """
+
+  input_key: str
+  example_ndim: int
+  logits: Callable[..., jax.Array]
+  num_classes: int
+  label_smoothing: float = 0.0
+  mixing: bool = False
+
+  @property
+  def pixels(self) -> bool:
+    return self.input_key in ("image", "video")
+
+  def batch_keys(self) -> tuple[str, ...]:
+    return (self.input_key, "label") + (("mix_lam", "mix_box") if self.mixing else ())
+
+
+@dataclasses.dataclass
+class Frozen:
+  """A frozen model: graphdef + sharded {"params", "batch_stats", "rest"} (not trained, not saved)."""
+
+  graphdef: Any
+  state: dict
+  shardings: dict
+
+  def merge(self, state: dict) -> nnx.Module:
+    return nnx.merge(self.graphdef, state["params"], state["batch_stats"], state["rest"])
+
+
+def create_frozen(model_fn: Callable[[], nnx.Module], mesh) -> Frozen:
+  """Builds a model's state directly in its shardings (like common.create_state, without an optimizer)."""
+  def init():
+    _, params, batch_stats, rest = common.split_model(model_fn())
+    return {"params": params, "batch_stats": batch_stats, "rest": rest}
+
+  graphdef = nnx.graphdef(nnx.eval_shape(model_fn))
+  with jax.set_mesh(mesh):
+    abstract = jax.eval_shape(init)
+    repl = sharding_lib.replicated(mesh)
+    shardings = {"params": sharding_lib.state_shardings(abstract["params"], mesh),
+                 "batch_stats": jax.tree.map(lambda _: repl, abstract["batch_stats"]),
+                 "rest": jax.tree.map(lambda _: repl, abstract["rest"])}
+    state = jax.jit(init, out_shardings=shardings)()
+  return Frozen(graphdef, state, shardings)
+
+
+def _model_inputs(task: Task, batch: Mapping[str, jax.Array]) -> jax.Array:
+  return batch[task.input_key]
+
+
+def make_train_step(task: Task, graphdef, rest, tx, lr_fn, state_shardings, frozen: Frozen | None, mesh):
+  """The jitted `(state, frozen_state, batch) -> (state, metrics)` (state donated)."""
+  batch_sh = sharding_lib.batch_sharding(mesh)
+  repl = sharding_lib.replicated(mesh)
+  num_blocks = jax.process_count()
+
+  def step_fn(state, frozen_state, batch):
+    key = common.step_key(state)
+    inputs = _model_inputs(task, batch)
+    labels = batch["label"]
+    if task.mixing:
+      inputs, targets = mix_batch(inputs, labels, batch["mix_lam"], batch["mix_box"],
+                                  num_classes=task.num_classes, smoothing=task.label_smoothing,
+                                  num_blocks=num_blocks)
+    else:
+      targets = smooth_targets(labels, task.num_classes, task.label_smoothing)
+    if task.pixels:
+      inputs = vit.normalize_images(inputs)
+    frozen_model = frozen.merge(frozen_state) if frozen is not None else None
+    # Merged at the step's trace level: nnx.value_and_grad differentiates the Params only and
+    # carries the BatchNorm running-stat updates out of the differentiated function.
+    model = common.merge_model(graphdef, state["params"], state["batch_stats"], rest)
+
+    def loss_fn(model):
+      logits = task.logits(model, frozen_model, inputs, key, True)
+      return losses.softmax_cross_entropy(logits, targets), logits
+
+    (loss, logits), grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)(model)
+    new_stats = nnx.state(model, nnx.BatchStat)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new_state = {"step": state["step"] + 1, "rng": state["rng"], "params": params,
+                 "batch_stats": new_stats, "opt_state": opt_state}
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)),
+        "lr": lr_fn(state["step"]),
+        "grad_norm": optax.global_norm(grads),
+        "param_norm": optax.global_norm(params),
+    }
+    return new_state, metrics
+
+  batch_shardings = {k: batch_sh for k in task.batch_keys()}
+  frozen_sh = frozen.shardings if frozen is not None else {}
+  return jax.jit(step_fn, in_shardings=(state_shardings, frozen_sh, batch_shardings),
+                 out_shardings=(state_shardings, repl), donate_argnums=(0,))
+
+
+def make_eval_step(task: Task, graphdef, rest, frozen: Frozen | None, mesh):
+  """Jitted `(params, batch_stats, frozen_state, inputs, labels, valid) -> (sum top-1, sum top-5, count)`.
+
+  inputs [B, ...] or [B, V, ...] (V views: the softmax is averaged over them before ranking).
+  """
+  repl = sharding_lib.replicated(mesh)
+  top_k = min(5, task.num_classes)
+
+  def eval_fn(params, batch_stats, frozen_state, inputs, labels, valid):
+    model = common.merge_model(graphdef, params, batch_stats, rest)
+    frozen_model = frozen.merge(frozen_state) if frozen is not None else None
+    probs = view_averaged_probs(lambda x: task.logits(model, frozen_model, x, None, False), inputs,
+                                task.example_ndim, normalize=task.pixels)
+    weight = valid.astype(jnp.float32)
+    top1 = jnp.sum(losses.topk_correct(probs, labels, 1) * weight)
+    top5 = jnp.sum(losses.topk_correct(probs, labels, top_k) * weight)
+    return top1, top5, jnp.sum(weight)
+
+  return jax.jit(eval_fn, out_shardings=(repl, repl, repl))
+
+
+def view_averaged_probs(logits_fn: Callable[[jax.Array], jax.Array], inputs: jax.Array, example_ndim: int, *,
+                        normalize: bool) -> jax.Array:
+  """Class probabilities [B, K]: softmax(logits_fn(x)), averaged over a view axis when present.
+
+  inputs [B, ...] (rank example_ndim) or [B, V, ...] (rank example_ndim + 1); all views of all
+  examples go through `logits_fn` as one batch of B*V.
+  """
+  if normalize:
+    inputs = vit.normalize_images(inputs)
+  if inputs.ndim == example_ndim:
+    return jax.nn.softmax(logits_fn(inputs).astype(jnp.float32), axis=-1)
+  if inputs.ndim != example_ndim + 1:
+    raise ValueError(f"eval inputs must have rank {example_ndim} or {example_ndim + 1} (views), "
+                     f"got shape {inputs.shape}")
+  batch, views = inputs.shape[:2]
+  flat = inputs.reshape(batch * views, *inputs.shape[2:])
+  probs = jax.nn.softmax(logits_fn(flat).astype(jnp.float32), axis=-1)
+  return jnp.mean(probs.reshape(batch, views, -1), axis=1)
+
+
+def evaluate(eval_step, state: dict, frozen: Frozen | None, batches: Iterable[Mapping[str, np.ndarray]],
+             to_global: Callable, input_key: str) -> dict[str, float]:
+  """Top-1 / top-5 accuracy (fractions) and the example count over one pass of `batches`."""
+  frozen_state = frozen.state if frozen is not None else {}
+  totals = None
+  for batch in batches:
+    g = to_global({input_key: batch[input_key], "label": batch["label"], "valid": batch["valid"]})
+    sums = eval_step(state["params"], state["batch_stats"], frozen_state, g[input_key], g["label"], g["valid"])
+    totals = sums if totals is None else tuple(a + b for a, b in zip(totals, sums))
+  if totals is None:
+    raise ValueError("the evaluation data yielded no batch")
+  top1, top5, count = (float(x) for x in jax.device_get(totals))
+  if count == 0:
+    raise ValueError("the evaluation data has no valid example")
+  return {"top1": top1 / count, "top5": top5 / count, "count": int(count)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading pretrained weights
+# ----------------------------------------------------------------------------------------------
+
+def flat_params(params) -> dict[str, Any]:
+  """nnx.State (or pytree) -> {"encoder/blocks/0/attn/qkv/kernel": leaf}."""
+  return {optim.path_string(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def replace_params(params, values: Mapping[str, Any]):
+  """Copies host arrays into the (sharded) params by path; the other entries are kept."""
+  def one(path, leaf):
+    name = optim.path_string(path)
+    if name not in values:
+      return leaf
+    return jax.device_put(np.asarray(values[name], dtype=leaf.dtype), leaf.sharding)
+  return jax.tree_util.tree_map_with_path(one, params)
+
+
+def read_checkpoint_params(init_from: str) -> dict:
+  """The params tree of a training workdir / step dir / converted checkpoint, as nested numpy dicts.
+
+  Raises ConfigError on `init_from` when the path holds nothing usable.
+  """
+  try:
+    return ckpt_lib.load_pretrained_tree(init_from)["params"]
+  except (FileNotFoundError, ValueError) as e:
+    raise config_lib.ConfigError("init_from", str(e).removeprefix("init_from: ")) from None
+
+
+def _encoder_source(loaded: Mapping[str, Any], init_from: str) -> dict:
+  try:
+    return classifier.encoder_subtree(loaded)
+  except ValueError as e:
+    raise config_lib.ConfigError("init_from", f"{init_from}: {e}") from None
+
+
+def _unused_top_level(loaded: Mapping[str, Any], used: Iterable[str]) -> list[str]:
+  return sorted(k for k in loaded if k not in set(used))
+
+
+def _merge_report(target_flat: Mapping[str, Any], source: Mapping[str, Any], *, init_from: str,
+                  allow_missing: tuple[str, ...]) -> tuple[dict[str, Any], dict]:
+  """ckpt_lib.merge_pretrained by path, with unexpected encoder entries made an error too."""
+  try:
+    merged, report = ckpt_lib.merge_pretrained(ckpt_lib.unflatten(dict(target_flat)), source,
+                                               allow_missing=allow_missing)
+  except ValueError as e:
+    raise config_lib.ConfigError("init_from", f"{init_from}: {e}") from None
+  if report["unexpected"]:
+    raise config_lib.ConfigError(
+        "init_from", f"{init_from}: the checkpoint's encoder has parameters this model lacks (another "
+        f"architecture? check config.model): {', '.join(report['unexpected'][:20])}")
+  flat = ckpt_lib.flatten(merged)
+  return {k: flat[k] for k in report["loaded"]}, report
+
+
+def load_image_classifier(params, init_from: str, *, scanned: bool, grid_size: int):
+  """Loads `encoder.*` (and a learned `pos_embed`, resized bicubically to the model's grid) into
+  ImageClassifier params. The head always starts fresh. Returns (params, report)."""
+  loaded = read_checkpoint_params(init_from)
+  source: dict[str, Any] = {"encoder": classifier.match_block_layout(_encoder_source(loaded, init_from), scanned)}
+  used = ["encoder"] if "encoder" in loaded else [k for k in loaded if k not in ("pos_embed", "head")]
+  if "pos_embed" in loaded:
+    table = np.asarray(loaded["pos_embed"])
+    source["pos_embed"] = classifier.interpolate_pos_embed(table, (grid_size, grid_size))
+    used.append("pos_embed")
+    if source["pos_embed"].shape != table.shape:
+      logging.info("init_from: pos_embed resized from %s to %s (bicubic)", table.shape, source["pos_embed"].shape)
+  values, report = _merge_report(flat_params(params), source, init_from=init_from,
+                                 allow_missing=("pos_embed", "head"))
+  report["unused"] = _unused_top_level(loaded, used)
+  return replace_params(params, values), report
+
+
+def load_encoder(params, init_from: str, *, scanned: bool):
+  """Loads the `encoder.*` subtree into a bare VisionTransformer's params. Returns (params, report)."""
+  loaded = read_checkpoint_params(init_from)
+  source = classifier.match_block_layout(_encoder_source(loaded, init_from), scanned)
+  values, report = _merge_report(flat_params(params), source, init_from=init_from, allow_missing=())
+  report["unused"] = _unused_top_level(loaded, ["encoder"] if "encoder" in loaded else list(source))
+  return replace_params(params, values), report
+
+
+def load_video_model(params, init_from: str, model_fn: Callable[[], nnx.Module]):
+  """Inflates the `encoder.*` subtree into VideoViT params (models/video.py from_image_encoder)."""
+  from vicmae_jax.models import video
+  loaded = read_checkpoint_params(init_from)
+  source = _encoder_source(loaded, init_from)
+  abstract = nnx.eval_shape(model_fn)
+  try:
+    mappings = video.from_image_encoder(abstract, source)
+  except ValueError as e:
+    raise config_lib.ConfigError("init_from", f"{init_from}: {e}") from None
+  filled = flat_params(nnx.state(abstract, nnx.Param))
+  values = {m.target: np.asarray(filled[m.target]) for m in mappings if m.target is not None and m.action != "new"}
+  report = {"loaded": sorted(values), "missing": [m.target for m in mappings if m.action == "new"],
+            "unexpected": [m.source for m in mappings if m.action == "unused"], "mismatched": [],
+            "inflated": [m.target for m in mappings if m.action == "inflated"],
+            "unused": _unused_top_level(loaded, ["encoder"] if "encoder" in loaded else list(source))}
+  return replace_params(params, values), report
+
+
+def log_report(report: Mapping[str, Any], init_from: str) -> None:
+  logging.info("init_from %s: %d parameters loaded; kept from init: %s; unused in the checkpoint: %s",
+               init_from, len(report["loaded"]), ", ".join(report["missing"]) or "none",
+               ", ".join(report["unused"] + list(report.get("unexpected", []))) or "none")
+
+
+# ----------------------------------------------------------------------------------------------
+# The driver
+# ----------------------------------------------------------------------------------------------
+
+def run(config, workdir: str, *, task: Task, mesh, model_fn: Callable[[], nnx.Module], train_loader,
+        eval_batches: Callable[[], Iterable[Mapping[str, np.ndarray]]], dataset_size: int,
+        frozen: Frozen | None = None, load_pretrained: Callable[[Any], tuple[Any, dict]] | None = None,
+        unit: str = "images") -> dict:
+  """Trains `model_fn()`'s parameters on `task` and evaluates; resumes from `workdir` when it can.
+
+  load_pretrained(params) -> (params, report) runs on a fresh start only (resume order: the
+  workdir's newest checkpoint > init_from > fresh init). eval_batches() gives one padded pass
+  over the evaluation data. Returns a summary with the final top-1 / top-5 under "eval".
+  """
+  os.makedirs(workdir, exist_ok=True)
+  durations = config_lib.resolve_durations(config, dataset_size)
+  total_steps = durations.total_steps
+  logging.info("Data: %d training examples, %d steps/epoch, %d steps (%d warm-up)", dataset_size,
+               durations.steps_per_epoch, total_steps, durations.warmup_steps)
+  abstract_params = nnx.state(nnx.eval_shape(model_fn), nnx.Param)
+  tx, lr_fn = make_optimizer(config, abstract_params, durations)
+  state, state_sh, graphdef, rest = common.create_state(model_fn, tx, mesh, config.seed)
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
+  logging.info("Trainable parameters: %.3fM", num_params / 1e6)
+
+  data_iter = iter(train_loader)
+  ckpt = common.make_checkpointer(config, workdir)
+  report = None
+  if ckpt.latest_step() is None and load_pretrained is not None:
+    params, report = load_pretrained(state["params"])
+    state = dict(state, params=params)
+  state, start_step = common.restore_or_init(ckpt, state, state_sh, data_iter)
+
+  train_step = make_train_step(task, graphdef, rest, tx, lr_fn, state_sh, frozen, mesh)
+  eval_step = make_eval_step(task, graphdef, rest, frozen, mesh)
+  frozen_state = frozen.state if frozen is not None else {}
+  batch_sh = sharding_lib.batch_sharding(mesh)
+  to_global = lambda batch: data_pipeline.to_global(batch, batch_sh)
+  from vicmae_jax import metrics as metrics_lib  # clu pulls in TensorFlow: only when training
+  logger = metrics_lib.TrainLogger(workdir, total_steps=total_steps, global_batch=config.batch_size, unit=unit)
+  if start_step == 0 and jax.process_index() == 0:
+    logger.write_hparams(config_lib.to_plain(config))
+
+  eval_results: dict[int, dict] = {}
+
+  def run_eval(step, state):
+    res = evaluate(eval_step, state, frozen, eval_batches(), to_global, task.input_key)
+    logger.write_scalars(step, {"eval/top1": res["top1"], "eval/top5": res["top5"]})
+    logging.info("eval at step %d: top-1 %.4f, top-5 %.4f (%d examples)", step, res["top1"], res["top5"],
+                 res["count"])
+    eval_results[step] = res
+    return res
+
+  every = int(config.eval.every_steps)
+  out = common.run_loop(
+      config=config, workdir=workdir, state=state,
+      train_step=lambda s, batch: train_step(s, frozen_state, batch), data_iter=data_iter,
+      to_global=to_global, batch_keys=task.batch_keys(), ckpt=ckpt, logger=logger,
+      start_step=start_step, total_steps=total_steps, evaluate=run_eval if every > 0 else None,
+      eval_due=lambda step: every > 0 and step % every == 0)
+  final = None
+  if not out["stopped_early"]:
+    final = run_eval(out["final_step"], out["state"])
+    if jax.process_index() == 0:
+      print(f"{config.trainer}: top-1 {100 * final['top1']:.2f}%  top-5 {100 * final['top5']:.2f}%  "
+            f"({final['count']} examples, step {out['final_step']})", flush=True)
+  ckpt.close()
+  logger.close()
+  if report is not None and jax.process_index() == 0:
+    with open(os.path.join(workdir, "init_report.json"), "w") as f:
+      json.dump(report, f, indent=1)
+  return {"final_step": out["final_step"], "total_steps": total_steps, "last_checkpoint": out["last_checkpoint"],
+          "stopped_early": out["stopped_early"], "eval": final, "evals": eval_results,
+          "history": logger.history, "init_report": report, "num_classes": task.num_classes}
