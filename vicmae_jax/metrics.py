@@ -7,7 +7,9 @@ step s+1 runs on the device, so logging never stalls it).
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from typing import Mapping
 
@@ -45,6 +47,9 @@ class TrainLogger:
     self._window_start = time.perf_counter()
     self._window_steps = 0
     self.history: list[dict] = []
+    # A JSON-lines copy of every written scalar: easy to read back for scripts and tests.
+    self._jsonl = (open(os.path.join(workdir, "metrics.jsonl"), "a")
+                   if jax.process_index() == 0 else None)
 
   def write_hparams(self, hparams: Mapping):
     flat = {}
@@ -84,6 +89,7 @@ class TrainLogger:
     if self.flops_per_step and self.peak_flops_total:
       avg[f"{self.prefix}/mfu"] = self.flops_per_step / step_time / self.peak_flops_total
     self.writer.write_scalars(step, avg)
+    self._append(step, avg)
     eta = (self.total_steps - step) * step_time
     parts = [f"step {step}/{self.total_steps}"]
     for key in ("loss", "loss_recon", "loss_contrast", "accuracy", "lr", "grad_norm",
@@ -104,7 +110,15 @@ class TrainLogger:
     return avg
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]):
-    self.writer.write_scalars(step, {k: float(v) for k, v in scalars.items()})
+    scalars = {k: float(v) for k, v in scalars.items()}
+    self.writer.write_scalars(step, scalars)
+    self._append(step, scalars)
+
+  def _append(self, step: int, scalars: Mapping[str, float]):
+    if self._jsonl is not None:
+      self._jsonl.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
+                        + "\n")
+      self._jsonl.flush()
 
   def write_images(self, step: int, images: Mapping[str, np.ndarray]):
     self.writer.write_images(step, images)
@@ -112,6 +126,8 @@ class TrainLogger:
   def close(self):
     self.writer.flush()
     self.writer.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
 
 
 def global_norm(tree) -> jax.Array:

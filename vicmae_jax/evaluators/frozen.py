@@ -132,11 +132,12 @@ class FrozenEvaluator:
     self.seed = seed
 
   def __bool__(self):
-    return bool(self.cfg)
+    return any(int(c.every_steps) >= 0 for c in self.cfg.values())
 
   def due(self, step: int, total_steps: int) -> list[str]:
-    return [name for name, c in self.cfg.items()
-            if step == 0 or step == total_steps or (c.every_steps and step % c.every_steps == 0)]
+    """Evaluators to run at `step`: at 0, every `every_steps` and at the end; never if < 0."""
+    return [name for name, c in self.cfg.items() if int(c.every_steps) >= 0 and (
+        step == 0 or step == total_steps or (c.every_steps and step % c.every_steps == 0))]
 
   def run(self, names: list[str], encode_fn: Callable, to_global: Callable,
           batch_size: int) -> dict[str, float]:

@@ -1,0 +1,213 @@
+"""Pretraining end to end through `vicmae_jax.main`: runs, exact resume, SIGTERM, NaN, config errors.
+
+All runs use the embedded demo at its `tiny` size (a real mp4 dataset built once per session,
+prepared into ArrayRecord shards) and 8 fake CPU devices.
+"""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "demo.py")
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+  from vicmae_jax.data import demo
+  root = tmp_path_factory.mktemp("demo_digits")
+  demo.ensure_demo_dataset(str(root), num_train_clips=24, num_val_clips=12)
+  return str(root)
+
+
+def _env(devices=8):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["VICMAE_COMPILE_CACHE"] = os.environ.get("VICMAE_TEST_COMPILE_CACHE", "")
+  env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  return env
+
+
+NO_EVALS = ("--config.evals.knn.every_steps=-1", "--config.evals.linear_probe.every_steps=-1",
+            "--config.log.image_every_steps=0")
+
+
+def main_cmd(workdir, demo_root, *overrides):
+  return [sys.executable, "-m", "vicmae_jax.main", f"--config={CONFIG}:tiny",
+          f"--workdir={workdir}", f"--config.demo_data.root={demo_root}", *overrides]
+
+
+def run_main(workdir, demo_root, *overrides, timeout=600):
+  return subprocess.run(main_cmd(workdir, demo_root, *overrides), env=_env(), cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def losses(workdir) -> dict[int, float]:
+  """step -> loss from metrics.jsonl (the last line for a step wins: a resumed run re-logs)."""
+  out = {}
+  path = Path(workdir) / "metrics.jsonl"
+  for line in path.read_text().splitlines():
+    rec = json.loads(line)
+    if "train/loss" in rec:
+      out[rec["step"]] = rec["train/loss"]
+  return out
+
+
+def tiny_config(demo_root, **overrides):
+  from ml_collections import config_flags  # noqa: F401  (the config file imports the package)
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("demo_config", CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("tiny")
+  c.demo_data.root = demo_root
+  for name in ("knn", "linear_probe"):
+    c.evals[name].every_steps = -1
+  c.log.image_every_steps = 0
+  for key, value in overrides.items():
+    node = c
+    parts = key.split(".")
+    for p in parts[:-1]:
+      node = node[p]
+    node[parts[-1]] = value
+  return c
+
+
+@pytest.fixture(scope="module")
+def reference(demo_root, tmp_path_factory):
+  """An uninterrupted in-process run of 10 steps: the per-step losses every resumed run must hit."""
+  from vicmae_jax import main
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  summary = main.run(tiny_config(demo_root, num_steps=10, **{"checkpoint.every_steps": 3}), workdir)
+  assert summary["final_step"] == 10
+  return workdir
+
+
+def test_run_writes_checkpoints_metrics_images_and_evals(demo_root, tmp_path):
+  proc = run_main(tmp_path, demo_root)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  ckpts = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert ckpts[-1] == 6 and 3 in ckpts
+  for item in ("state", "data", "config"):
+    assert (tmp_path / "checkpoints" / "6" / item).is_dir()
+  assert list(tmp_path.glob("events.out.tfevents.*")), "no TensorBoard event file"
+  recs = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  train = [r for r in recs if "train/loss" in r]
+  assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+  for r in train:
+    for key in ("train/loss_recon", "train/loss_contrast", "train/lr", "train/grad_norm",
+                "train/param_norm", "train/update_norm", "train/pairs_per_s"):
+      assert np.isfinite(r[key]), key
+    assert abs(r["train/loss"] - (0.97 * r["train/loss_recon"] + 0.03 * r["train/loss_contrast"])) < 1e-5
+  evals = [r for r in recs if "eval/knn_top1" in r]
+  assert [r["step"] for r in evals] == [0, 6]
+  assert all(0.0 <= r["eval/linear_probe_top1"] <= 1.0 for r in evals)
+  assert "step 6/6" in proc.stderr
+
+
+def test_killed_run_resumes_exactly(demo_root, reference, tmp_path):
+  ref = losses(reference)
+  cmd = main_cmd(tmp_path, demo_root, "--config.num_steps=10", "--config.checkpoint.every_steps=3",
+                 *NO_EVALS)
+  proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (tmp_path / "checkpoints" / "3").is_dir():
+    assert proc.poll() is None, "run ended before its first checkpoint"
+    assert time.time() < deadline
+    time.sleep(0.05)
+  time.sleep(random.uniform(0.0, 0.5))
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  done = run_main(tmp_path, demo_root, "--config.num_steps=10", "--config.checkpoint.every_steps=3",
+                  *NO_EVALS)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "Resumed from" in done.stderr
+  got = losses(tmp_path)
+  assert sorted(got) == list(range(1, 11))
+  for step in range(1, 11):
+    assert got[step] == ref[step], (step, got[step], ref[step])
+  _assert_same_params(reference, tmp_path, 10)
+
+
+def test_sigterm_saves_and_resumes(demo_root, reference, tmp_path):
+  cmd = main_cmd(tmp_path, demo_root, "--config.num_steps=10", "--config.checkpoint.every_steps=100",
+                 *NO_EVALS)
+  proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.time() + 300
+  while not (metrics.exists() and "train/loss" in metrics.read_text()):
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    assert time.time() < deadline
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  assert "termination signal" in err
+  saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert len(saved) == 1 and 1 <= saved[0] < 10  # saved where it stopped, not at a schedule
+  done = run_main(tmp_path, demo_root, "--config.num_steps=10", "--config.checkpoint.every_steps=100",
+                  *NO_EVALS)
+  assert done.returncode == 0, done.stderr[-3000:]
+  ref, got = losses(reference), losses(tmp_path)
+  for step in range(1, 11):
+    assert got[step] == ref[step], (step, got[step], ref[step])
+
+
+def _assert_same_params(workdir_a, workdir_b, step):
+  from vicmae_jax import checkpoint
+  a = checkpoint.flatten(checkpoint.load_pretrained_tree(str(Path(workdir_a) / "checkpoints" / str(step)))["params"])
+  b = checkpoint.flatten(checkpoint.load_pretrained_tree(str(Path(workdir_b) / "checkpoints" / str(step)))["params"])
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_nan_stops_without_saving_bad_state(demo_root, tmp_path):
+  from vicmae_jax import main
+  config = tiny_config(demo_root, num_steps=6, warmup_steps=0, **{
+      "checkpoint.every_steps": 1, "optim.lr": 1e30})
+  with pytest.raises(FloatingPointError, match="non-finite training metrics at step"):
+    main.run(config, str(tmp_path))
+  saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  from vicmae_jax import checkpoint
+  for step in saved:
+    params = checkpoint.flatten(checkpoint.load_pretrained_tree(
+        str(tmp_path / "checkpoints" / str(step)))["params"])
+    assert all(np.all(np.isfinite(v)) for v in params.values()), step
+  recs = losses(tmp_path)
+  bad = [s for s, v in recs.items() if not np.isfinite(v)]
+  assert not saved or not bad or max(saved) < min(bad) + 1
+
+
+@pytest.mark.parametrize("override,field", [
+    ("--config.batch_size=12", "batch_size"),
+    ("--config.model.mask_ratio=1.0", "mask_ratio"),
+    ("--config.modle.depth=2", "modle"),
+    ("--config.batch_size=abc", "batch_size"),
+])
+def test_config_errors_fail_before_compiling(demo_root, tmp_path, override, field):
+  start = time.time()
+  proc = run_main(tmp_path, demo_root, override)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert field in last, last
+  assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "checkpoints").exists()
+  assert time.time() - start < 120
+
+
+def test_missing_data_names_the_path(demo_root, tmp_path):
+  proc = run_main(tmp_path, demo_root, "--config.data.sources.digits.path=/nonexistent/k400")
+  assert proc.returncode == 2
+  assert "/nonexistent/k400" in proc.stderr.strip().splitlines()[-1]
