@@ -358,10 +358,11 @@ def test_remat_equals_no_remat(remat):
 def test_encode_at_mask_zero_equals_pooled_features():
     model = _build()
     images = _images(batch=3)
-    out = model(images, mask_ratio=0.0, key=jax.random.key(0), train=False)
+    out = nnx.jit(lambda m, x: m(x, mask_ratio=0.0, train=False))(model, images)
     np.testing.assert_array_equal(np.asarray(out["mask"]), 0.0)
+    encode = nnx.jit(lambda m, x: m.encode(x))
     for view in range(2):
-        tokens, pooled = model.encode(images[:, view])
+        tokens, pooled = encode(model, images[:, view])
         assert tokens.shape == (3, 1 + 16, 64) and pooled.shape == (3, 64)
         np.testing.assert_allclose(np.asarray(pooled), np.asarray(out["pooled"][:, view]), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(np.asarray(pooled), np.asarray(tokens[:, 1:].mean(1)), rtol=1e-6)
@@ -385,7 +386,7 @@ def test_bfloat16_compute_runs_close_to_float32():
 
 def test_any_image_size_divisible_by_patch():
     model = _build()
-    out = model(_images(height=24, width=40), mask_ratio=0.75, key=jax.random.key(0))
+    out = nnx.jit(lambda m, x: m(x, mask_ratio=0.75, key=jax.random.key(0)))(model, _images(height=24, width=40))
     assert out["pred"].shape == (2, 2, 15, 192)
     np.testing.assert_array_equal(np.asarray(out["mask"]).sum(-1), 15 - int(15 * 0.25))
     with pytest.raises(ValueError, match="image_size"):
