@@ -2,6 +2,7 @@
 
 Measures, on the same videos and with the same pair sampling (1.06 s gaps):
 
+  record_read        reading + unpacking one prepared clip record (all its frames) per pair
   jpeg_decode        decoding the two stored JPEG frames of a pair and nothing else (upper bound)
   prepared_crop_flip prepared shards: record -> pair by time -> decode + random resized crop + flip,
                      two views of 224 x 224 (the fast path)
@@ -162,6 +163,12 @@ def main(argv=None) -> dict:
                 Image.open(__import__("io").BytesIO(clip["frames"][index])).convert("RGB").load()
         return 16
 
+    def record_only():
+        for n in range(16):
+            counter["i"] += 1
+            prepared[counter["i"] % len(prepared)]
+        return 16
+
     def decoder_only():
         for n in range(4):
             counter["i"] += 1
@@ -171,7 +178,10 @@ def main(argv=None) -> dict:
         return 4
 
     print("single thread (per core):", flush=True)
+    record_bytes = np.mean([len(prepared._records[i]) for i in range(len(prepared))])
+    print(f"  (a prepared clip record holds {len(first['frames'])} frames, {record_bytes / 2**20:.2f} MiB)", flush=True)
     results = [
+        rate("record_read", record_only, args.seconds),
         rate("jpeg_decode", jpeg_only, args.seconds),
         rate("prepared_crop_flip", pairs_of(maker(prepared, (augment.CROP_FLIP_SPEC,) * 2)), args.seconds),
         rate("prepared_full", pairs_of(maker(prepared, augment.DEFAULT_VIEW_SPECS)), args.seconds),
@@ -212,7 +222,7 @@ def main(argv=None) -> dict:
     }
     for name, met in targets.items():
         print(f"  target {name}: {'met' if met else 'NOT met'}")
-    summary = {"results": results, "grain_loader": loader_result, "ratios": ratios, "targets": targets,
+    summary = {"record_mib": record_bytes / 2**20, "results": results, "grain_loader": loader_result, "ratios": ratios, "targets": targets,
                "frames": f"{width}x{height}", "image_size": size, "cores": cores, "videos": videos}
     if args.json_out:
         with open(args.json_out, "w") as file:
