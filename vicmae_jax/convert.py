@@ -584,13 +584,13 @@ def _stack_blocks(tree: Mapping) -> dict:
 
 
 def extract_state_dict(checkpoint: Any) -> dict[str, np.ndarray]:
-  """The tensors of an official checkpoint: under 'model' (official training), 'state_dict', or top level.
+  """The tensors of an official checkpoint: under 'model' (official training), 'state_dict', 'module', or top level.
 
   A DistributedDataParallel 'module.' prefix is removed. Raises PthFormatError naming what was found instead.
   """
   obj = checkpoint
   if isinstance(obj, Mapping):
-    for key in ("model", "state_dict", "model_state"):
+    for key in ("model", "state_dict", "model_state", "module"):  # "module": DeepSpeed's model states file
       if key in obj and isinstance(obj[key], Mapping):
         obj = obj[key]
         break
