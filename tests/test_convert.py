@@ -1,5 +1,4 @@
 """Tests of vicmae_jax.convert: the torch-free .pth reader/writer and the official <-> ours parameter mapping."""
-import io
 import os
 import pickle
 import struct

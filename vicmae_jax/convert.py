@@ -627,7 +627,8 @@ def infer_model_config(state_dict: Mapping[str, np.ndarray], *, kind: str | None
   Head counts are not stored in a checkpoint: they come from the published variant with the same encoder
   (patch size, width, depth); a ValueError asks for them when none matches. Parts absent from the checkpoint
   (decoder, projector) take that variant's sizes.
-  Also returns "image_size" (from the position table's length) under a separate key, "_image_size".
+  When the checkpoint has a `pos_embed`, the image size it was trained at (from the table's length) is returned
+  too, under "_image_size" (not a model field: pop it before `resolve_model_config`).
   """
   from vicmae_jax.models import vicmae as vicmae_model
 
@@ -702,11 +703,11 @@ def initial_tree(model_cfg: Mapping[str, Any], seed: int = 0) -> dict:
   from vicmae_jax.models import vicmae as vicmae_model
 
   model = vicmae_model.build_model(model_cfg, rngs=nnx.Rngs(seed))
-  to_numpy = lambda tree: _unstack_blocks(_stringify(jax_tree_to_numpy(nnx.to_pure_dict(tree))))
+  to_numpy = lambda tree: _unstack_blocks(_stringify(_tree_to_numpy(nnx.to_pure_dict(tree))))
   return {"params": to_numpy(nnx.state(model, nnx.Param)), "batch_stats": to_numpy(nnx.state(model, nnx.BatchStat))}
 
 
-def jax_tree_to_numpy(tree):
+def _tree_to_numpy(tree):
   import jax
 
   return jax.tree.map(np.asarray, tree)
@@ -846,8 +847,8 @@ def ours_to_official(tree: Mapping, *, image_size: int, kind: str | None = None,
   from vicmae_jax.models import vit
 
   kind = kind or tree_kind(tree)
-  params = _unstack_blocks(_stringify(jax_tree_to_numpy(tree["params"])))
-  batch_stats = _unstack_blocks(_stringify(jax_tree_to_numpy(tree.get("batch_stats", {}))))
+  params = _unstack_blocks(_stringify(_tree_to_numpy(tree["params"])))
+  batch_stats = _unstack_blocks(_stringify(_tree_to_numpy(tree.get("batch_stats", {}))))
   collections_ = {"params": params, "batch_stats": batch_stats}
   depth = len(params["encoder"]["blocks"])
   decoder_depth = len(params["decoder"]["blocks"]) if kind != "encoder" else 0
