@@ -66,6 +66,27 @@ def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state, pa
   )
 
 
+def _init_fn(model_fn, tx, seed):
+  def init():
+    model = model_fn()
+    _, params, batch_stats, rest = split_model(model)
+    opt_state = tx.init(params)
+    state = {"step": jnp.zeros((), jnp.int32), "rng": rng_data(seed), "params": params,
+             "batch_stats": batch_stats, "opt_state": opt_state}
+    return state, rest
+  return init
+
+
+def abstract_state(model_fn: Callable[[], nnx.Module], tx: optax.GradientTransformation,
+                   mesh: jax.sharding.Mesh, seed: int):
+  """Shapes and shardings of the train state, nothing allocated: (abstract, shardings, graphdef)."""
+  graphdef = nnx.graphdef(nnx.eval_shape(model_fn))
+  with jax.set_mesh(mesh):
+    abstract, _ = jax.eval_shape(_init_fn(model_fn, tx, seed))
+    shardings = state_shardings(abstract, tx, mesh)
+  return abstract, shardings, graphdef
+
+
 def create_state(model_fn: Callable[[], nnx.Module], tx: optax.GradientTransformation,
                  mesh: jax.sharding.Mesh, seed: int):
   """Shapes first, then shardings, then one jitted init that writes each shard where it lives.
@@ -73,18 +94,11 @@ def create_state(model_fn: Callable[[], nnx.Module], tx: optax.GradientTransform
   Returns (state, state_shardings, graphdef, rest) where `rest` is the model's non-trainable,
   non-stat state (captured as constants by the step).
   """
-  def init():
-    model = model_fn()
-    graphdef, params, batch_stats, rest = split_model(model)
-    opt_state = tx.init(params)
-    state = {"step": jnp.zeros((), jnp.int32), "rng": rng_data(seed), "params": params,
-             "batch_stats": batch_stats, "opt_state": opt_state}
-    return state, rest
-
+  init = _init_fn(model_fn, tx, seed)
   graphdef = nnx.graphdef(nnx.eval_shape(model_fn))
   with jax.set_mesh(mesh):
-    abstract_state, abstract_rest = jax.eval_shape(init)
-    shardings = state_shardings(abstract_state, tx, mesh)
+    abstract, abstract_rest = jax.eval_shape(init)
+    shardings = state_shardings(abstract, tx, mesh)
     rest_shardings = jax.tree.map(lambda _: sharding_lib.replicated(mesh), abstract_rest)
     state, rest = jax.jit(init, out_shardings=(shardings, rest_shardings))()
   return state, shardings, graphdef, rest

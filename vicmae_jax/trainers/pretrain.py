@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 
 from absl import logging
 from flax import nnx
@@ -35,7 +36,7 @@ from vicmae_jax.models import vit
 from vicmae_jax.trainers import common
 
 
-def validate(config: ml_collections.ConfigDict) -> dict:
+def validate(config: ml_collections.ConfigDict, check_data: bool = True) -> dict:
   """Every check that can fail before compiling. Returns the resolved model dims."""
   config_lib.validate_common(config, jax.device_count())
   for field in ("model", "optim", "data", "image_size"):
@@ -49,7 +50,8 @@ def validate(config: ml_collections.ConfigDict) -> dict:
   config_lib.require(int(num_patches * (1 - float(dims["mask_ratio"]))) >= 1, "model.mask_ratio",
                      f"{dims['mask_ratio']} keeps no patch of {num_patches}")
   _as_config_error("optim", lambda: optim.resolve_optim_config(config.optim))
-  _as_config_error("data", lambda: data_pipeline.validate_data_config(config.data))
+  if check_data:
+    _as_config_error("data", lambda: data_pipeline.validate_data_config(config.data))
   if config.evals:
     frozen_eval.FrozenEvaluator(config.evals, image_size=int(config.image_size))
   return dims
@@ -153,6 +155,60 @@ def reconstruction_panel(views: np.ndarray, pred: np.ndarray, mask: np.ndarray,
   return np.clip(panel, 0.0, 1.0)
 
 
+def make_model_and_optimizer(config, total_steps: int, warmup_steps: int):
+  """-> (model_fn, tx, lr_fn): the model builder (rngs made inside, so it can run under jit)."""
+  model_fn = lambda: vicmae.build_model(config.model, rngs=nnx.Rngs(config.seed))
+  abstract_params = nnx.state(nnx.eval_shape(model_fn), nnx.Param)
+  tx = optim.make_optimizer(config.optim, total_steps, abstract_params, warmup_steps=warmup_steps,
+                            global_batch_size=config.batch_size)
+  lr_fn = optim.make_lr_fn(config.optim, total_steps, warmup_steps=warmup_steps,
+                           global_batch_size=config.batch_size)
+  return model_fn, tx, lr_fn
+
+
+def compile_report(config: ml_collections.ConfigDict) -> dict:
+  """Compiles the train step ahead of time, without reading data; reports memory and FLOPs.
+
+  Per-device numbers from XLA's memory analysis of the compiled step: arguments (params,
+  optimizer state, batch), outputs, temporaries, and the resulting peak estimate.
+  """
+  dims = validate(config, check_data=False)
+  mesh = common.make_mesh(config)
+  total_steps = max(int(config.get("num_steps", 0) or 0), 1000)
+  model_fn, tx, lr_fn = make_model_and_optimizer(config, total_steps, 0)
+  abstract, state_sh, graphdef = common.abstract_state(model_fn, tx, mesh, config.seed)
+  batch_sh = sharding_lib.batch_sharding(mesh)
+  step = make_train_step(graphdef, nnx.State({}), tx, lr_fn, config, state_sh, batch_sh, mesh)
+  size = int(config.image_size)
+  batch = {"views": jax.ShapeDtypeStruct((config.batch_size, 2, size, size, 3), jnp.uint8,
+                                         sharding=batch_sh)}
+  t0 = time.perf_counter()
+  compiled = step.lower(common.abstract_with_shardings(abstract, state_sh), batch).compile()
+  compile_s = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  nbytes = lambda tree: sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+                            for x in jax.tree.leaves(tree))
+  report = {
+      "devices": jax.device_count(),
+      "mesh": dict(mesh.shape),
+      "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"])),
+      "params_bytes_total": nbytes(abstract["params"]),
+      "opt_state_bytes_total": nbytes(abstract["opt_state"]),
+      "compile_s": compile_s,
+      "analytic_flops_per_step": _flops(dims, config),
+  }
+  if mem is not None:
+    report.update({
+        "argument_bytes_per_device": int(mem.argument_size_in_bytes),
+        "output_bytes_per_device": int(mem.output_size_in_bytes),
+        "alias_bytes_per_device": int(mem.alias_size_in_bytes),
+        "temp_bytes_per_device": int(mem.temp_size_in_bytes),
+        "peak_bytes_per_device": int(mem.argument_size_in_bytes + mem.output_size_in_bytes
+                                     - mem.alias_size_in_bytes + mem.temp_size_in_bytes),
+    })
+  return report
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Pretrains ViC-MAE; resumes from `workdir` when it holds a checkpoint. Returns a summary."""
   dims = validate(config)
@@ -174,13 +230,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                durations.steps_per_epoch, total_steps, durations.warmup_steps)
 
   # Optimizer and model.
-  model_fn = lambda: vicmae.build_model(config.model, rngs=nnx.Rngs(config.seed))
-  abstract_params = nnx.state(nnx.eval_shape(model_fn), nnx.Param)
-  tx = optim.make_optimizer(config.optim, total_steps, abstract_params,
-                            warmup_steps=durations.warmup_steps,
-                            global_batch_size=config.batch_size)
-  lr_fn = optim.make_lr_fn(config.optim, total_steps, warmup_steps=durations.warmup_steps,
-                           global_batch_size=config.batch_size)
+  model_fn, tx, lr_fn = make_model_and_optimizer(config, total_steps, durations.warmup_steps)
   state, state_sh, graphdef, rest = common.create_state(model_fn, tx, mesh, config.seed)
   batch_sh = sharding_lib.batch_sharding(mesh)
   train_step = make_train_step(graphdef, rest, tx, lr_fn, config, state_sh, batch_sh, mesh)
