@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 LABEL_NAMES = tuple(str(digit) for digit in range(10))  # sorted names = digit order
 HELDOUT_FRACTION = 1 / 3
 _MARKER = "demo_complete.json"
+_VERSION = 2  # bump when the rendering changes, so cached datasets are rebuilt
 _LOCK = ".demo.lock"
 # What the builder owns under root, and removes when rebuilding a half-built directory.
 _OWNED = ("videos", "prepared", "train.csv", "val.csv", "train_clips.json", "val_clips.json",
@@ -109,7 +110,7 @@ def render_clip(
     left corner of frame t's digit square is round(center - size / 2)).
     """
     times = np.arange(num_frames) / fps
-    base_size = rng.uniform(20, 26)
+    base_size = rng.uniform(26, 34)
     sizes = np.round(base_size * (1 + 0.15 * np.sin(rng.uniform(0.3, 0.7) * 2 * np.pi * times
                                                      + rng.uniform(0, 2 * np.pi)))).astype(int)
     sizes = np.clip(sizes, 16, frame_size - 2)
@@ -117,17 +118,22 @@ def render_clip(
     centers = np.stack([half + _smooth_path(rng, times) * (frame_size - 2 * half),
                         half + _smooth_path(rng, times) * (frame_size - 2 * half)], axis=-1)
 
-    # The camera pans across a dimmed crop of the photograph.
-    margin = frame_size // 4
+    # The camera pans fast across a dimmed photograph: about one frame width per second, so two
+    # frames ~1 s apart share the digit but hardly any background. The digit, not the scenery, is
+    # then what the two views of a pair have in common.
+    margin = int(frame_size * max(times[-1], 1.0 / fps) + 1)
     canvas_size = frame_size + margin
-    crop = int(rng.uniform(1.2, 2.5) * canvas_size)
-    crop = min(crop, background.shape[0], background.shape[1])
+    crop = min(int(rng.uniform(0.6, 1.0) * min(background.shape[:2])), background.shape[0],
+               background.shape[1])
     top = rng.integers(0, background.shape[0] - crop + 1)
     left = rng.integers(0, background.shape[1] - crop + 1)
     patch = Image.fromarray(np.ascontiguousarray(background[top:top + crop, left:left + crop]))
     canvas = np.asarray(patch.resize((canvas_size, canvas_size), Image.BILINEAR), np.float32) / 255.0
-    canvas = 0.12 + 0.5 * canvas  # dimmed so the bright digit stays the most salient thing
-    pan_start, pan_end = rng.integers(0, margin + 1, size=(2, 2))
+    canvas = 0.1 + 0.4 * canvas  # dimmed so the bright digit stays the most salient thing
+    pan_start = rng.integers(0, margin + 1, size=2)
+    pan_end = np.where(pan_start > margin // 2, pan_start - margin // 2 - rng.integers(0, margin // 2 + 1, size=2),
+                       pan_start + margin // 2 + rng.integers(0, margin // 2 + 1, size=2))
+    pan_end = np.clip(pan_end, 0, margin)
 
     color = rng.uniform(0.75, 1.0, size=3).astype(np.float32)
     color[rng.integers(3)] = 1.0
@@ -276,7 +282,7 @@ def ensure_demo_dataset(
         raise ValueError(f"frame_size must be >= 32 (digits are drawn 16-30 px), got {frame_size}")
     root = os.path.abspath(os.fspath(root))
     os.makedirs(root, exist_ok=True)
-    settings = {"num_train_clips": num_train_clips, "num_val_clips": num_val_clips, "frame_size": frame_size,
+    settings = {"version": _VERSION, "num_train_clips": num_train_clips, "num_val_clips": num_val_clips, "frame_size": frame_size,
                 "video_fps": float(video_fps), "seconds": float(seconds), "prepared_fps": float(prepared_fps),
                 "seed": seed}
     marker = os.path.join(root, _MARKER)
