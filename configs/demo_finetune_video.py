@@ -32,7 +32,7 @@ def get_config(arg=None):
   c.seed = 0
   c.demo_data = ml_collections.ConfigDict(dict(
       root=os.path.join(os.path.expanduser("~"), ".cache", "vicmae_jax", "demo_digits"),
-      num_train_clips=400, num_val_clips=150, frame_size=64))
+      num_train_clips=400, num_val_clips=150, frame_size=64, enabled=True))
   root = c.demo_data.get_ref("root")
 
   # The encoder of configs/demo.py (tests keep the two in step), with stochastic depth.

@@ -120,12 +120,13 @@ def test_head_initializations():
 def test_clip_features_average_frame_features():
   encoder = classifier.build_encoder({"variant": "mu/8"}, rngs=nnx.Rngs(0))
   clips = jax.random.normal(jax.random.key(3), (2, 3, 16, 16, 3))
-  per_frame = [classifier.encoder_features(encoder, clips[:, t]) for t in range(3)]
-  np.testing.assert_allclose(np.asarray(classifier.encoder_features(encoder, clips)),
+  features = nnx.jit(classifier.encoder_features)
+  per_frame = [features(encoder, clips[:, t]) for t in range(3)]
+  np.testing.assert_allclose(np.asarray(features(encoder, clips)),
                              np.mean([np.asarray(f) for f in per_frame], axis=0), atol=1e-5)
   # The mean-pooled feature is ViC-MAE's pooled feature of the same encoder.
   model = vicmae.build_model({"variant": "mu/8"}, rngs=nnx.Rngs(0))
-  _, pooled = model.encode(clips[:, 0])
+  _, pooled = nnx.jit(lambda m, x: m.encode(x))(model, clips[:, 0])
   np.testing.assert_allclose(np.asarray(per_frame[0]), np.asarray(pooled), atol=1e-5)
   with pytest.raises(ValueError, match="images"):
     classifier.encoder_features(encoder, clips[0, 0])

@@ -489,12 +489,13 @@ def log_report(report: Mapping[str, Any], init_from: str) -> None:
 def run(config, workdir: str, *, task: Task, mesh, model_fn: Callable[[], nnx.Module], train_loader,
         eval_batches: Callable[[], Iterable[Mapping[str, np.ndarray]]], dataset_size: int,
         frozen: Frozen | None = None, load_pretrained: Callable[[Any], tuple[Any, dict]] | None = None,
-        unit: str = "images") -> dict:
+        init_report: dict | None = None, unit: str = "images") -> dict:
   """Trains `model_fn()`'s parameters on `task` and evaluates; resumes from `workdir` when it can.
 
   load_pretrained(params) -> (params, report) runs on a fresh start only (resume order: the
   workdir's newest checkpoint > init_from > fresh init). eval_batches() gives one padded pass
-  over the evaluation data. Returns a summary with the final top-1 / top-5 under "eval".
+  over the evaluation data. `init_report` is the load report of a frozen encoder (loaded by the
+  caller on every start). Returns a summary with the final top-1 / top-5 under "eval".
   """
   os.makedirs(workdir, exist_ok=True)
   durations = config_lib.resolve_durations(config, dataset_size)
@@ -509,7 +510,7 @@ def run(config, workdir: str, *, task: Task, mesh, model_fn: Callable[[], nnx.Mo
 
   data_iter = iter(train_loader)
   ckpt = common.make_checkpointer(config, workdir)
-  report = None
+  report = init_report
   if ckpt.latest_step() is None and load_pretrained is not None:
     params, report = load_pretrained(state["params"])
     state = dict(state, params=params)

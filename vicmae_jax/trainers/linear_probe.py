@@ -72,6 +72,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   seed = int(config.seed)
 
   frozen = core.create_frozen(lambda: classifier.build_encoder(config.model, rngs=nnx.Rngs(seed)), mesh)
+  report = None
   if config.init_from:
     params, report = core.load_encoder(frozen.state["params"], config.init_from, scanned=bool(dims["scan_layers"]))
     frozen.state["params"] = params
@@ -94,7 +95,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_loader = data_lib.make_feature_loader(train_x, train_y, global_batch_size=config.batch_size, seed=seed)
     eval_batches = lambda: data_lib.feature_eval_batches(eval_x, eval_y, batch_size=eval_batch)
     return core.run(config, workdir, task=task, mesh=mesh, model_fn=head_fn, train_loader=train_loader,
-                    eval_batches=eval_batches, dataset_size=len(train_y), unit="examples")
+                    eval_batches=eval_batches, dataset_size=len(train_y), init_report=report, unit="examples")
 
   def logits(model, encoder, x, key, train):
     del key
@@ -108,7 +109,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                    image_size=image_size)
   return core.run(config, workdir, task=task, mesh=mesh, model_fn=head_fn, train_loader=train_loader,
                   eval_batches=eval_batches, dataset_size=data_pipeline.dataset_size(config.data), frozen=frozen,
-                  unit="clips" if input_kind == "clip" else "images")
+                  init_report=report, unit="clips" if input_kind == "clip" else "images")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,61 @@
+r"""Fine-tune a pretrained ViC-MAE image encoder as a space-time ViT on Something-Something v2.
+
+  python3 -m vicmae_jax.data.prepare --format=ssv2 --root=/data/ssv2/videos \
+      --annotations=/data/ssv2/train.json --labels=/data/ssv2/labels.json --split=train \
+      --output=/data/ssv2/prepared --fps=12
+  (then --annotations=/data/ssv2/validation.json --split=val)
+  python3 -m vicmae_jax.main --config=configs/finetune_ssv2.py:variant=L/16 \
+      --workdir=/ckpt/ft_ssv2 --config.init_from=/ckpt/pretrain_k400
+
+Same model as configs/finetune_k400.py (tubelets of 2 frames, learned temporal embedding, joint
+space-time attention). SSv2 labels depend on direction ("pushing left to right"), so training
+uses no horizontal flip. Clips: `frames` frames `stride` stored frames apart (12 fps: SSv2's own
+rate); testing averages the softmax over 2 temporal x 3 spatial views.
+
+Recipe (VideoMAE SSv2 fine-tuning at ViT-B scale): AdamW (0.9, 0.999), weight decay 0.05, layer-wise
+lr decay 0.75, base lr 5e-4 per 256, 40 epochs with 5 warm-up then cosine to 1e-6, drop path 0.1,
+mixup 0.8 / cutmix 1.0, label smoothing 0.1, batch 384.
+
+Options: variant, data_dir (prepared shards), frames (16), stride (2), image_size (224).
+"""
+
+from vicmae_jax import config_lib
+from vicmae_jax.data import classification as data_lib
+from vicmae_jax.data import pipeline
+from vicmae_jax.trainers import classification
+from vicmae_jax.trainers import finetune
+
+
+def get_config(arg=None):
+  opts = config_lib.parse_arg(arg, variant="B/16", data_dir="/data/ssv2/prepared", frames=16, stride=2,
+                              image_size=224)
+  c = classification.classification_config("finetune")
+  c.image_size = opts.image_size
+  c.num_classes = 174
+  c.model = config_lib.model_config(variant=opts.variant, dtype="bfloat16", drop_path_rate=0.1, remat="full")
+  c.classifier = finetune.classifier_config()
+  c.video = finetune.video_config(tubelet_size=2, use_cls=True)
+  c.input_kind = "clip"
+
+  c.data.sources.ssv2 = pipeline.default_source_config(kind="prepared", split="train", path=opts.data_dir)
+  c.data.clip_num_frames = opts.frames
+  c.data.clip_stride = opts.stride
+  c.data.crop_scale = (0.08, 1.0)
+  c.data.clip_augmentation = "decode|random_resized_crop(interpolation='bicubic')"
+  c.eval_data.sources.ssv2 = pipeline.default_source_config(kind="prepared", split="val", path=opts.data_dir)
+  c.eval_data.num_temporal_views = 2
+  c.eval_data.num_spatial_views = 3
+
+  c.mixup = data_lib.mixup_config(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5,
+                                  label_smoothing=0.1)
+  c.optim = config_lib.optim_config(name="adamw", base_lr=5e-4, lr_batch_base=256, b1=0.9, b2=0.999,
+                                    weight_decay=0.05, layer_decay=0.75, min_lr=1e-6, schedule="cosine")
+  c.batch_size = 384
+  c.num_epochs = 40.0
+  c.warmup_epochs = 5.0
+
+  c.eval.batch_size = 64
+  c.eval.every_steps = 0
+  c.checkpoint.every_steps = 500
+  c.log.every_steps = 50
+  return c

@@ -1,0 +1,53 @@
+r"""Linear probe of a pretrained ViC-MAE encoder on ImageNet-1k (the MAE protocol).
+
+  python3 -m vicmae_jax.main --config=configs/linear_probe_in1k.py:variant=L/16,data_dir=/data/tfds \
+      --workdir=/ckpt/probe_in1k --config.init_from=/ckpt/pretrain_k400
+
+`init_from` is a pretraining workdir (its newest checkpoint) or a checkpoint converted from the
+official PyTorch release (`python -m vicmae_jax.convert`); only the encoder is used, frozen.
+ImageNet is read from TFDS in array_record format
+(`tfds build imagenet2012 --data_dir=/data/tfds --file_format=array_record`).
+
+Recipe (MAE linear probe, as used by ViC-MAE): features = mean of the patch tokens after the final
+norm (`pool=cls` for the cls token), BatchNorm without affine (eps 1e-6) + Linear head (trunc-normal
+0.01), LARS (momentum 0.9, trust 0.001), base lr 0.1 per 256 (lr 6.4 at batch 16384), weight decay 0,
+90 epochs with 10 warm-up then cosine, random resized crop (bicubic) + flip; evaluation: resize to
+256 + centre crop 224, top-1 / top-5.
+
+Options: variant (S/16, B/16, L/16, H/14), data_dir (TFDS data_dir; "" = the TFDS default),
+pool (mean | cls), cache (extract features once with the evaluation transform and train the head on
+them; much faster, without crop augmentation).
+"""
+
+from vicmae_jax import config_lib
+from vicmae_jax.data import pipeline
+from vicmae_jax.trainers import classification
+from vicmae_jax.trainers import linear_probe
+
+
+def get_config(arg=None):
+  opts = config_lib.parse_arg(arg, variant="B/16", data_dir="", pool="mean", cache=False)
+  c = classification.classification_config("linear_probe")
+  c.image_size = 224
+  c.num_classes = 1000
+  c.model = config_lib.model_config(variant=opts.variant, dtype="bfloat16")
+  c.input_kind = "image"
+
+  c.data.sources.imagenet = pipeline.default_source_config(
+      kind="tfds", dataset="imagenet2012", split="train", path=opts.data_dir)
+  c.data.crop_scale = (0.08, 1.0)
+  c.eval_data.sources.imagenet = pipeline.default_source_config(
+      kind="tfds", dataset="imagenet2012", split="validation", path=opts.data_dir)
+
+  c.probe = linear_probe.probe_config(pool=opts.pool, cache_features=opts.cache, head_init_std=0.01)
+  c.optim = config_lib.optim_config(name="lars", base_lr=0.1, lr_batch_base=256, weight_decay=0.0,
+                                    momentum=0.9, trust_coefficient=0.001, min_lr=0.0, schedule="cosine")
+  c.batch_size = 16384
+  c.num_epochs = 90.0
+  c.warmup_epochs = 10.0
+
+  c.eval.batch_size = 1024
+  c.eval.every_steps = 780  # about every 10 epochs
+  c.checkpoint.every_steps = 500
+  c.log.every_steps = 50
+  return c

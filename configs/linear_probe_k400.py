@@ -1,0 +1,53 @@
+r"""Linear probe of a pretrained ViC-MAE encoder on Kinetics-400 clips.
+
+  python3 -m vicmae_jax.data.prepare --format=kinetics --root=/data/k400/videos \
+      --annotations=/data/k400/train.csv --split=train --output=/data/k400/prepared --fps=8
+  (then --annotations=/data/k400/validate.csv --split=val --label_names_from=/data/k400/prepared/train_meta.json)
+  python3 -m vicmae_jax.main --config=configs/linear_probe_k400.py:variant=L/16,data_dir=/data/k400/prepared \
+      --workdir=/ckpt/probe_k400 --config.init_from=/ckpt/pretrain_k400
+
+The frozen image encoder embeds each of `frames` frames of a clip (`stride` stored frames apart,
+centred for evaluation), the frame features (mean of patch tokens, or cls) are averaged, and the
+MAE linear-probe head is trained on them: BatchNorm without affine + Linear, LARS, base lr 0.1 per
+256, weight decay 0, 90 epochs, 10 warm-up, batch 16384. Features are extracted once and cached by
+default (`cache=false` runs the encoder on random crops in every step instead).
+
+Options: variant, data_dir (prepared shards: `train-*` and `val-*`), frames (8), stride (4),
+pool (mean | cls), cache (true).
+"""
+
+from vicmae_jax import config_lib
+from vicmae_jax.data import pipeline
+from vicmae_jax.trainers import classification
+from vicmae_jax.trainers import linear_probe
+
+
+def get_config(arg=None):
+  opts = config_lib.parse_arg(arg, variant="B/16", data_dir="/data/k400/prepared", frames=8, stride=4,
+                              pool="mean", cache=True)
+  c = classification.classification_config("linear_probe")
+  c.image_size = 224
+  c.num_classes = 400
+  c.model = config_lib.model_config(variant=opts.variant, dtype="bfloat16")
+  c.input_kind = "clip"
+
+  c.data.sources.k400 = pipeline.default_source_config(kind="prepared", split="train", path=opts.data_dir)
+  c.data.clip_num_frames = opts.frames
+  c.data.clip_stride = opts.stride
+  c.data.clip_augmentation = "decode|random_resized_crop(interpolation='bicubic')|flip"
+  c.eval_data.sources.k400 = pipeline.default_source_config(kind="prepared", split="val", path=opts.data_dir)
+  c.eval_data.num_temporal_views = 1
+  c.eval_data.num_spatial_views = 1
+
+  c.probe = linear_probe.probe_config(pool=opts.pool, cache_features=opts.cache, head_init_std=0.01)
+  c.optim = config_lib.optim_config(name="lars", base_lr=0.1, lr_batch_base=256, weight_decay=0.0,
+                                    momentum=0.9, trust_coefficient=0.001, min_lr=0.0, schedule="cosine")
+  c.batch_size = 16384
+  c.num_epochs = 90.0
+  c.warmup_epochs = 10.0
+
+  c.eval.batch_size = 256
+  c.eval.every_steps = 0
+  c.checkpoint.every_steps = 200
+  c.log.every_steps = 10
+  return c
