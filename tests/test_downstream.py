@@ -425,3 +425,26 @@ def test_learned_position_embeddings_are_resized_when_loading(tmp_path):
   assert report["missing"] == ["head/bias", "head/kernel"]
   np.testing.assert_allclose(np.asarray(params["pos_embed"].value),
                              classifier.interpolate_pos_embed(np.asarray(ft["pos_embed"].value), (4, 4)), atol=1e-6)
+
+
+def test_config_errors_name_the_field(prepared, tmp_path):
+  from vicmae_jax.trainers import linear_probe
+  config = _tiny("demo_finetune_video.py", prepared)
+  finetune.validate(config)
+  config.data.clip_num_frames = 5
+  with pytest.raises(config_lib.ConfigError, match=r"config.data.clip_num_frames: 5 frames .*video.tubelet_size=2"):
+    finetune.validate(config)
+  config = _tiny("demo_finetune.py", prepared)
+  config.eval_data.sources.digits.path = str(tmp_path / "nowhere")
+  with pytest.raises(config_lib.ConfigError, match=r"^config.eval_data.sources.digits.path: not found"):
+    finetune.validate(config)
+  config = _tiny("demo_finetune.py", prepared, input_kind="audio")
+  with pytest.raises(config_lib.ConfigError, match="config.input_kind: must be one of"):
+    finetune.validate(config)
+  config = _tiny("demo_linear_probe.py", prepared, **{"mixup.cutmix_alpha": 1.0})
+  with pytest.raises(config_lib.ConfigError, match="config.mixup: the linear probe trains without mixup"):
+    linear_probe.validate(config)
+  config = _tiny("demo_linear_probe.py", prepared, **{"eval.batch_size": 12})
+  with pytest.raises(config_lib.ConfigError, match="config.eval.batch_size: 12 is not a positive multiple of the "
+                     "data-parallel size 8"):
+    linear_probe.validate(config)

@@ -96,9 +96,10 @@ def _as_config_error(section: str, fn: Callable[[], Any]):
     raise
   except ValueError as e:
     msg = str(e)
-    field = msg.split(":", 1)[0] if msg.startswith(section + ".") else section
-    if field.startswith("config."):
-      field = field[len("config."):]
+    if msg.startswith(section + ".") and ":" in msg:
+      field, msg = (part.strip() for part in msg.split(":", 1))
+    else:
+      field = section
     raise config_lib.ConfigError(field, msg) from None
 
 
@@ -556,4 +557,11 @@ def run(config, workdir: str, *, task: Task, mesh, model_fn: Callable[[], nnx.Mo
       json.dump(report, f, indent=1)
   return {"final_step": out["final_step"], "total_steps": total_steps, "last_checkpoint": out["last_checkpoint"],
           "stopped_early": out["stopped_early"], "eval": final, "evals": eval_results,
-          "history": logger.history, "init_report": report, "num_classes": task.num_classes}
+          "history": logger.history, "init_report": _brief(report), "num_classes": task.num_classes}
+
+
+def _brief(report: dict | None) -> dict | None:
+  """The load report without the (long) list of loaded names; WORKDIR/init_report.json has it all."""
+  if report is None:
+    return None
+  return {"num_loaded": len(report["loaded"]), **{k: v for k, v in report.items() if k != "loaded"}}
