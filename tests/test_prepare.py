@@ -1,11 +1,12 @@
-"""Clip records and the prepare step, end to end on real encoded videos (good and bad)."""
+"""Clip records, shards of frame records with their clip index, and the prepare step, end to end on real
+encoded videos (good and bad)."""
 import io
 import json
 import os
 
 import numpy as np
 import pytest
-from array_record.python.array_record_module import ArrayRecordReader
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 from PIL import Image
 
 from media_utils import (
@@ -88,12 +89,15 @@ def kinetics_dataset(tmp_path):
 
 
 def read_shards(paths):
-    clips = []
-    for path in paths:
-        reader = ArrayRecordReader(path)
-        clips.extend(records.decode_clip(data) for data in reader.read_all())
+    return [clip for path in paths for clip in records.read_clips(path)]
+
+
+def raw_records(path):
+    reader = ArrayRecordReader(str(path))
+    try:
+        return reader.read_all()
+    finally:
         reader.close()
-    return clips
 
 
 def test_prepare_writes_decodable_clips_and_skips_bad_files(kinetics_dataset, tmp_path):
@@ -108,6 +112,7 @@ def test_prepare_writes_decodable_clips_and_skips_bad_files(kinetics_dataset, tm
         "blip", "cut", "empty", "gone", "mute", "noise"]
     assert sorted(os.listdir(output)) == sorted(
         [f"train-0000{i}-of-00003.array_record" for i in range(3)]
+        + [f"train-0000{i}-of-00003.array_record.index" for i in range(3)]
         + [f".train-0000{i}-of-00003.array_record.json" for i in range(3)] + ["train_meta.json"])
     with open(output / "train_meta.json") as file:
         meta = json.load(file)
@@ -128,6 +133,24 @@ def test_prepare_writes_decodable_clips_and_skips_bad_files(kinetics_dataset, tm
         assert clip["source_fps"] == FPS
         number = int(clip["clip_id"][4])
         assert (clip["label"], clip["label_name"]) == (number % 2, ["cat", "dog"][number % 2])
+
+    # Every record is one JPEG frame, stored uncompressed: its bytes appear verbatim in the file.
+    for path in summary["shard_paths"]:
+        frames = raw_records(path)
+        index = records.read_index(records.index_path(path))
+        assert len(frames) == index.num_records == int(index.num_frames.sum())
+        assert all(frame[:2] == b"\xff\xd8" for frame in frames)
+        with open(path, "rb") as file:
+            stored = file.read()
+        assert all(frame in stored for frame in frames)
+    # The longest clip of each shard: the time its kept frames cover, one 4 fps interval past the last.
+    for path, longest in zip(summary["shard_paths"], meta["shard_max_clip_seconds"]):
+        durations = [clip["timestamps"][-1] - clip["timestamps"][0] + 1 / 4.0 for clip in records.read_clips(path)]
+        assert longest == pytest.approx(max(durations, default=0.0), abs=1e-6)  # 0 for a shard of bad files
+    assert meta["max_clip_seconds"] == max(meta["shard_max_clip_seconds"])
+    longest = max((expected_indices(n, FPS, 4.0)[-1] - expected_indices(n, FPS, 4.0)[0]) / FPS + 0.25
+                  for n in lengths.values())
+    assert meta["max_clip_seconds"] == pytest.approx(longest, abs=1e-3)
 
 
 def test_min_duration_and_max_frames(kinetics_dataset, tmp_path):
@@ -159,9 +182,8 @@ def test_parallel_and_resumed_runs_write_the_same_records(kinetics_dataset, tmp_
     def shard_bytes(summary):
         result = []
         for path in summary["shard_paths"]:
-            reader = ArrayRecordReader(path)
-            result.append(reader.read_all())
-            reader.close()
+            with open(records.index_path(path), "rb") as file:
+                result.append((raw_records(path), file.read()))
         return result
 
     assert shard_bytes(parallel) == shard_bytes(serial)
@@ -180,6 +202,72 @@ def test_parallel_and_resumed_runs_write_the_same_records(kinetics_dataset, tmp_
 
     with pytest.raises(ValueError, match="short_side=24.*short_side=32"):
         prepare.prepare_dataset("kinetics", videos, tmp_path / "serial", **{**options, "short_side": 32})
+
+
+def test_shards_of_the_whole_clip_format_are_prepared_again(kinetics_dataset, tmp_path, caplog):
+    """A directory written in format 1 (one whole-clip record per clip, no index) is redone, not resumed."""
+    videos, csv_path, _ = kinetics_dataset
+    options = dict(annotations=csv_path, fps=4.0, short_side=24, num_shards=2, progress=False)
+    current = prepare.prepare_dataset("kinetics", videos, tmp_path / "current", **options)
+    old = tmp_path / "old"
+    old.mkdir()
+    for path in current["shard_paths"]:
+        name = os.path.basename(path)
+        writer = ArrayRecordWriter(str(old / name), "group_size:1")
+        for clip in records.read_clips(path):
+            writer.write(records.encode_clip(clip))
+        writer.close()
+        with open(os.path.join(os.path.dirname(path), f".{name}.json")) as file:
+            state = json.load(file)
+        for key in ("format_version", "max_clip_seconds"):  # what a format-1 run did not write
+            del state[key]
+        with open(old / f".{name}.json", "w") as file:
+            json.dump(state, file)
+    assert records.read_clips(old / os.path.basename(current["shard_paths"][0]))[0]["frames"]  # format 1 reads
+
+    with caplog.at_level("WARNING", logger=prepare.logger.name):
+        redone = prepare.prepare_dataset("kinetics", videos, old, **options)
+    assert redone["resumed_shards"] == 0
+    assert redone["rewritten_old_format"] == [os.path.basename(p) for p in current["shard_paths"]]
+    assert "whole-clip records (format 1, one record per clip); preparing them again" in caplog.text
+    for new, reference in zip(redone["shard_paths"], current["shard_paths"]):
+        assert raw_records(new) == raw_records(reference)
+        assert os.path.isfile(records.index_path(new))
+    assert prepare.prepare_dataset("kinetics", videos, old, **options)["resumed_shards"] == 2
+
+
+def test_shard_writer_and_index_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    clips = []
+    for number, count in enumerate((3, 1, 5)):
+        clips.append({"clip_id": f"c{number}", "label": number - 1, "label_name": f"n{number}", "source_fps": 25.0 + number,
+                      "timestamps": np.sort(rng.uniform(0, 9, count)).astype(np.float32),
+                      "frames": [rng.bytes(int(rng.integers(1, 50))) for _ in range(count)], "height": 6 + number,
+                      "width": 8})
+    path = tmp_path / "s.array_record"
+    index = records.write_shard(path, clips)
+    np.testing.assert_array_equal(index.first_frame, [0, 3, 4])
+    np.testing.assert_array_equal(index.num_frames, [3, 1, 5])
+    assert raw_records(path) == [frame for clip in clips for frame in clip["frames"]]
+    loaded = records.read_index(records.index_path(path))
+    np.testing.assert_array_equal(loaded.timestamps, np.concatenate([c["timestamps"] for c in clips]))
+    np.testing.assert_array_equal(loaded.clip_timestamps(2), clips[2]["timestamps"])
+    for got, want in zip(records.read_clips(path), clips):
+        assert got.keys() == want.keys()
+        np.testing.assert_array_equal(got.pop("timestamps"), want["timestamps"])
+        assert got == {key: value for key, value in want.items() if key != "timestamps"}
+    # Indexes of several shards number their frame records on across shards.
+    both = records.ClipIndex.concatenate([loaded, loaded])
+    np.testing.assert_array_equal(both.first_frame, [0, 3, 4, 9, 12, 13])
+    assert both.clip_id == ["c0", "c1", "c2"] * 2 and both.num_records == 18
+
+    with pytest.raises(KeyError, match="width"):
+        records.write_shard(tmp_path / "bad.array_record", [{k: v for k, v in clips[0].items() if k != "width"}])
+    (tmp_path / "junk.index").write_bytes(b"\x93\x01\x02")
+    with pytest.raises(ValueError, match="junk.index"):
+        records.read_index(tmp_path / "junk.index")
+    with pytest.raises(ValueError, match="version"):
+        records.decode_index(records.encode_clip(clips[0]))
 
 
 def test_cli_on_a_class_folder(tmp_path, capsys):

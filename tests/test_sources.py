@@ -61,6 +61,74 @@ def test_prepared_source_reads_every_clip(prepared):
         source[4]
 
 
+class CountingRecords:
+    """The source's real ArrayRecord data source, counting which records are read."""
+
+    def __init__(self, records_source):
+        self.records_source, self.read = records_source, []
+
+    def __len__(self):
+        return len(self.records_source)
+
+    def __getitem__(self, index):
+        self.read.append(index)
+        return self.records_source[index]
+
+
+def test_prepared_source_reads_only_the_frames_asked_for(prepared):
+    source = sources.build_source({"name": "clips", "kind": "prepared", "path": str(prepared)})
+    assert source.index is not None and source.index.num_records == 4 * NUM_FRAMES
+    counting = CountingRecords(source._records)
+    source._records = counting
+    example = source[3]
+    assert counting.read == []  # the index answers everything but the pixels
+    first = int(source.index.first_frame[3])
+    frame = example["frames"][17]
+    assert counting.read == [first + 17]
+    assert read_index(np.asarray(Image.open(io.BytesIO(frame)))) == 17
+    assert read_index(np.asarray(Image.open(io.BytesIO(example["frames"][-1])))) == NUM_FRAMES - 1
+    with pytest.raises(IndexError, match="frame 30 out of range"):
+        example["frames"][NUM_FRAMES]
+
+
+def _jpeg(value):
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _clip(clip_id, count, **overrides):
+    return {"clip_id": clip_id, "label": 1, "label_name": "x", "source_fps": 10.0,
+            "timestamps": np.arange(count, dtype=np.float32) / 10, "frames": [_jpeg(10 * i) for i in range(count)],
+            "height": 8, "width": 8, **overrides}
+
+
+def test_prepared_source_skips_short_clips_and_checks_its_index(tmp_path):
+    records.write_shard(tmp_path / "train-00000-of-00002.array_record", [_clip("good", 3), _clip("single", 1)])
+    records.write_shard(tmp_path / "train-00001-of-00002.array_record", [_clip("later", 2)])
+    log = sources.SkipLog()
+    source = sources.PreparedClipSource(str(tmp_path), "train", name="clips", skip_log=log)
+    assert len(source) == 3
+    assert isinstance(source[1], sources.Skipped) and source[1].key == "single" and source[1].reason == "too short"
+    later = source[2]
+    # Frame records are numbered on across shards: the second shard's first frame is record 4.
+    assert later["clip_id"] == "later" and list(later["frames"]) == [_jpeg(0), _jpeg(10)]
+    np.testing.assert_array_equal(later["timestamps"], np.array([0.0, 0.1], np.float32))
+    assert log.count == 1
+
+    # An index that does not match its shard, or shards of two formats, are refused by name.
+    other = tmp_path / "other"
+    other.mkdir()
+    records.write_shard(other / "train-00000-of-00001.array_record", [_clip("a", 2)])
+    records.write_shard(tmp_path / "spare.array_record", [_clip("b", 3)])
+    os.replace(records.index_path(tmp_path / "spare.array_record"), records.index_path(other / "train-00000-of-00001.array_record"))
+    with pytest.raises(ValueError, match="list 3 frame records, the shards hold 2"):
+        sources.PreparedClipSource(str(other), "train")
+    os.remove(records.index_path(tmp_path / "train-00001-of-00002.array_record"))
+    with pytest.raises(ValueError, match="mixes shard formats: 1 shard"):
+        sources.PreparedClipSource(str(tmp_path), "train")
+
+
 def test_prepared_source_errors_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
         sources.build_source({"kind": "prepared", "path": str(tmp_path / "nowhere")})
@@ -72,7 +140,8 @@ def test_prepared_source_errors_name_the_path(tmp_path):
         sources.build_source({"name": "x", "kind": "videos"})
 
 
-def test_prepared_source_skips_corrupt_and_short_records(tmp_path):
+def test_whole_clip_shards_still_read_and_skip_corrupt_and_short_records(tmp_path):
+    """Shards of the earlier format (one whole-clip record each, no index file)."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
     frame = io.BytesIO()

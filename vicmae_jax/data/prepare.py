@@ -4,13 +4,17 @@
         --annotations=/data/k400/annotations/train.csv --split=train --output=/data/k400/prepared \
         --fps=8 --short_side=256 --workers=16
 
-writes `OUTPUT/<split>-SSSSS-of-NNNNN.array_record` (one `records.encode_clip` record per clip, group
-size 1 so any record is read without decompressing its neighbours) and `OUTPUT/<split>_meta.json`:
-{num_clips, label_names, fps, short_side, skipped: [{path, reason, detail}], ...}.
+writes, per shard, `OUTPUT/<split>-SSSSS-of-NNNNN.array_record` (one record per frame, the frames of a
+clip consecutive) with its clip index `<shard>.index` (records.py describes both), and
+`OUTPUT/<split>_meta.json`: {num_clips, label_names, fps, short_side, skipped: [{path, reason, detail}],
+shard_max_clip_seconds, max_clip_seconds, ...}. A clip's duration is the time its kept frames cover
+(last - first timestamp plus one frame interval); the longest one per shard lets the data config
+refuse a frame gap no clip can hold.
 
-Each shard is one task for a worker process. A shard is written under a temporary name and renamed when
+Each shard is one task for a worker process. A shard is written under temporary names and renamed when
 complete, next to a small hidden `.<shard>.json` with its counts, so an interrupted run resumes where it
 stopped: a rerun skips the completed shards (and refuses to mix shards made with other settings).
+Shards of the earlier whole-clip format (no index file) are prepared again, with a warning.
 Bad videos (corrupt, truncated, empty, audio-only, too short) are skipped and counted, never fatal.
 """
 from __future__ import annotations
@@ -31,7 +35,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 from tqdm import tqdm
 
@@ -55,8 +58,8 @@ def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def clip_record(entry: formats.VideoEntry, settings: dict[str, Any]) -> tuple[bytes, int]:
-    """Decodes one video into (encoded clip record, number of frames). Raises VideoDecodeError."""
+def read_clip(entry: formats.VideoEntry, settings: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """Decodes one video into (clip dict as in records.py, duration in seconds). Raises VideoDecodeError."""
     frames, timestamps, source_fps = video_io.read_frames(
         entry.path,
         target_fps=settings["fps"],
@@ -73,7 +76,7 @@ def clip_record(entry: formats.VideoEntry, settings: dict[str, Any]) -> tuple[by
         raise video_io.VideoDecodeError(
             entry.path, video_io.REASON_TOO_SHORT, f"{duration:.2f} s < min_duration {settings['min_duration']} s"
         )
-    record = records.encode_clip({
+    clip = {
         "clip_id": entry.clip_id,
         "label": entry.label,
         "label_name": entry.label_name,
@@ -82,8 +85,8 @@ def clip_record(entry: formats.VideoEntry, settings: dict[str, Any]) -> tuple[by
         "frames": [encode_jpeg(frame, settings["jpeg_quality"]) for frame in frames],
         "height": frames.shape[1],
         "width": frames.shape[2],
-    })
-    return record, len(frames)
+    }
+    return clip, duration
 
 
 def _entries_digest(entries: Sequence[formats.VideoEntry]) -> str:
@@ -98,47 +101,57 @@ def _state_path(output: str, name: str) -> str:
 
 
 def _write_shard(task: dict[str, Any], on_clip=None) -> dict[str, Any]:
-    """Writes one shard; returns its state {name, num_clips, num_frames, skipped, settings, entries_digest}."""
+    """Writes one shard and its index; returns its state (counts, skips, longest clip, settings)."""
     output, name, entries, settings = task["output"], task["name"], task["entries"], task["settings"]
     final_path = os.path.join(output, name)
-    temporary_path = final_path + ".incomplete"
-    writer = ArrayRecordWriter(temporary_path, "group_size:1")
+    writer = records.ShardWriter(final_path + ".incomplete", records.index_path(final_path) + ".incomplete")
     num_clips = num_frames = 0
+    max_clip_seconds = 0.0
     skipped = []
     try:
         for entry in entries:
             try:
-                record, clip_frames = clip_record(entry, settings)
+                clip, duration = read_clip(entry, settings)
             except video_io.VideoDecodeError as error:
                 skipped.append({"path": entry.path, "reason": error.reason, "detail": error.detail or ""})
             except Exception as error:  # noqa: BLE001 - one odd file must not stop a day-long job
                 detail = f"{type(error).__name__}: {error}"
                 skipped.append({"path": entry.path, "reason": REASON_UNEXPECTED, "detail": detail})
             else:
-                writer.write(record)
+                writer.write(clip)
                 num_clips += 1
-                num_frames += clip_frames
+                num_frames += len(clip["frames"])
+                max_clip_seconds = max(max_clip_seconds, duration)
             if on_clip is not None:
                 on_clip()
     finally:
         writer.close()
     state = {
         "name": name,
+        "format_version": records.FORMAT_VERSION,
         "num_clips": num_clips,
         "num_frames": num_frames,
+        "max_clip_seconds": max_clip_seconds,
         "skipped": skipped,
         "settings": settings,
         "entries_digest": task["entries_digest"],
     }
-    # The state file goes first: a shard file present means its state is complete.
+    # State first, the shard itself last: a shard file present means its index and state are complete.
     with open(_state_path(output, name), "w") as file:
         json.dump(state, file)
-    os.replace(temporary_path, final_path)
+    os.replace(writer.index_file, records.index_path(final_path))
+    os.replace(writer.shard_path, final_path)
     return state
 
 
-def _completed_state(output: str, name: str, settings: dict[str, Any], entries_digest: str) -> dict[str, Any] | None:
-    """The state of an already written shard, or None; raises if it was made differently."""
+_OLD_FORMAT = "old format"
+
+
+def _completed_state(output: str, name: str, settings: dict[str, Any], entries_digest: str) -> dict[str, Any] | str | None:
+    """The state of an already written shard; None if absent; _OLD_FORMAT if it must be written again.
+
+    Raises if the shard was made with other settings or from other videos.
+    """
     if not os.path.isfile(os.path.join(output, name)) or not os.path.isfile(_state_path(output, name)):
         return None
     with open(_state_path(output, name)) as file:
@@ -154,6 +167,9 @@ def _completed_state(output: str, name: str, settings: dict[str, Any], entries_d
             f"{os.path.join(output, name)} was prepared from a different list of videos: "
             "use another --output or delete the old shards"
         )
+    if state.get("format_version") != records.FORMAT_VERSION or not os.path.isfile(
+            records.index_path(os.path.join(output, name))):
+        return _OLD_FORMAT
     return state
 
 
@@ -205,19 +221,25 @@ def prepare_entries(
     }
     started = time.time()
 
-    tasks, states = [], {}
+    tasks, states, old_format = [], {}, []
     for index, shard_entries in enumerate(np.array_split(np.arange(len(entries)), num_shards)):
         name = shard_name(split, index, num_shards)
         shard_entries = [entries[i] for i in shard_entries]
         digest = _entries_digest(shard_entries)
         state = _completed_state(output, name, settings, digest)
-        if state is not None:
+        if isinstance(state, dict):
             states[name] = state
         else:
+            if state == _OLD_FORMAT:
+                old_format.append(name)
             tasks.append({"output": output, "name": name, "entries": shard_entries,
                           "settings": settings, "entries_digest": digest})
     if states:
         logger.warning("%s: %d of %d shards already complete, skipping them", output, len(states), num_shards)
+    if old_format:
+        logger.warning("%s: %d shard(s) hold whole-clip records (format %d, one record per clip); preparing them "
+                       "again as frame records with a clip index (format %d): %s", output, len(old_format),
+                       records.CLIP_RECORD_VERSION, records.FORMAT_VERSION, ", ".join(old_format))
 
     total_clips = sum(len(task["entries"]) for task in tasks)
     with tqdm(total=total_clips, unit="clip", desc=f"prepare {split}", disable=not progress) as bar:
@@ -252,6 +274,8 @@ def prepare_entries(
         "shards": names,
         "shard_num_clips": [states[name]["num_clips"] for name in names],
         "num_frames": sum(states[name]["num_frames"] for name in names),
+        "shard_max_clip_seconds": [states[name]["max_clip_seconds"] for name in names],
+        "max_clip_seconds": max(states[name]["max_clip_seconds"] for name in names),
         "skipped_by_reason": skipped_by_reason,
         "skipped": skipped,
         "record_version": records.FORMAT_VERSION,
@@ -273,7 +297,7 @@ def prepare_entries(
         lines.append(f"    ... all in {meta_path}")
     logger.info("\n".join(lines))
     return {**meta, "meta_path": meta_path, "shard_paths": [os.path.join(output, name) for name in names],
-            "resumed_shards": num_shards - len(tasks), "seconds": seconds}
+            "resumed_shards": num_shards - len(tasks), "rewritten_old_format": old_format, "seconds": seconds}
 
 
 def prepare_dataset(

@@ -4,7 +4,8 @@ and in-memory image arrays (npz).
 Every source implements grain's RandomAccessDataSource protocol (`__len__`, `__getitem__(int)`) and
 returns one of these example dicts (no pixels decoded yet, so index lookups stay cheap):
 
-    kind "clip"   prepared clip:  label int, clip_id str, timestamps f32 [T], frames list[bytes] (JPEG)
+    kind "clip"   prepared clip:  label int, clip_id str, timestamps f32 [T], frames: a sequence of T
+                                  JPEG bytes (read from the shard only when indexed)
     kind "video"  raw video file: label int, clip_id str, path str, duration_s float (time of the
                                   last frame), short_side int | None (resize when decoding)
     kind "image"  one image:      label int, image bytes (encoded) | uint8 [H, W, 3]
@@ -152,8 +153,75 @@ def prepared_shard_paths(path: str, split: str) -> list[str]:
     return shards
 
 
+class RecordReadError(ValueError):
+    """A stored record could not be read."""
+
+
+class FrameRecords(Sequence):
+    """The T frames of one prepared clip, read from the shards only when indexed: `frames[i]` -> JPEG bytes.
+
+    A frame pair thus reads two records, however long the clip. A record that cannot be read raises
+    RecordReadError (a ValueError), which the pipeline counts as a skipped example.
+    """
+
+    def __init__(self, records_source, first: int, count: int, clip_id: str):
+        self._records, self._first, self._count, self.clip_id = records_source, int(first), int(count), clip_id
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        index = int(index)
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError(f"clip {self.clip_id!r}: frame {index} out of range [0, {self._count})")
+        try:
+            return self._records[self._first + index]
+        except Exception as error:  # the reader raises several types for a damaged chunk
+            raise RecordReadError(f"clip {self.clip_id!r} frame {index}: {type(error).__name__}: {error}") from error
+
+
+def prepared_meta(path: str, split: str) -> dict[str, Any] | None:
+    """The `<split>_meta.json` written by prepare beside the shards of `path`, or None if there is none."""
+    try:
+        shards = prepared_shard_paths(path, split)
+    except FileNotFoundError:
+        return None
+    meta_path = os.path.join(os.path.dirname(shards[0]), f"{split}_meta.json")
+    if not os.path.isfile(meta_path):
+        return None
+    with open(meta_path, encoding="utf-8") as file:
+        meta = json.load(file)
+    meta["_shard_paths"] = shards
+    return meta
+
+
+def prepared_max_clip_seconds(path: str, split: str = "train") -> float | None:
+    """Duration of the longest clip in the shards that `path` selects, from the meta json; None if unknown.
+
+    Unknown when there is no meta json, when it predates per-shard durations, or when a selected shard
+    is not listed in it.
+    """
+    meta = prepared_meta(path, split)
+    if meta is None or "shard_max_clip_seconds" not in meta or "shards" not in meta:
+        return None
+    per_shard = dict(zip(meta["shards"], meta["shard_max_clip_seconds"]))
+    selected = [per_shard.get(os.path.basename(shard)) for shard in meta["_shard_paths"]]
+    if any(value is None for value in selected):
+        return None
+    return float(max(selected))
+
+
 class PreparedClipSource(Source):
-    """Clips from ArrayRecord shards, one msgpack clip record each (see records.py)."""
+    """Clips from prepared ArrayRecord shards (records.py): the clip index is loaded once, frames on demand.
+
+    Shards of the earlier whole-clip format (no index file beside them) are still read, one whole
+    clip record per example, with a warning: prepare them again for speed. All shards of a source
+    must be of one format.
+    """
 
     kind = "prepared"
 
@@ -161,18 +229,58 @@ class PreparedClipSource(Source):
         super().__init__(name, skip_log)
         self.shards = prepared_shard_paths(path, split)
         self._records = grain.sources.ArrayRecordDataSource(self.shards)
-        if len(self._records) == 0:
+        index_files = [records.index_path(shard) for shard in self.shards]
+        present = [os.path.isfile(index_file) for index_file in index_files]
+        if any(present) and not all(present):
+            missing = [shard for shard, has_index in zip(self.shards, present) if not has_index]
+            raise ValueError(
+                f"prepared dataset {path} (split {split!r}) mixes shard formats: {len(missing)} shard(s) have no "
+                f"clip index (e.g. {missing[0]}): prepare the split again into one directory"
+            )
+        self.index: records.ClipIndex | None = None
+        if all(present):
+            self.index = records.ClipIndex.concatenate([records.read_index(f) for f in index_files])
+            if self.index.num_records != len(self._records):
+                raise ValueError(
+                    f"prepared dataset {path} (split {split!r}): the clip indexes list {self.index.num_records} frame "
+                    f"records, the shards hold {len(self._records)}: prepare the split again"
+                )
+            size = len(self.index)
+        else:
+            logging.warning(
+                "Source %r: %s holds whole-clip records (format %d): every example reads a whole clip. Prepare it "
+                "again (python -m vicmae_jax.data.prepare) for frame records with a clip index.",
+                name, path, records.CLIP_RECORD_VERSION)
+            size = len(self._records)
+        if size == 0:
             raise ValueError(f"prepared dataset {path} (split {split!r}) has no records")
+        self._size = size
         meta_path = os.path.join(os.path.dirname(self.shards[0]), f"{split}_meta.json")
         if os.path.isfile(meta_path):
             with open(meta_path, encoding="utf-8") as file:
                 self.label_names = list(json.load(file).get("label_names", []))
 
     def __len__(self) -> int:
-        return len(self._records)
+        return self._size
 
     def __getitem__(self, index: int) -> dict[str, Any] | Skipped:
         index = self._check_index(index)
+        if self.index is None:
+            return self._whole_clip(index)
+        clip_id = self.index.clip_id[index]
+        num_frames = int(self.index.num_frames[index])
+        if num_frames < MIN_CLIP_FRAMES:
+            return self.skip(clip_id, video_io.REASON_TOO_SHORT, f"{num_frames} frame(s)")
+        return {
+            "kind": "clip",
+            "record_index": index,
+            "label": int(self.index.label[index]),
+            "clip_id": clip_id,
+            "timestamps": self.index.clip_timestamps(index),
+            "frames": FrameRecords(self._records, self.index.first_frame[index], num_frames, clip_id),
+        }
+
+    def _whole_clip(self, index: int) -> dict[str, Any] | Skipped:
         try:
             clip = records.decode_clip(self._records[index])
         except (ValueError, KeyError, TypeError) as error:
