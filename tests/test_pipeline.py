@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from media_utils import make_bad_files, make_video, read_index
-from vicmae_jax.data import pipeline, prepare, sampling
+from vicmae_jax.data import pipeline, prepare, records, sampling
 
 FPS = 10.0
 NUM_FRAMES = 30
@@ -160,6 +160,70 @@ def test_process_shards_are_disjoint_and_cover_the_index(media, process_count):
     assert sum(len(s) for s in seen) == NUM_VIDEOS
 
 
+def _mixture_config(media, clips_path=None):
+    cfg = _config(
+        clips=dict(kind="prepared", path=str(clips_path or media / "prepared"), weight=2.0),
+        images=dict(kind="npz", path=str(media / "images.npz"), weight=1.0),
+    )
+    cfg.view_augmentations = tuple(pipeline.augment.DEFAULT_VIEW_SPECS)  # the full recipe: every draw matters
+    return cfg
+
+
+def _global_batches(cfg, process_count, count, global_batch=8, seed=4):
+    """The first `count` global batches of a run over `process_count` processes: host batches concatenated."""
+    per_process = []
+    for process_index in range(process_count):
+        loader = pipeline.make_pretrain_loader(cfg, global_batch_size=global_batch, image_size=16, seed=seed,
+                                               process_index=process_index, process_count=process_count)
+        assert loader.host_batch_size == global_batch // process_count
+        per_process.append(_batches(loader, count))
+    return [{key: np.concatenate([batches[k][key] for batches in per_process]) for key in per_process[0][k]}
+            for k in range(count)]
+
+
+def test_global_batches_are_the_same_for_any_process_count(media):
+    """Process p reads rows [p * b, (p + 1) * b) of each global batch of one global stream."""
+    cfg = _mixture_config(media)
+    count = 6  # 48 rows: the 6 clips and the 5 images each go round several epochs
+    single = _global_batches(cfg, 1, count)
+    sources_seen = np.concatenate([b["source"] for b in single])
+    labels = np.concatenate([b["label"] for b in single])
+    assert set(sources_seen) == {0, 1}
+    clip_labels = labels[sources_seen == 0]
+    assert len(clip_labels) > 2 * NUM_VIDEOS and set(clip_labels) == set(range(NUM_VIDEOS))  # across epochs
+    for process_count in (2, 4):
+        for k, (want, got) in enumerate(zip(single, _global_batches(cfg, process_count, count))):
+            assert want.keys() == got.keys()
+            for key in want:
+                np.testing.assert_array_equal(got[key], want[key], err_msg=f"{process_count} processes, batch {k}, {key}")
+    # A different seed is a different stream (the comparison above is not vacuous).
+    assert not np.array_equal(_global_batches(cfg, 1, 1, seed=5)[0]["views"], single[0]["views"])
+
+
+def test_unusable_records_are_replaced_the_same_way_for_any_process_count(media, tmp_path):
+    """A clip whose frames do not decode is replaced by another record chosen from its position alone."""
+    clips = records.read_clips(media / "prepared" / "train-00000-of-00002.array_record")
+    broken = dict(clips[0], clip_id="broken", label=99, frames=[b"not a jpeg"] * len(clips[0]["frames"]))
+    records.write_shard(tmp_path / "train-00000-of-00001.array_record", [broken] + clips[1:])
+    cfg = _mixture_config(media, clips_path=tmp_path)
+    single = _global_batches(cfg, 1, 4)
+    assert 99 not in np.concatenate([b["label"] for b in single])
+    for want, got in zip(single, _global_batches(cfg, 2, 4)):
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+    loader = pipeline.make_pretrain_loader(cfg, global_batch_size=8, image_size=16, seed=4, process_index=0,
+                                           process_count=1)
+    _batches(loader, 4)
+    assert loader.skip_log.by_reason() == {"undecodable frame": 1}
+
+    records.write_shard(tmp_path / "train-00000-of-00001.array_record", [broken])
+    only_broken = _config(clips=dict(kind="prepared", path=str(tmp_path)))
+    loader = pipeline.make_pretrain_loader(only_broken, global_batch_size=2, image_size=16, seed=0, process_index=0,
+                                           process_count=1)
+    with pytest.raises(Exception, match="data.sources.clips: 65 records in a row could not be used"):
+        _batches(loader, 1)
+
+
 def test_epochs_reshuffle_and_redraw_pairs(media):
     loader = pipeline.make_pretrain_loader(_prepared_config(media), global_batch_size=6, image_size=32, seed=0,
                                            process_index=0, process_count=1)
@@ -190,7 +254,7 @@ def test_iterator_state_round_trip(media, prefetch_batches):
 
 
 def test_worker_processes(media):
-    """worker_count=1 gives the in-process stream; with 2 workers the state still restores exactly."""
+    """Any worker count gives the in-process stream; with 2 workers the state still restores exactly."""
     from absl import flags
 
     if not flags.FLAGS.is_parsed():
@@ -201,14 +265,15 @@ def test_worker_processes(media):
         return pipeline.make_pretrain_loader(cfg, global_batch_size=4, image_size=16, seed=0, process_index=0, process_count=1)
 
     in_process = _batches(make(0), 3)
-    iterator = iter(make(1))
-    try:
-        for want in in_process:
-            got = next(iterator)
-            for key in want:
-                np.testing.assert_array_equal(got[key], want[key])
-    finally:
-        iterator.close()
+    for workers in (1, 2):
+        iterator = iter(make(workers))
+        try:
+            for want in in_process:
+                got = next(iterator)
+                for key in want:
+                    np.testing.assert_array_equal(got[key], want[key], err_msg=f"{workers} workers")
+        finally:
+            iterator.close()
     first, second = iter(make(2)), iter(make(2))
     try:
         next(first)

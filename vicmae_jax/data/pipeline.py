@@ -1,22 +1,28 @@
 """The grain input pipelines: pretraining pairs, evaluation images, video clips.
 
-Pretraining, per process (`make_pretrain_loader`):
+Pretraining (`make_pretrain_loader`): one global stream, the same on every process,
 
-    for each source:  record indices -> this process's part [process_index::process_count]
-                      -> repeat, in a new random order every epoch
-                      -> (record index, epoch) -> example from the source
+    for each source:  repeat its records, in a new random order every epoch (seeded)
+                      -> (record index, epoch)
+    sources mixed by weight (grain MapDataset.mix) -> global position g -> (source, record, epoch)
+    cut into global batches of global_batch_size rows; process p of P reads only rows
+    [p * b, (p + 1) * b) of each (b = global_batch_size / P):
+                      -> example from the source (an unusable one is replaced by another record
+                         of the same source, chosen from g alone)
                       -> video: gap (seconds) -> two frames -> two augmented views
                          image: decoded once -> two augmented views
-    sources mixed by weight (grain MapDataset.mix) -> drop skipped examples
-    -> thread pool (ReadOptions.num_threads) -> batch of global_batch / process_count
+    -> thread pool (ReadOptions.num_threads) -> batch of b
     -> optional worker processes -> batches assembled ahead in a thread
 
     yields {"views": uint8 [b, 2, S, S, 3], "label": int32 [b], "source": int32 [b]}
 
 Every random choice for an example (frame pair, gap, crops, colours) comes from
-(seed, source name, record index, epoch) only, and the grain iterator state (`get_state` /
-`set_state`, or orbax through grain.checkpoint.CheckpointSave / CheckpointRestore) resumes the stream
-exactly, in this process or a fresh one with the same config and worker_count.
+(seed, source name, record index, epoch) only. So the processes' k-th batches, concatenated in
+process order, are the k-th batch of a one-process run, pixel for pixel, whatever the process and
+worker counts: runs compare across host counts, and after k global batches every process of any
+count stands at row k * b of its own stream. The grain iterator state
+(`get_state` / `set_state`, or orbax through grain.checkpoint.CheckpointSave / CheckpointRestore)
+resumes the stream exactly, in this process or a fresh one with the same config and worker_count.
 
 `make_eval_loader` and `make_clip_loader` read each example once in order, pad the last batch (and
 every example that cannot be decoded) with `valid = False` rows so nothing is silently dropped and
@@ -301,7 +307,10 @@ class PairMaker:
         example = self.source[record_index]
         if isinstance(example, sources_lib.Skipped):
             return example
-        images = self.frames(example, self.rng(record_index, epoch, sampling.STREAM_SAMPLING))
+        try:
+            images = self.frames(example, self.rng(record_index, epoch, sampling.STREAM_SAMPLING))
+        except sources_lib.RecordReadError as error:
+            return self.source.skip(example["clip_id"], "unreadable record", str(error))
         if isinstance(images, sources_lib.Skipped):
             return images
         views = []
@@ -311,10 +320,6 @@ class PairMaker:
             except _DECODE_ERRORS as error:
                 return self.source.skip(example.get("clip_id") or f"record {record_index}", "undecodable frame", str(error))
         return {"views": np.stack(views), "label": np.int32(example["label"]), "source": np.int32(self.source_index)}
-
-
-def _not_skipped(element: Any) -> bool:
-    return not isinstance(element, sources_lib.Skipped)
 
 
 @dataclasses.dataclass
@@ -357,10 +362,16 @@ def _close_live_iterators() -> None:
 
 
 def _finish(dataset: grain.MapDataset, cfg: Mapping[str, Any], host_batch: int, *, drop_remainder: bool) -> grain.IterDataset:
-    """Threads -> batch -> optional worker processes -> batches ready ahead in a thread."""
+    """Threads -> batch -> optional worker processes -> batches ready ahead in a thread.
+
+    The batches are the same whatever the worker count (see `WorkerOrder`).
+    """
+    worker_count = int(cfg.get("worker_count", 0))
+    if worker_count > 1:
+        dataset = grain.MapDataset.range(WorkerOrder.length(len(dataset), host_batch, worker_count)).map(
+            WorkerOrder(dataset, host_batch, worker_count))
     read_options = grain.ReadOptions(num_threads=_num_threads(cfg), prefetch_buffer_size=int(cfg.get("prefetch_elements", 256)))
     iter_dataset = dataset.to_iter_dataset(read_options).batch(host_batch, drop_remainder=drop_remainder)
-    worker_count = int(cfg.get("worker_count", 0))
     if worker_count > 0:
         iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     prefetch_batches = int(cfg.get("prefetch_batches", 0))
@@ -369,54 +380,147 @@ def _finish(dataset: grain.MapDataset, cfg: Mapping[str, Any], host_batch: int, 
     return iter_dataset
 
 
-class EpochOrder:
-    """Global position in an endless stream -> (record index, epoch): a fresh permutation every epoch.
+class WorkerOrder:
+    """Element m of the dataset handed to grain's worker processes -> element of the in-process order.
 
-    shard: [n] record indices of this process. The permutation of epoch e is a function of
-    (seed, e) only. (grain's index_shuffle takes milliseconds per element on small datasets, a
-    numpy permutation per epoch costs microseconds per element at any size.)
+    grain gives worker w the elements w, w + W, w + 2W, ... (W workers), each worker batches its own
+    elements, and batches are taken from the workers in turn. Element m is therefore row t % b of the
+    (t // b)-th batch of worker m % W (t = m // W), which is batch (t // b) * W + m % W of the stream:
+    reading that element there makes the batches identical for every worker count.
     """
 
-    def __init__(self, shard: np.ndarray, seed: int):
-        self.shard = np.asarray(shard, np.int64)
+    def __init__(self, dataset: grain.MapDataset, host_batch: int, workers: int):
+        self.dataset, self.host_batch, self.workers = dataset, int(host_batch), int(workers)
+
+    @staticmethod
+    def length(length: int, host_batch: int, workers: int) -> int:
+        return length // (host_batch * workers) * (host_batch * workers)
+
+    def position(self, element: int) -> int:
+        worker, t = element % self.workers, element // self.workers
+        batch, row = divmod(t, self.host_batch)
+        return (batch * self.workers + worker) * self.host_batch + row
+
+    def __call__(self, element: int) -> Any:
+        return self.dataset[self.position(int(element))]
+
+
+class EpochOrder:
+    """Position in one source's endless stream -> (record index, epoch): a fresh permutation every epoch.
+
+    The permutation of epoch e is a function of (seed, e) only. (grain's index_shuffle takes
+    milliseconds per element on small datasets, a numpy permutation per epoch costs microseconds per
+    element at any size.)
+    """
+
+    def __init__(self, num_records: int, seed: int):
+        self.num_records = int(num_records)
         self.seed = int(seed)
         self._cache: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
 
     def __getstate__(self):
-        return {"shard": self.shard, "seed": self.seed}
+        return {"num_records": self.num_records, "seed": self.seed}
 
     def __setstate__(self, state):
-        self.__init__(state["shard"], state["seed"])
+        self.__init__(state["num_records"], state["seed"])
 
     def permutation(self, epoch: int) -> np.ndarray:
         with self._lock:
             order = self._cache.get(epoch)
             if order is None:
-                order = np.random.default_rng(np.random.SeedSequence([self.seed, epoch])).permutation(len(self.shard))
+                order = np.random.default_rng(np.random.SeedSequence([self.seed, epoch])).permutation(self.num_records)
                 # Threads may straddle an epoch boundary: keep the newest two epochs.
                 self._cache = {e: o for e, o in self._cache.items() if e >= epoch - 1}
                 self._cache[epoch] = order
             return order
 
-    def __call__(self, position: int, _: Any = None) -> tuple[int, int]:
-        epoch, offset = divmod(int(position), len(self.shard))
-        return int(self.shard[self.permutation(epoch)[offset]]), epoch
+    def __call__(self, position: int) -> tuple[int, int]:
+        epoch, offset = divmod(int(position), self.num_records)
+        return int(self.permutation(epoch)[offset]), epoch
 
 
-def _training_mixture(data_cfg, built, *, seed: int, process_index: int, process_count: int, make_example) -> grain.MapDataset:
-    """Shard -> per-epoch shuffle -> repeat -> (record index, epoch) -> make_example(source, index), mixed by weight."""
-    per_source, weights = [], []
+class _SourceStream:
+    """Position in one source's stream -> (source index, record index, epoch)."""
+
+    def __init__(self, source_index: int, order: EpochOrder):
+        self.source_index, self.order = source_index, order
+
+    def __call__(self, position: int, _: Any = None) -> tuple[int, int, int]:
+        return (self.source_index, *self.order(position))
+
+
+# A position whose example cannot be used (a corrupt record, an undecodable video) takes another
+# record of the same source; this many failures in a row mean the source itself is broken.
+MAX_REPLACEMENTS = 64
+
+
+class GlobalRows:
+    """Row of this process's stream -> the example at the matching position of the global stream.
+
+    The global stream is the same on every process: position g -> (source, record, epoch) through
+    the weighted mixture (grain MapDataset.mix) of the sources' streams, each a new permutation of the
+    source's records every epoch. It is cut into global batches of host_batch * process_count rows and
+    process p reads rows [p * host_batch, (p + 1) * host_batch) of each, so the global batches (and,
+    since every draw is keyed by record and epoch, their pixels) do not depend on the process count.
+    An example that cannot be used is replaced by a record of the same source drawn from
+    (seed, source, g, attempt) alone, which keeps that property; it raises after MAX_REPLACEMENTS
+    failures in a row.
+    """
+
+    def __init__(self, selection: grain.MapDataset, makers: Sequence[Any], sources: Sequence[Any], *, seed: int,
+                 host_batch: int, process_index: int, process_count: int):
+        self.selection, self.makers, self.sources = selection, list(makers), list(sources)
+        self.seed, self.host_batch = int(seed), int(host_batch)
+        self.process_index, self.process_count = int(process_index), int(process_count)
+
+    def __len__(self) -> int:
+        global_batch = self.host_batch * self.process_count
+        return len(self.selection) // global_batch * self.host_batch
+
+    def global_position(self, row: int) -> int:
+        batch, offset = divmod(int(row), self.host_batch)
+        return (batch * self.process_count + self.process_index) * self.host_batch + offset
+
+    def __call__(self, row: int) -> Any:
+        position = self.global_position(row)
+        source_index, record_index, epoch = self.selection[position]
+        make = self.makers[source_index]
+        example = make((record_index, epoch))
+        attempt = 0
+        while isinstance(example, sources_lib.Skipped):
+            attempt += 1
+            source = self.sources[source_index]
+            if attempt > MAX_REPLACEMENTS:
+                raise RuntimeError(
+                    f"data.sources.{source.name}: {MAX_REPLACEMENTS + 1} records in a row could not be used (last: "
+                    f"{example.key}: {example.reason} {example.detail}); {source.skip_log.count} bad records so far"
+                )
+            replacement = np.random.default_rng(np.random.SeedSequence(
+                [self.seed, sampling.source_key(source.name), position, attempt]))
+            example = make((int(replacement.integers(len(source))), epoch))
+        return example
+
+
+def _training_mixture(data_cfg, built, *, seed: int, process_index: int, process_count: int, make_example,
+                      host_batch_size: int = 1) -> grain.MapDataset:
+    """This process's rows of the global stream (see GlobalRows), made by make_example(source, source index).
+
+    host_batch_size: rows per process and global batch. With the default of 1 the processes take
+    alternate positions: every global batch then holds the same examples for any process count,
+    in another row order.
+    """
+    del data_cfg
+    streams, weights, makers = [], [], []
     for source_index, (name, weight, source) in enumerate(built):
-        shard = np.arange(len(source))[process_index::process_count]
-        if len(shard) == 0:
-            raise ValueError(f"data.sources.{name}: {len(source)} records cannot be split over {process_count} processes")
-        order = EpochOrder(shard, _seed32(seed, sampling.source_key(name)))
-        keyed = grain.MapDataset.range(len(shard)).repeat().map_with_index(order)
-        per_source.append(keyed.map(make_example(source, source_index)))
+        order = EpochOrder(len(source), _seed32(seed, sampling.source_key(name)))
+        streams.append(grain.MapDataset.range(len(source)).repeat().map_with_index(_SourceStream(source_index, order)))
         weights.append(weight)
-    mixed = per_source[0] if len(per_source) == 1 else grain.MapDataset.mix(per_source, weights)
-    return mixed.filter(_not_skipped)
+        makers.append(make_example(source, source_index))
+    selection = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights)
+    rows = GlobalRows(selection, makers, [source for _, _, source in built], seed=seed, host_batch=host_batch_size,
+                      process_index=process_index, process_count=process_count)
+    return grain.MapDataset.range(len(rows)).map(rows)
 
 
 def _run_seed(data_cfg, seed: int) -> int:
@@ -460,7 +564,7 @@ def make_pretrain_loader(
         )
 
     mixed = _training_mixture(data_cfg, built, seed=seed, process_index=process_index, process_count=process_count,
-                              make_example=make_example)
+                              make_example=make_example, host_batch_size=host_batch)
     dataset = _finish(mixed, data_cfg, host_batch, drop_remainder=True)
     logging.info(
         "Pretraining data (process %d/%d): %s; host batch %d",
@@ -503,7 +607,10 @@ class ClipMaker:
         rng = sampling.example_rng(self.seed, self.source_key, record_index, epoch, sampling.STREAM_SAMPLING)
         if example["kind"] == "clip":
             indices = sampling.clip_indices(len(example["frames"]), self.num_frames, self.stride, rng)
-            frames = [example["frames"][i] for i in indices]
+            try:
+                frames = [example["frames"][i] for i in indices]
+            except sources_lib.RecordReadError as error:
+                return self.source.skip(example["clip_id"], "unreadable record", str(error))
         elif example["kind"] == "video":
             fps = _source_fps(self.source, example)
             times = sampling.clip_times(example["duration_s"], self.num_frames, self.stride / fps, rng)
@@ -747,7 +854,7 @@ def make_clip_loader(
                              stride=frame_stride, seed=run_seed)
 
         mixed = _training_mixture(cfg, built, seed=run_seed, process_index=process_index, process_count=process_count,
-                                  make_example=make_example)
+                                  make_example=make_example, host_batch_size=host_batch)
         labels = tuple(built[0][2].label_names) if len(built) == 1 else ()
         return Loader(_finish(mixed, cfg, host_batch, drop_remainder=True), skip_log, tuple(n for n, _, _ in built),
                       host_batch, None, labels)
