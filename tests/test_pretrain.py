@@ -211,3 +211,19 @@ def test_missing_data_names_the_path(demo_root, tmp_path):
   proc = run_main(tmp_path, demo_root, "--config.data.sources.digits.path=/nonexistent/k400")
   assert proc.returncode == 2
   assert "/nonexistent/k400" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_init_from_another_run_loads_its_params(demo_root, reference, tmp_path):
+  from vicmae_jax import checkpoint, main
+  config = tiny_config(demo_root, num_steps=1, warmup_steps=0, init_from=reference,
+                       **{"optim.lr": 1e-12, "optim.weight_decay": 0.0, "checkpoint.every_steps": 1})
+  main.run(config, str(tmp_path))
+  ours = checkpoint.flatten(checkpoint.load_pretrained_tree(str(tmp_path))["params"])
+  theirs = checkpoint.flatten(checkpoint.load_pretrained_tree(reference)["params"])
+  assert ours.keys() == theirs.keys()
+  for k in ours:  # one step at lr 1e-12 moves nothing visible
+    np.testing.assert_allclose(ours[k], theirs[k], rtol=0, atol=1e-9, err_msg=k)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(FileNotFoundError, match="holds no usable checkpoint"):
+    main.run(tiny_config(demo_root, num_steps=1, init_from=str(empty)), str(tmp_path / "x"))
