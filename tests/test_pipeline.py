@@ -402,6 +402,46 @@ def test_validate_data_config_names_the_field(media, tmp_path):
         pipeline.validate_data_config(_config(raw=dict(kind="raw", format="kinetics", path=str(media / "videos"))))
 
 
+def test_a_gap_longer_than_every_clip_is_refused(media, tmp_path):
+    """The media clips hold 30 frames at 10 fps: 3.0 s each (the last frame lasts to 3.0 s)."""
+    with open(media / "prepared" / "train_meta.json") as file:
+        assert json.load(file)["max_clip_seconds"] == pytest.approx(3.0, abs=1e-3)
+    pipeline.validate_data_config(_prepared_config(media, frame_gap_seconds=3.0))
+    with pytest.raises(ValueError, match=r"data.frame_gap_seconds: a gap of 3.5 s is longer than the longest clip of "
+                                         r"every video source \(clips: 3 s\)"):
+        pipeline.validate_data_config(_prepared_config(media, frame_gap_seconds=3.5))
+    with pytest.raises(ValueError, match="data.frame_gap_range: a gap of 3.2 s"):
+        pipeline.validate_data_config(_prepared_config(media, frame_gap_range=(3.2, 5.0)))
+    pipeline.validate_data_config(_prepared_config(media, frame_gap_range=(1.0, 5.0)))  # part of the range fits
+    # Images hold no clips; a raw video source may hold long ones (its lengths are not known up front).
+    with_images = _mixture_config(media)
+    with_images.frame_gap_seconds = 3.5
+    with pytest.raises(ValueError, match="data.frame_gap_seconds"):
+        pipeline.validate_data_config(with_images)
+    with_raw = _config(clips=dict(kind="prepared", path=str(media / "prepared")),
+                       raw=dict(kind="raw", format="folder", path=str(media / "videos")))
+    with_raw.frame_gap_seconds = 3.5
+    pipeline.validate_data_config(with_raw)
+
+    # One long clip is enough; the short ones keep giving their largest gap (first and last frame).
+    videos = tmp_path / "videos"
+    make_video(videos / "long" / "l.mp4", num_frames=NUM_FRAMES, fps=FPS)
+    make_video(videos / "short" / "s.mp4", num_frames=5, fps=FPS)
+    prepare.prepare_dataset("folder", videos, tmp_path / "prepared", fps=FPS, short_side=None, progress=False)
+    cfg = _config(clips=dict(kind="prepared", path=str(tmp_path / "prepared")))
+    cfg.view_augmentations = READABLE_VIEWS
+    cfg.frame_gap_seconds = 2.0
+    pipeline.validate_data_config(cfg)
+    loader = pipeline.make_pretrain_loader(cfg, global_batch_size=4, image_size=32, seed=0, process_index=0,
+                                           process_count=1)
+    pairs = _pairs(_batches(loader, 3))
+    assert {abs(a - b) for label, a, b in pairs if label == 1} == {4}  # "short" (class 1): frames 0 and 4
+    assert {abs(a - b) for label, a, b in pairs if label == 0} == {20}
+    cfg.frame_gap_seconds = 3.1
+    with pytest.raises(ValueError, match=r"data.frame_gap_seconds: .*\(clips: 3 s\)"):
+        pipeline.validate_data_config(cfg)
+
+
 def test_dataset_size(media):
     cfg = _config(clips=dict(kind="prepared", path=str(media / "prepared")), images=dict(kind="npz", path=str(media / "images.npz")))
     assert pipeline.dataset_size(cfg) == NUM_VIDEOS + 5

@@ -46,7 +46,9 @@ The data config (`default_data_config()`), field by field:
     labels                  raw: SSv2 labels.json / MiT categories file ("" = beside annotations)
     dataset                 tfds: dataset name, e.g. "imagenet2012" ("" = the source's name)
     short_side              raw: resize decoded frames so the shorter side is this (0 = native)
-  frame_gap_seconds         time between the two frames of a pair (1.06 s; 0 = same frame twice)
+  frame_gap_seconds         time between the two frames of a pair (1.06 s; 0 = same frame twice);
+                            a clip shorter than the gap gives its first and last frames, but a gap
+                            longer than every video source's longest clip is refused
   frame_gap_range           () or (lo, hi): draw the gap uniformly in [lo, hi] seconds instead
   view_augmentations        two augmentation specs (see augment.py), view 1 and view 2
   crop_scale                (lo, hi) area range of random_resized_crop when a spec leaves it out
@@ -145,7 +147,11 @@ def _source_items(cfg: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]
 
 
 def validate_data_config(cfg: Mapping[str, Any]) -> None:
-    """Checks every field without reading the data; raises ValueError starting with `data.<field>:`."""
+    """Checks every field; raises ValueError starting with `data.<field>:`.
+
+    Reads no data, only the prepared sources' meta json: a frame gap longer than the longest clip of
+    every video source fails here, naming data.frame_gap_seconds (or data.frame_gap_range).
+    """
     items = _source_items(cfg)
     for name, source in items:
         where = f"data.sources.{name}"
@@ -177,11 +183,13 @@ def validate_data_config(cfg: Mapping[str, Any]) -> None:
         if kind == "tfds" and path and not os.path.isdir(os.path.expanduser(str(path))):
             raise ValueError(f"{where}.path: TFDS data_dir not found: {path}")
     gap_range = tuple(cfg.get("frame_gap_range") or ()) or None
+    gap_seconds = cfg.get("frame_gap_seconds", sampling.DEFAULT_FRAME_GAP_SECONDS)
     try:
-        sampling.validate_gap(cfg.get("frame_gap_seconds", sampling.DEFAULT_FRAME_GAP_SECONDS), gap_range)
+        sampling.validate_gap(gap_seconds, gap_range)
     except ValueError as error:
         field = "frame_gap_range" if gap_range is not None else "frame_gap_seconds"
         raise ValueError(f"data.{field}: {error}") from None
+    _check_gap_fits_clips(items, gap_seconds, gap_range)
     specs = tuple(cfg.get("view_augmentations", augment.DEFAULT_VIEW_SPECS))
     if len(specs) != 2:
         raise ValueError(f"data.view_augmentations: need exactly two specs (one per view), got {len(specs)}")
@@ -202,6 +210,41 @@ def validate_data_config(cfg: Mapping[str, Any]) -> None:
             raise ValueError(f"data.{field}: must be >= 0, got {cfg.get(field)}")
     if int(cfg.get("num_threads", -1)) < -1:
         raise ValueError(f"data.num_threads: must be >= 0 or -1 (one per core), got {cfg.get('num_threads')}")
+
+
+def _check_gap_fits_clips(items, gap_seconds: float, gap_range: tuple[float, float] | None) -> None:
+    """Raises naming the gap field when the smallest gap asked for is longer than every video source's
+    longest clip (prepared sources state theirs in the meta json); warns for a single such source.
+
+    Unknown lengths (a raw video source, a meta json without durations) never fail: a clip shorter
+    than the gap gives its largest gap, so only a gap that no clip at all can hold is a mistake.
+    """
+    longest: dict[str, float] = {}
+    for name, source in items:
+        kind = source.get("kind")
+        if kind == "raw":
+            return
+        if kind == "prepared":
+            seconds = sources_lib.prepared_max_clip_seconds(str(source.get("path")), source.get("split") or "train")
+            if seconds is None:
+                return
+            longest[name] = seconds
+    if not longest:
+        return
+    if gap_range is not None:
+        field, smallest, largest = "frame_gap_range", float(gap_range[0]), float(gap_range[1])
+    else:
+        field, smallest, largest = "frame_gap_seconds", float(gap_seconds), float(gap_seconds)
+    described = ", ".join(f"{name}: {seconds:.3g} s" for name, seconds in longest.items())
+    if smallest > max(longest.values()) + 1e-6:
+        raise ValueError(
+            f"data.{field}: a gap of {smallest:g} s is longer than the longest clip of every video source "
+            f"({described}), so no frame pair can be that far apart: ask for a shorter gap or prepare longer clips"
+        )
+    for name, seconds in longest.items():
+        if largest > seconds + 1e-6:
+            logging.warning("data.sources.%s: its longest clip lasts %.3g s, less than the frame gap of up to %g s "
+                            "(data.%s); such clips give their largest gap instead", name, seconds, largest, field)
 
 
 def build_sources(cfg: Mapping[str, Any], skip_log: sources_lib.SkipLog | None = None) -> list[tuple[str, float, Any]]:
