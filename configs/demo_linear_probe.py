@@ -5,10 +5,11 @@ r"""Demo: linear probe of the demo's pretrained encoder on the digits-in-motion 
       --config.init_from=/tmp/vicmae_demo
 
 Without `--config.init_from` the same probe runs on a randomly initialized encoder (the baseline).
-The frozen encoder embeds one frame per clip (a random frame for training with the evaluation
-transform when features are cached, the middle frame for validation clips, whose digits were never
-seen in training); BatchNorm without affine + a Linear head are trained with LARS for 90 epochs and
-the top-1 / top-5 accuracy on the validation clips is printed. About a minute with cached features.
+The frozen encoder embeds one frame per clip: with cached features (the default) the middle frame
+of every clip through the evaluation transform, once; with `nocache` a random frame and a random
+crop at every step. BatchNorm without affine + a Linear head are trained with LARS for 90 epochs and
+the top-1 / top-5 accuracy on the middle frames of the validation clips (digits never seen in
+training) is printed. About a minute with cached features.
 
 Options (`configs/demo_linear_probe.py:video,nocache`):
   video    probe clips: features averaged over 8 frames of each clip

@@ -264,10 +264,6 @@ def create_frozen(model_fn: Callable[[], nnx.Module], mesh) -> Frozen:
   return Frozen(graphdef, state, shardings)
 
 
-def _model_inputs(task: Task, batch: Mapping[str, jax.Array]) -> jax.Array:
-  return batch[task.input_key]
-
-
 def make_train_step(task: Task, graphdef, rest, tx, lr_fn, state_shardings, frozen: Frozen | None, mesh):
   """The jitted `(state, frozen_state, batch) -> (state, metrics)` (state donated)."""
   batch_sh = sharding_lib.batch_sharding(mesh)
@@ -276,7 +272,7 @@ def make_train_step(task: Task, graphdef, rest, tx, lr_fn, state_shardings, froz
 
   def step_fn(state, frozen_state, batch):
     key = common.step_key(state)
-    inputs = _model_inputs(task, batch)
+    inputs = batch[task.input_key]
     labels = batch["label"]
     if task.mixing:
       inputs, targets = mix_batch(inputs, labels, batch["mix_lam"], batch["mix_box"],
