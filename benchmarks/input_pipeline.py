@@ -2,32 +2,39 @@
 
 Measures, on the same videos and with the same pair sampling (1.06 s gaps):
 
-  record_read        reading + unpacking one prepared clip record (all its frames) per pair
-  jpeg_decode        decoding the two stored JPEG frames of a pair and nothing else (upper bound)
-  prepared_crop_flip prepared shards: record -> pair by time -> decode + random resized crop + flip,
-                     two views of 224 x 224 (the fast path)
-  in_memory_crop_flip the same from clips already read (what remains without the record read)
-  prepared_full      the same with the full ViC-MAE recipe (colour jitter, grayscale, blur / solarize)
-  raw_crop_flip      raw video files: pair by time -> seek + decode both frames -> crop + flip
-  pyav_seek_decode   the decoder's own rate: PyAV seek to each of the two times + decode to it, RGB
-                     out, no resizing or augmentation (the baseline for raw decoding)
-  grain_loader       the real pipeline (make_pretrain_loader, prepared, full recipe) with one thread
-                     per core, batches of 64: pairs/s in total and per core
+  frame_records_read  what a pair reads from prepared shards: its clip's index entry and its two
+                      frame records (records.py: one record per frame, uncompressed)
+  whole_clip_read     the same from shards of the earlier format: one whole-clip record (all its
+                      frames, group size 1, ArrayRecord's default compression) per pair
+  jpeg_decode         decoding the two stored JPEG frames of a pair and nothing else (upper bound)
+  prepared_crop_flip  prepared shards: index -> pair by time -> read two frames -> decode + random
+                      resized crop + flip, two views of 224 x 224 (the fast path)
+  whole_clip_crop_flip the same from whole-clip shards (what the fast path replaced)
+  in_memory_crop_flip the same from clips already read (what remains without any record read)
+  in_memory_full, prepared_full   the full ViC-MAE recipe (colour jitter, grayscale, blur / solarize)
+  raw_crop_flip       raw video files: pair by time -> seek + decode both frames -> crop + flip
+  pyav_seek_decode    the decoder's own rate: PyAV seek to each of the two times + decode to it, RGB
+                      out, no resizing or augmentation (the baseline for raw decoding)
+  grain_loader        the real pipeline (make_pretrain_loader, prepared, full recipe) with one thread
+                      per core, batches of 64: pairs/s in total and per CPU-second
 
 Single-thread rates are pairs per CPU-second of this process (time.process_time over the loop), which
 is the per-core rate even on a machine shared with other work; wall-clock rates are printed beside
-them. Targets: prepared_crop_flip >= 700 pairs/s per core; raw within 2x of pyav_seek_decode.
+them. Every row is measured --repeats times, the rows taking turns so that a busy spell of the machine
+spreads over all of them; the median is reported. Targets: prepared_crop_flip >= 700 pairs/s per
+core; raw within 2x of pyav_seek_decode.
 
 By default it writes K400-like videos first (456x256, 30 fps, 10 s, H.264, 2 s keyframe interval;
 slow pans over scikit-image photographs plus sensor noise) and prepares them at 8 fps, short side
 256. Point --videos at a folder of real videos (<root>/<class>/*.mp4) to measure on those instead.
 
-  python benchmarks/input_pipeline.py                       # ~2 minutes on 2 cores
-  python benchmarks/input_pipeline.py --videos=/data/k400_subset --seconds=20 --json_out=/tmp/ip.json
+  python benchmarks/input_pipeline.py                       # ~4 minutes on 2 cores
+  python benchmarks/input_pipeline.py --videos=/data/k400_subset --seconds=10 --repeats=5 --json_out=/tmp/ip.json
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -42,7 +49,7 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from vicmae_jax.data import augment, pipeline, prepare, sampling, sources  # noqa: E402
+from vicmae_jax.data import augment, pipeline, prepare, records, sampling, sources  # noqa: E402
 
 _PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "retina", "immunohistochemistry", "hubble_deep_field", "colorwheel")
 
@@ -81,17 +88,46 @@ def write_videos(root: str, count: int, *, seconds: float = 10.0, fps: float = 3
             container.mux(stream.encode())
 
 
-def rate(label: str, work, seconds: float) -> dict:
-    """Runs work() -> pairs done, repeatedly for `seconds`; pairs per CPU-second and per wall-second."""
-    work()  # warm-up: imports, caches, first file opens
+def measure(work, seconds: float) -> tuple[float, float, int]:
+    """Runs work() -> pairs done, repeatedly for `seconds`: (pairs per CPU-second, per wall-second, pairs)."""
     pairs, wall_start, cpu_start = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - wall_start < seconds:
         pairs += work()
     wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
-    result = {"name": label, "pairs": pairs, "pairs_per_cpu_s": pairs / cpu, "pairs_per_wall_s": pairs / wall}
-    print(f"  {label:<20} {result['pairs_per_cpu_s']:8.1f} pairs/s per core  ({result['pairs_per_wall_s']:8.1f} per wall s, {pairs} pairs)",
-          flush=True)
-    return result
+    return pairs / cpu, pairs / wall, pairs
+
+
+def measure_rows(rows: list[tuple[str, object]], seconds: float, repeats: int) -> list[dict]:
+    """Each (name, work) row `repeats` times, rows taking turns; the median and every repetition per row."""
+    for _, work in rows:
+        work()  # warm-up: imports, caches, first file opens
+    runs: dict[str, list[tuple[float, float, int]]] = {name: [] for name, _ in rows}
+    for repeat in range(repeats):
+        print(f"  repetition {repeat + 1}/{repeats}", flush=True)
+        for name, work in rows:
+            runs[name].append(measure(work, seconds))
+    results = []
+    for name, _ in rows:
+        per_cpu = [run[0] for run in runs[name]]
+        per_wall = [run[1] for run in runs[name]]
+        result = {"name": name, "pairs_per_cpu_s": float(np.median(per_cpu)), "pairs_per_wall_s": float(np.median(per_wall)),
+                  "repetitions_per_cpu_s": per_cpu, "pairs": sum(run[2] for run in runs[name])}
+        print(f"  {name:<22} {result['pairs_per_cpu_s']:8.1f} pairs/s per core  (median of {repeats}: "
+              f"{', '.join(f'{v:.0f}' for v in per_cpu)}; {result['pairs_per_wall_s']:8.1f} per wall s)", flush=True)
+        results.append(result)
+    return results
+
+
+def write_whole_clip_shards(prepared_dir: str, output: str) -> None:
+    """The prepared clips again in the earlier format: one whole-clip record per clip, no index."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    os.makedirs(output, exist_ok=True)
+    for shard in sources.prepared_shard_paths(prepared_dir, "train"):
+        writer = ArrayRecordWriter(os.path.join(output, os.path.basename(shard)), "group_size:1")
+        for clip in records.read_clips(shard):
+            writer.write(records.encode_clip(clip))
+        writer.close()
 
 
 def pyav_seek_decode(path: str, times: tuple[float, float]) -> None:
@@ -112,7 +148,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--videos", default="", help="folder-format video root (default: write K400-like clips)")
     parser.add_argument("--num_videos", type=int, default=8)
     parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per row")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per row and repetition")
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions per row (the median is reported)")
     parser.add_argument("--fps", type=float, default=8.0, help="stored frame rate of the prepared shards")
     parser.add_argument("--workdir", default="", help="where videos and shards go (default: a temporary dir)")
     parser.add_argument("--json_out", default="")
@@ -124,16 +161,22 @@ def main(argv=None) -> dict:
         print(f"writing {args.num_videos} K400-like videos to {videos}", flush=True)
         write_videos(videos, args.num_videos)
     prepared_dir = os.path.join(workdir, "prepared")
-    if not os.path.isfile(os.path.join(prepared_dir, "train_meta.json")):
+    meta = sources.prepared_meta(prepared_dir, "train") if os.path.isdir(prepared_dir) else None
+    if meta is None or meta.get("record_version") != records.FORMAT_VERSION:
         print(f"preparing shards at {args.fps} fps, short side 256 in {prepared_dir}", flush=True)
         prepare.prepare_dataset("folder", videos, prepared_dir, fps=args.fps, short_side=256,
                                 workers=os.cpu_count() or 1, progress=False)
 
+    whole_clip_dir = os.path.join(workdir, "whole_clip")
+    if not os.path.isdir(whole_clip_dir):
+        write_whole_clip_shards(prepared_dir, whole_clip_dir)
+
     size = args.image_size
     prepared = sources.PreparedClipSource(prepared_dir, "train", name="prepared")
+    whole_clip = sources.PreparedClipSource(whole_clip_dir, "train", name="prepared")
     raw = sources.RawVideoSource("folder", videos, short_side=256, name="raw")
     first = prepared[0]
-    height, width = np.asarray(Image.open(__import__("io").BytesIO(first["frames"][0]))).shape[:2]
+    height, width = np.asarray(Image.open(io.BytesIO(first["frames"][0]))).shape[:2]
     cores = os.cpu_count() or 1
     print(f"{len(prepared)} clips; stored frames {width}x{height}; output {size}x{size}; {cores} cores visible", flush=True)
 
@@ -152,10 +195,10 @@ def main(argv=None) -> dict:
             return batch
         return work
 
-    clips = [prepared[i] for i in range(len(prepared))]
+    clips = [dict(prepared[i], frames=list(prepared[i]["frames"])) for i in range(len(prepared))]
 
     class InMemory(sources.Source):
-        """The prepared clips, read once: isolates decode + crop + flip from the record read."""
+        """The prepared clips, read once: isolates decode + crop + flip from the record reads."""
 
         def __len__(self):
             return len(clips)
@@ -165,43 +208,54 @@ def main(argv=None) -> dict:
 
     in_memory = InMemory("prepared", None)
 
+    def pair_of(example, number):
+        rng = sampling.example_rng(0, 1, number, 0)
+        return sampling.pair_indices(example["timestamps"], sampling.DEFAULT_FRAME_GAP_SECONDS, rng)
+
     def jpeg_only():
-        for n in range(16):
+        for _ in range(16):
             counter["i"] += 1
             clip = clips[counter["i"] % len(clips)]
-            rng = sampling.example_rng(0, 1, counter["i"], 0)
-            i, j = sampling.pair_indices(clip["timestamps"], sampling.DEFAULT_FRAME_GAP_SECONDS, rng)
-            for index in (i, j):
-                Image.open(__import__("io").BytesIO(clip["frames"][index])).convert("RGB").load()
+            for index in pair_of(clip, counter["i"]):
+                Image.open(io.BytesIO(clip["frames"][index])).convert("RGB").load()
         return 16
 
-    def record_only():
-        for n in range(16):
-            counter["i"] += 1
-            prepared[counter["i"] % len(prepared)]
-        return 16
+    def reads_of(source):
+        def work():
+            for _ in range(16):
+                counter["i"] += 1
+                example = source[counter["i"] % len(source)]
+                for index in pair_of(example, counter["i"]):
+                    example["frames"][index]
+            return 16
+        return work
 
     def decoder_only():
-        for n in range(4):
+        for _ in range(4):
             counter["i"] += 1
             example = raw[counter["i"] % len(raw)]
             rng = sampling.example_rng(0, 2, counter["i"], 0)
             pyav_seek_decode(example["path"], sampling.pair_times(example["duration_s"], sampling.DEFAULT_FRAME_GAP_SECONDS, rng))
         return 4
 
-    print("single thread (per core):", flush=True)
-    record_bytes = np.mean([len(prepared._records[i]) for i in range(len(prepared))])
-    print(f"  (a prepared clip record holds {len(first['frames'])} frames, {record_bytes / 2**20:.2f} MiB)", flush=True)
-    results = [
-        rate("record_read", record_only, args.seconds),
-        rate("jpeg_decode", jpeg_only, args.seconds),
-        rate("prepared_crop_flip", pairs_of(maker(prepared, (augment.CROP_FLIP_SPEC,) * 2)), args.seconds),
-        rate("in_memory_crop_flip", pairs_of(maker(in_memory, (augment.CROP_FLIP_SPEC,) * 2)), args.seconds),
-        rate("in_memory_full", pairs_of(maker(in_memory, augment.DEFAULT_VIEW_SPECS)), args.seconds),
-        rate("prepared_full", pairs_of(maker(prepared, augment.DEFAULT_VIEW_SPECS)), args.seconds),
-        rate("raw_crop_flip", pairs_of(maker(raw, (augment.CROP_FLIP_SPEC,) * 2), batch=4), args.seconds),
-        rate("pyav_seek_decode", decoder_only, args.seconds),
-    ]
+    frame_bytes = np.mean([len(frame) for clip in clips for frame in clip["frames"]])
+    clip_bytes = np.mean([len(whole_clip._records[i]) for i in range(len(whole_clip))])
+    print(f"  (a clip holds {len(first['frames'])} frames; a frame record {frame_bytes / 2**10:.0f} KiB, "
+          f"a whole-clip record {clip_bytes / 2**20:.2f} MiB)", flush=True)
+    print(f"single thread (per core), {args.seconds:g} s per row and repetition:", flush=True)
+    crop_flip = (augment.CROP_FLIP_SPEC,) * 2
+    results = measure_rows([
+        ("frame_records_read", reads_of(prepared)),
+        ("whole_clip_read", reads_of(whole_clip)),
+        ("jpeg_decode", jpeg_only),
+        ("prepared_crop_flip", pairs_of(maker(prepared, crop_flip))),
+        ("whole_clip_crop_flip", pairs_of(maker(whole_clip, crop_flip))),
+        ("in_memory_crop_flip", pairs_of(maker(in_memory, crop_flip))),
+        ("in_memory_full", pairs_of(maker(in_memory, augment.DEFAULT_VIEW_SPECS))),
+        ("prepared_full", pairs_of(maker(prepared, augment.DEFAULT_VIEW_SPECS))),
+        ("raw_crop_flip", pairs_of(maker(raw, crop_flip), batch=4)),
+        ("pyav_seek_decode", decoder_only),
+    ], args.seconds, args.repeats)
     by_name = {r["name"]: r for r in results}
 
     cfg = pipeline.default_data_config()
@@ -210,18 +264,26 @@ def main(argv=None) -> dict:
     loader = pipeline.make_pretrain_loader(cfg, global_batch_size=64, image_size=size, seed=0, process_index=0, process_count=1)
     iterator = iter(loader)
     next(iterator)
-    start_wall, start_cpu, batches = time.perf_counter(), time.process_time(), 0
-    while time.perf_counter() - start_wall < args.seconds:
-        next(iterator)
-        batches += 1
-    wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
-    loader_result = {"name": "grain_loader", "threads": cores, "pairs_per_wall_s": 64 * batches / wall,
-                     "pairs_per_cpu_s": 64 * batches / cpu, "cpu_utilisation": cpu / wall}
-    print(f"grain loader, prepared, full recipe, {cores} threads: {loader_result['pairs_per_wall_s']:.1f} pairs/s in total, "
-          f"{loader_result['pairs_per_cpu_s']:.1f} per CPU-second ({loader_result['cpu_utilisation']:.2f} cores busy)", flush=True)
+    loader_runs = []
+    for _ in range(args.repeats):
+        start_wall, start_cpu, batches = time.perf_counter(), time.process_time(), 0
+        while time.perf_counter() - start_wall < args.seconds:
+            next(iterator)
+            batches += 1
+        wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
+        loader_runs.append((64 * batches / wall, 64 * batches / cpu, cpu / wall))
+    loader_result = {"name": "grain_loader", "threads": cores,
+                     "pairs_per_wall_s": float(np.median([run[0] for run in loader_runs])),
+                     "pairs_per_cpu_s": float(np.median([run[1] for run in loader_runs])),
+                     "cpu_utilisation": float(np.median([run[2] for run in loader_runs])),
+                     "repetitions_per_cpu_s": [run[1] for run in loader_runs]}
+    print(f"grain loader, prepared, full recipe, {cores} threads (median of {args.repeats}): "
+          f"{loader_result['pairs_per_wall_s']:.1f} pairs/s in total, {loader_result['pairs_per_cpu_s']:.1f} per "
+          f"CPU-second ({loader_result['cpu_utilisation']:.2f} cores busy)", flush=True)
     iterator.close()
 
     ratios = {
+        "prepared_crop_flip / whole_clip_crop_flip": by_name["prepared_crop_flip"]["pairs_per_cpu_s"] / by_name["whole_clip_crop_flip"]["pairs_per_cpu_s"],
         "prepared_crop_flip / raw_crop_flip": by_name["prepared_crop_flip"]["pairs_per_cpu_s"] / by_name["raw_crop_flip"]["pairs_per_cpu_s"],
         "pyav_seek_decode / raw_crop_flip": by_name["pyav_seek_decode"]["pairs_per_cpu_s"] / by_name["raw_crop_flip"]["pairs_per_cpu_s"],
         "jpeg_decode / prepared_crop_flip": by_name["jpeg_decode"]["pairs_per_cpu_s"] / by_name["prepared_crop_flip"]["pairs_per_cpu_s"],
@@ -230,7 +292,7 @@ def main(argv=None) -> dict:
     }
     print("ratios (per core):")
     for name, value in ratios.items():
-        print(f"  {name:<36} {value:6.2f}x")
+        print(f"  {name:<42} {value:6.2f}x")
     targets = {
         "prepared_crop_flip >= 700 pairs/s per core": by_name["prepared_crop_flip"]["pairs_per_cpu_s"] >= 700,
         "in_memory_crop_flip >= 700 pairs/s per core": by_name["in_memory_crop_flip"]["pairs_per_cpu_s"] >= 700,
@@ -238,8 +300,9 @@ def main(argv=None) -> dict:
     }
     for name, met in targets.items():
         print(f"  target {name}: {'met' if met else 'NOT met'}")
-    summary = {"record_mib": record_bytes / 2**20, "results": results, "grain_loader": loader_result, "ratios": ratios, "targets": targets,
-               "frames": f"{width}x{height}", "image_size": size, "cores": cores, "videos": videos}
+    summary = {"frame_record_kib": frame_bytes / 2**10, "whole_clip_record_mib": clip_bytes / 2**20, "results": results,
+               "grain_loader": loader_result, "ratios": ratios, "targets": targets, "frames": f"{width}x{height}",
+               "image_size": size, "cores": cores, "videos": videos, "seconds": args.seconds, "repeats": args.repeats}
     if args.json_out:
         with open(args.json_out, "w") as file:
             json.dump(summary, file, indent=1)

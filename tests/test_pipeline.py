@@ -410,6 +410,7 @@ def test_a_gap_longer_than_every_clip_is_refused(media, tmp_path):
     with pytest.raises(ValueError, match=r"data.frame_gap_seconds: a gap of 3.5 s is longer than the longest clip of "
                                          r"every video source \(clips: 3 s\)"):
         pipeline.validate_data_config(_prepared_config(media, frame_gap_seconds=3.5))
+    pipeline.validate_data_config(_prepared_config(media, frame_gap_seconds=3.5), frame_pairs=False)  # clips only
     with pytest.raises(ValueError, match="data.frame_gap_range: a gap of 3.2 s"):
         pipeline.validate_data_config(_prepared_config(media, frame_gap_range=(3.2, 5.0)))
     pipeline.validate_data_config(_prepared_config(media, frame_gap_range=(1.0, 5.0)))  # part of the range fits

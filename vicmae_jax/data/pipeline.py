@@ -146,11 +146,12 @@ def _source_items(cfg: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]
     return [(str(name), sources[name]) for name in sorted(sources.keys())]
 
 
-def validate_data_config(cfg: Mapping[str, Any]) -> None:
+def validate_data_config(cfg: Mapping[str, Any], *, frame_pairs: bool = True) -> None:
     """Checks every field; raises ValueError starting with `data.<field>:`.
 
-    Reads no data, only the prepared sources' meta json: a frame gap longer than the longest clip of
-    every video source fails here, naming data.frame_gap_seconds (or data.frame_gap_range).
+    Reads no data, only the prepared sources' meta json: with frame_pairs (the data feeds frame
+    pairs, as in pretraining), a frame gap longer than the longest clip of every video source fails
+    here, naming data.frame_gap_seconds (or data.frame_gap_range).
     """
     items = _source_items(cfg)
     for name, source in items:
@@ -189,7 +190,8 @@ def validate_data_config(cfg: Mapping[str, Any]) -> None:
     except ValueError as error:
         field = "frame_gap_range" if gap_range is not None else "frame_gap_seconds"
         raise ValueError(f"data.{field}: {error}") from None
-    _check_gap_fits_clips(items, gap_seconds, gap_range)
+    if frame_pairs:
+        _check_gap_fits_clips(items, gap_seconds, gap_range)
     specs = tuple(cfg.get("view_augmentations", augment.DEFAULT_VIEW_SPECS))
     if len(specs) != 2:
         raise ValueError(f"data.view_augmentations: need exactly two specs (one per view), got {len(specs)}")
@@ -883,7 +885,7 @@ def make_clip_loader(
 
     frames, frame_stride = pick(num_frames, "clip_num_frames", 16), pick(stride, "clip_stride", 4)
     if train:
-        validate_data_config(cfg)
+        validate_data_config(cfg, frame_pairs=False)
         process_index, process_count = _processes(process_index, process_count)
         host_batch = _host_batch(int(batch_size), process_count)
         skip_log = sources_lib.SkipLog()
