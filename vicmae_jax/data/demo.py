@@ -40,8 +40,9 @@ logger = logging.getLogger(__name__)
 
 LABEL_NAMES = tuple(str(digit) for digit in range(10))  # sorted names = digit order
 HELDOUT_FRACTION = 1 / 3
+SHOT_SECONDS = 0.5  # each shot has its own background and digit colour
 _MARKER = "demo_complete.json"
-_VERSION = 2  # bump when the rendering changes, so cached datasets are rebuilt
+_VERSION = 3  # bump when the rendering changes, so cached datasets are rebuilt
 _LOCK = ".demo.lock"
 # What the builder owns under root, and removes when rebuilding a half-built directory.
 _OWNED = ("videos", "prepared", "train.csv", "val.csv", "train_clips.json", "val_clips.json",
@@ -97,7 +98,7 @@ def _smooth_path(rng: np.random.Generator, times: np.ndarray) -> np.ndarray:
 
 def render_clip(
     digit: np.ndarray,
-    background: np.ndarray,
+    backgrounds: tuple[np.ndarray, ...],
     rng: np.random.Generator,
     *,
     frame_size: int,
@@ -106,7 +107,7 @@ def render_clip(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Renders one clip: uint8 [num_frames, frame_size, frame_size, 3] and its per-frame layout.
 
-    The layout {"center_xy": [T, 2], "digit_size": [T], "color": [3]} says where the digit is (the top
+    The layout {"center_xy": [T, 2], "digit_size": [T], "shot_colors", "shot_frames"} says where the digit is (the top
     left corner of frame t's digit square is round(center - size / 2)).
     """
     times = np.arange(num_frames) / fps
@@ -118,38 +119,40 @@ def render_clip(
     centers = np.stack([half + _smooth_path(rng, times) * (frame_size - 2 * half),
                         half + _smooth_path(rng, times) * (frame_size - 2 * half)], axis=-1)
 
-    # The camera pans fast across a dimmed photograph: about one frame width per second, so two
-    # frames ~1 s apart share the digit but hardly any background. The digit, not the scenery, is
-    # then what the two views of a pair have in common.
-    margin = int(frame_size * max(times[-1], 1.0 / fps) + 1)
-    canvas_size = frame_size + margin
-    crop = min(int(rng.uniform(0.6, 1.0) * min(background.shape[:2])), background.shape[0],
-               background.shape[1])
-    top = rng.integers(0, background.shape[0] - crop + 1)
-    left = rng.integers(0, background.shape[1] - crop + 1)
-    patch = Image.fromarray(np.ascontiguousarray(background[top:top + crop, left:left + crop]))
-    canvas = np.asarray(patch.resize((canvas_size, canvas_size), Image.BILINEAR), np.float32) / 255.0
-    canvas = 0.1 + 0.4 * canvas  # dimmed so the bright digit stays the most salient thing
-    pan_start = rng.integers(0, margin + 1, size=2)
-    pan_end = np.where(pan_start > margin // 2, pan_start - margin // 2 - rng.integers(0, margin // 2 + 1, size=2),
-                       pan_start + margin // 2 + rng.integers(0, margin // 2 + 1, size=2))
-    pan_end = np.clip(pan_end, 0, margin)
-
-    color = rng.uniform(0.75, 1.0, size=3).astype(np.float32)
-    color[rng.integers(3)] = 1.0
+    # The clip is cut into shots of ~0.5 s; each shot pans over its own dimmed photograph and draws
+    # the digit in its own colour. Two frames ~1 s apart then share only the digit's shape (not the
+    # scenery, not the colour), which is what the contrastive objective can learn to match.
+    shot_frames = max(1, int(round(SHOT_SECONDS * fps)))
     masks = {size: render_digit(digit, size) for size in np.unique(sizes)}
     frames = np.empty((num_frames, frame_size, frame_size, 3), np.uint8)
-    for t in range(num_frames):
-        fraction = t / max(num_frames - 1, 1)
-        dy, dx = np.round(pan_start + fraction * (pan_end - pan_start)).astype(int)
-        frame = canvas[dy:dy + frame_size, dx:dx + frame_size].copy()
-        size = sizes[t]
-        y0, x0 = np.round(centers[t, ::-1] - size / 2).astype(int)
-        alpha = masks[size][..., None]
-        region = frame[y0:y0 + size, x0:x0 + size]
-        frame[y0:y0 + size, x0:x0 + size] = region * (1 - alpha) + color * alpha
-        frames[t] = np.round(frame * 255).astype(np.uint8)
-    layout = {"center_xy": centers.tolist(), "digit_size": sizes.tolist(), "color": color.tolist()}
+    colors = []
+    for shot_start in range(0, num_frames, shot_frames):
+        count = min(shot_frames, num_frames - shot_start)
+        background = backgrounds[rng.integers(len(backgrounds))]
+        margin = frame_size // 4
+        canvas_size = frame_size + margin
+        crop = min(int(rng.uniform(0.3, 0.8) * min(background.shape[:2])), *background.shape[:2])
+        top = rng.integers(0, background.shape[0] - crop + 1)
+        left = rng.integers(0, background.shape[1] - crop + 1)
+        patch = Image.fromarray(np.ascontiguousarray(background[top:top + crop, left:left + crop]))
+        canvas = np.asarray(patch.resize((canvas_size, canvas_size), Image.BILINEAR), np.float32) / 255.0
+        canvas = 0.1 + 0.4 * canvas  # dimmed so the bright digit stays the most salient thing
+        pan_start, pan_end = rng.integers(0, margin + 1, size=(2, 2))
+        color = rng.uniform(0.7, 1.0, size=3).astype(np.float32)
+        color[rng.integers(3)] = 1.0
+        colors.append(color.tolist())
+        for t in range(shot_start, shot_start + count):
+            fraction = (t - shot_start) / max(count - 1, 1)
+            dy, dx = np.round(pan_start + fraction * (pan_end - pan_start)).astype(int)
+            frame = canvas[dy:dy + frame_size, dx:dx + frame_size].copy()
+            size = sizes[t]
+            y0, x0 = np.round(centers[t, ::-1] - size / 2).astype(int)
+            alpha = masks[size][..., None]
+            region = frame[y0:y0 + size, x0:x0 + size]
+            frame[y0:y0 + size, x0:x0 + size] = region * (1 - alpha) + color * alpha
+            frames[t] = np.round(frame * 255).astype(np.uint8)
+    layout = {"center_xy": centers.tolist(), "digit_size": sizes.tolist(), "shot_colors": colors,
+              "shot_frames": shot_frames}
     return frames, layout
 
 
@@ -169,9 +172,10 @@ def encode_mp4(path: str, frames: np.ndarray, fps: float) -> None:
         container.mux(stream.encode())
 
 
-def still_image(digit: np.ndarray, background: np.ndarray, rng: np.random.Generator, frame_size: int) -> np.ndarray:
-    """One digit (random place, 16-30 px) on a background crop: uint8 [frame_size, frame_size, 3]."""
-    frames, _ = render_clip(digit, background, rng, frame_size=frame_size, num_frames=1, fps=1.0)
+def still_image(digit: np.ndarray, backgrounds: tuple[np.ndarray, ...], rng: np.random.Generator,
+                frame_size: int) -> np.ndarray:
+    """One digit (random place and size) on a random background crop: uint8 [frame_size, frame_size, 3]."""
+    frames, _ = render_clip(digit, backgrounds, rng, frame_size=frame_size, num_frames=1, fps=1.0)
     return frames[0]
 
 
@@ -181,7 +185,7 @@ def _build_clips(task: dict[str, Any]) -> list[dict[str, Any]]:
     layouts = []
     for clip, digit in zip(task["clips"], task["digits"]):
         rng = np.random.default_rng(clip["seed"])
-        frames, layout = render_clip(digit, backgrounds[clip["background"]], rng,
+        frames, layout = render_clip(digit, backgrounds, rng,
                                      frame_size=task["frame_size"], num_frames=task["num_frames"], fps=task["fps"])
         encode_mp4(clip["path"], frames, task["fps"])
         layouts.append({**{k: v for k, v in clip.items() if k != "path"}, **layout})
@@ -220,7 +224,7 @@ def _write_images(path: str, digits: np.ndarray, labels: np.ndarray, digit_indic
     images = np.empty((len(digit_indices), frame_size, frame_size, 3), np.uint8)
     for row, (digit, index) in enumerate(zip(digits, digit_indices)):
         rng = np.random.default_rng([seed, tag, int(index)])
-        images[row] = still_image(digit, backgrounds[rng.integers(len(backgrounds))], rng, frame_size)
+        images[row] = still_image(digit, backgrounds, rng, frame_size)
     np.savez(path, images=images, labels=labels.astype(np.int32), digit_indices=digit_indices.astype(np.int32))
 
 
