@@ -161,8 +161,12 @@ def main(argv=None) -> dict:
         print(f"writing {args.num_videos} K400-like videos to {videos}", flush=True)
         write_videos(videos, args.num_videos)
     prepared_dir = os.path.join(workdir, "prepared")
-    meta = sources.prepared_meta(prepared_dir, "train") if os.path.isdir(prepared_dir) else None
-    if meta is None or meta.get("record_version") != records.FORMAT_VERSION:
+    meta_path = os.path.join(prepared_dir, "train_meta.json")
+    meta = {}
+    if os.path.isfile(meta_path):
+        with open(meta_path) as file:
+            meta = json.load(file)
+    if meta.get("record_version") != records.FORMAT_VERSION:
         print(f"preparing shards at {args.fps} fps, short side 256 in {prepared_dir}", flush=True)
         prepare.prepare_dataset("folder", videos, prepared_dir, fps=args.fps, short_side=256,
                                 workers=os.cpu_count() or 1, progress=False)

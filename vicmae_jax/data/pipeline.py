@@ -509,8 +509,8 @@ class GlobalRows:
     process p reads rows [p * host_batch, (p + 1) * host_batch) of each, so the global batches (and,
     since every draw is keyed by record and epoch, their pixels) do not depend on the process count.
     An example that cannot be used is replaced by a record of the same source drawn from
-    (seed, source, g, attempt) alone, which keeps that property; it raises after MAX_REPLACEMENTS
-    failures in a row.
+    (seed, source, g, attempt) alone, which keeps that property (the replacement repeats its record's
+    draws of that epoch); it raises after MAX_REPLACEMENTS failures in a row.
     """
 
     def __init__(self, selection: grain.MapDataset, makers: Sequence[Any], sources: Sequence[Any], *, seed: int,

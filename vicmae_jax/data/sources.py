@@ -184,32 +184,30 @@ class FrameRecords(Sequence):
             raise RecordReadError(f"clip {self.clip_id!r} frame {index}: {type(error).__name__}: {error}") from error
 
 
-def prepared_meta(path: str, split: str) -> dict[str, Any] | None:
-    """The `<split>_meta.json` written by prepare beside the shards of `path`, or None if there is none."""
-    try:
-        shards = prepared_shard_paths(path, split)
-    except FileNotFoundError:
-        return None
-    meta_path = os.path.join(os.path.dirname(shards[0]), f"{split}_meta.json")
-    if not os.path.isfile(meta_path):
-        return None
-    with open(meta_path, encoding="utf-8") as file:
-        meta = json.load(file)
-    meta["_shard_paths"] = shards
-    return meta
+def prepared_meta_path(shards: Sequence[str], split: str) -> str:
+    """Where prepare wrote the `<split>_meta.json` of these shards: beside the first one."""
+    return os.path.join(os.path.dirname(shards[0]), f"{split}_meta.json")
 
 
 def prepared_max_clip_seconds(path: str, split: str = "train") -> float | None:
     """Duration of the longest clip in the shards that `path` selects, from the meta json; None if unknown.
 
-    Unknown when there is no meta json, when it predates per-shard durations, or when a selected shard
-    is not listed in it.
+    Unknown when no shard matches, when there is no meta json, when it predates per-shard durations,
+    or when a selected shard is not listed in it.
     """
-    meta = prepared_meta(path, split)
-    if meta is None or "shard_max_clip_seconds" not in meta or "shards" not in meta:
+    try:
+        shards = prepared_shard_paths(path, split)
+    except FileNotFoundError:
+        return None
+    meta_path = prepared_meta_path(shards, split)
+    if not os.path.isfile(meta_path):
+        return None
+    with open(meta_path, encoding="utf-8") as file:
+        meta = json.load(file)
+    if "shard_max_clip_seconds" not in meta or "shards" not in meta:
         return None
     per_shard = dict(zip(meta["shards"], meta["shard_max_clip_seconds"]))
-    selected = [per_shard.get(os.path.basename(shard)) for shard in meta["_shard_paths"]]
+    selected = [per_shard.get(os.path.basename(shard)) for shard in shards]
     if any(value is None for value in selected):
         return None
     return float(max(selected))
@@ -255,7 +253,7 @@ class PreparedClipSource(Source):
         if size == 0:
             raise ValueError(f"prepared dataset {path} (split {split!r}) has no records")
         self._size = size
-        meta_path = os.path.join(os.path.dirname(self.shards[0]), f"{split}_meta.json")
+        meta_path = prepared_meta_path(self.shards, split)
         if os.path.isfile(meta_path):
             with open(meta_path, encoding="utf-8") as file:
                 self.label_names = list(json.load(file).get("label_names", []))
