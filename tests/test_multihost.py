@@ -51,7 +51,7 @@ def test_two_processes_match_one_and_resume(demo_root, tmp_path):
   multi = tmp_path / "multi"
   procs = _launch_pair(multi, demo_root)
   # Kill both once the first joint checkpoint exists, as a preempted job would die.
-  deadline = time.time() + 400
+  deadline = time.time() + 1200
   while not (multi / "checkpoints" / "2").is_dir():
     for p in procs:
       if p.poll() is not None:

@@ -42,7 +42,7 @@ LABEL_NAMES = tuple(str(digit) for digit in range(10))  # sorted names = digit o
 HELDOUT_FRACTION = 1 / 3
 SHOT_SECONDS = 0.5  # each shot has its own background and digit colour
 _MARKER = "demo_complete.json"
-_VERSION = 3  # bump when the rendering changes, so cached datasets are rebuilt
+_VERSION = 4  # bump when the rendering changes, so cached datasets are rebuilt
 _LOCK = ".demo.lock"
 # What the builder owns under root, and removes when rebuilding a half-built directory.
 _OWNED = ("videos", "prepared", "train.csv", "val.csv", "train_clips.json", "val_clips.json",
@@ -160,10 +160,16 @@ def encode_mp4(path: str, frames: np.ndarray, fps: float) -> None:
     """uint8 [T, H, W, 3] -> H.264 mp4 (yuv420p, constant rate)."""
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(path, mode="w") as container:
-        stream = container.add_stream("libx264", rate=rate)
+        # Constant quantizer, one thread, no lookahead/mb-tree/adaptive quantization: with those,
+        # x264's output varied from process to process here, and the demo must be the same bytes
+        # on every machine and with any number of build workers.
+        stream = container.add_stream("libx264", rate=rate, options={
+            "preset": "veryfast", "qp": "16", "threads": "1",
+            "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0:sync-lookahead=0:"
+                           "no-mbtree=1:rc-lookahead=0:aq-mode=0"})
+        stream.codec_context.thread_count = 1
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"preset": "veryfast", "crf": "18", "threads": "1"}
         for index, image in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts = index
