@@ -10,10 +10,13 @@ or set with --coordinator_address / --num_processes / --process_id.
 
 from __future__ import annotations
 
+import logging as py_logging
 import os
 import sys
 
-import logging as py_logging
+# TensorFlow (imported by clu and tensorflow-datasets) is only a helper here: keep its start-up
+# chatter off the console unless the user asks for it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app
 from absl import flags
