@@ -50,21 +50,27 @@ def test_two_processes_match_one_and_resume(demo_root, tmp_path):
 
   multi = tmp_path / "multi"
   procs = _launch_pair(multi, demo_root)
-  # Kill both once the first joint checkpoint exists, as a preempted job would die.
-  deadline = time.time() + 1200
-  while not (multi / "checkpoints" / "2").is_dir():
+  try:
+    # Kill both once the first joint checkpoint exists, as a preempted job would die.
+    deadline = time.time() + 1200
+    while not (multi / "checkpoints" / "2").is_dir():
+      for p in procs:
+        if p.poll() is not None:
+          pytest.fail(f"process ended early: {p.stderr.read()[-3000:]}")
+      assert time.time() < deadline, "no checkpoint from the 2-process run"
+      time.sleep(0.1)
     for p in procs:
-      if p.poll() is not None:
-        pytest.fail(f"process ended early: {p.stderr.read()[-3000:]}")
-    assert time.time() < deadline, "no checkpoint from the 2-process run"
-    time.sleep(0.1)
-  for p in procs:
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-  procs = _launch_pair(multi, demo_root)
-  for p in procs:
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err[-3000:]
+      p.send_signal(signal.SIGKILL)
+      p.wait()
+    procs = _launch_pair(multi, demo_root)
+    for p in procs:
+      _, err = p.communicate(timeout=1200)
+      assert p.returncode == 0, err[-3000:]
+  finally:
+    for p in procs:  # never leave a half of the job waiting for its peer
+      if p.poll() is None:
+        p.kill()
+        p.wait()
   got = losses(multi)
   assert sorted(got) == sorted(ref) == list(range(1, 7))
   np.testing.assert_allclose([got[s] for s in range(1, 7)], [ref[s] for s in range(1, 7)],
