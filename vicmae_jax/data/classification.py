@@ -246,7 +246,7 @@ def make_train_loader(
         dataset = loader.dataset.map(_drop_valid)
         pixel_key = "video"
     else:
-        pipeline.validate_data_config(data_cfg)
+        pipeline.validate_data_config(data_cfg, frame_pairs=False)
         host_batch = pipeline._host_batch(int(global_batch_size), process_count)
         skip_log = sources_lib.SkipLog()
         built = pipeline.build_sources(data_cfg, skip_log)

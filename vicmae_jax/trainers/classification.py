@@ -118,9 +118,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                      f"{image_size} is not a positive multiple of the patch size {patch}")
   config_lib.require(int(config.num_classes) >= 0, "num_classes", "must be >= 0 (0 = from the data)")
   _as_config_error("optim", lambda: optim.resolve_optim_config(config.optim))
-  _as_config_error("data", lambda: data_pipeline.validate_data_config(config.data))
-  _as_config_error("eval_data", lambda: _renamed_errors(data_pipeline.validate_data_config, config.eval_data,
-                                                        "data.", "eval_data."))
+  # Classification reads single images or clips, never frame pairs.
+  validate_data = lambda cfg: data_pipeline.validate_data_config(cfg, frame_pairs=False)
+  _as_config_error("data", lambda: validate_data(config.data))
+  _as_config_error("eval_data", lambda: _renamed_errors(validate_data, config.eval_data, "data.", "eval_data."))
   _as_config_error("augment", lambda: data_lib.validate_augment_config(config.augment))
   _as_config_error("mixup", lambda: data_lib.validate_mixup_config(config.mixup))
   mesh = config_lib.mesh_shape(config.mesh, num_devices)
