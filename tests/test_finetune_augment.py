@@ -231,3 +231,13 @@ def test_mixup_rejects_bad_shapes():
         fa.mixup_cutmix(images, np.array([0, 1, 2]), np.random.default_rng(0), num_classes=3)
     with pytest.raises(ValueError, match="images"):
         fa.mixup_cutmix(images[0], np.array([0]), np.random.default_rng(0), num_classes=3)
+
+
+def test_posterize_at_full_magnitude_gives_black():
+    # magnitude 10 -> 0 bits kept; PIL refuses 0 bits, the op must still work (black image).
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    out = fa.apply_op(image, "Posterize", 10.0)
+    assert out.shape == image.shape and out.max() == 0
+    rng = np.random.default_rng(1)
+    for _ in range(50):  # RandAugment with magnitude noise reaches the clipped maximum
+        fa.rand_augment(image, rng, magnitude=9.0, magnitude_std=2.0, prob=1.0)

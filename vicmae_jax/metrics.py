@@ -14,7 +14,6 @@ import time
 from typing import Mapping
 
 from absl import logging
-from clu import metric_writers
 import jax
 import numpy as np
 
@@ -34,6 +33,8 @@ class TrainLogger:
   def __init__(self, workdir: str, *, total_steps: int, global_batch: int, unit: str = "pairs",
                flops_per_step: float | None = None, peak_flops_total: float | None = None,
                prefix: str = "train"):
+    from clu import metric_writers  # imports TensorFlow: only when a run starts writing
+
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=True)
     self.total_steps = total_steps

@@ -260,7 +260,8 @@ def make_train_loader(
                               seed=run_seed)
 
         mixed = pipeline._training_mixture(data_cfg, built, seed=run_seed, process_index=process_index,
-                                           process_count=process_count, make_example=make_example)
+                                           process_count=process_count, make_example=make_example,
+                                           host_batch_size=host_batch)
         dataset = pipeline._finish(mixed, data_cfg, host_batch, drop_remainder=True)
         names = tuple(built[0][2].label_names) if len(built) == 1 else ()
         loader = pipeline.Loader(dataset, skip_log, tuple(n for n, _, _ in built), host_batch, None, names)

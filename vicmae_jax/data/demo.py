@@ -42,7 +42,7 @@ LABEL_NAMES = tuple(str(digit) for digit in range(10))  # sorted names = digit o
 HELDOUT_FRACTION = 1 / 3
 SHOT_SECONDS = 0.5  # each shot has its own background and digit colour
 _MARKER = "demo_complete.json"
-_VERSION = 4  # bump when the rendering changes, so cached datasets are rebuilt
+_VERSION = 5  # bump when the rendering changes, so cached datasets are rebuilt
 _LOCK = ".demo.lock"
 # What the builder owns under root, and removes when rebuilding a half-built directory.
 _OWNED = ("videos", "prepared", "train.csv", "val.csv", "train_clips.json", "val_clips.json",
@@ -111,7 +111,7 @@ def render_clip(
     left corner of frame t's digit square is round(center - size / 2)).
     """
     times = np.arange(num_frames) / fps
-    base_size = rng.uniform(26, 34)
+    base_size = rng.uniform(34, 42)
     sizes = np.round(base_size * (1 + 0.15 * np.sin(rng.uniform(0.3, 0.7) * 2 * np.pi * times
                                                      + rng.uniform(0, 2 * np.pi)))).astype(int)
     sizes = np.clip(sizes, 16, frame_size - 2)
@@ -136,7 +136,7 @@ def render_clip(
         left = rng.integers(0, background.shape[1] - crop + 1)
         patch = Image.fromarray(np.ascontiguousarray(background[top:top + crop, left:left + crop]))
         canvas = np.asarray(patch.resize((canvas_size, canvas_size), Image.BILINEAR), np.float32) / 255.0
-        canvas = 0.1 + 0.4 * canvas  # dimmed so the bright digit stays the most salient thing
+        canvas = 0.08 + 0.3 * canvas  # dimmed so the bright digit stays the most salient thing
         pan_start, pan_end = rng.integers(0, margin + 1, size=(2, 2))
         color = rng.uniform(0.7, 1.0, size=3).astype(np.float32)
         color[rng.integers(3)] = 1.0

@@ -104,7 +104,12 @@ def apply_op(image: np.ndarray, name: str, magnitude: float, *, negate: bool = F
     elif name == "Rotate":
         out = pil.rotate(arg, **affine)
     elif name == "Posterize":
-        out = ImageOps.posterize(pil, arg) if arg < 8 else pil
+        if arg >= 8:
+            out = pil
+        elif arg <= 0:  # keeping 0 bits leaves black (what older PIL returned; newer PIL refuses 0)
+            out = Image.new(pil.mode, pil.size)
+        else:
+            out = ImageOps.posterize(pil, arg)
     elif name == "Solarize":
         out = ImageOps.solarize(pil, arg)
     elif name == "SolarizeAdd":
