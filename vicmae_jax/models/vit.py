@@ -68,9 +68,11 @@ def patchify(images: jax.Array, patch_size: int) -> jax.Array:
     if height % p or width % p:
         raise ValueError(f"image_size {height}x{width} is not divisible by patch_size {p}")
     gh, gw = height // p, width // p
-    x = images.reshape(*lead, gh, p, gw, p, channels)
+    # Each patch row (p pixels x C channels) is contiguous in the image, so only the row-in-patch
+    # and patch-column axes swap: a 4-D transpose instead of a 6-D one with a 3-wide inner axis.
+    x = images.reshape(*lead, gh, p, gw, p * channels)
     n = len(lead)
-    x = jnp.moveaxis(x, n + 2, n + 1)  # [..., gh, gw, p, p, C]
+    x = jnp.swapaxes(x, n + 1, n + 2)  # [..., gh, gw, p, p*C]
     return x.reshape(*lead, gh * gw, p * p * channels)
 
 
@@ -179,9 +181,58 @@ def _dense(
     )
 
 
-def layer_norm(dim: int, *, param_dtype: Any, rngs: nnx.Rngs) -> nnx.LayerNorm:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm_f32(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
+    return _layer_norm_f32_fwd(x, scale, bias, epsilon)[0]
+
+
+def _layer_norm_f32_fwd(x, scale, bias, epsilon):
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centered = x - mean
+    rstd = jax.lax.rsqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + epsilon)
+    normed = centered * rstd
+    return normed * scale + bias, (normed, rstd, scale)
+
+
+def _layer_norm_f32_bwd(epsilon, residuals, dy):
+    del epsilon
+    normed, rstd, scale = residuals
+    token_axes = tuple(range(dy.ndim - 1))
+    d_scale = jnp.sum(dy * normed, axis=token_axes)
+    d_bias = jnp.sum(dy, axis=token_axes)
+    g = dy * scale
+    d_x = rstd * (g - jnp.mean(g, axis=-1, keepdims=True)
+                  - normed * jnp.mean(g * normed, axis=-1, keepdims=True))
+    return d_x, d_scale, d_bias
+
+
+_layer_norm_f32.defvjp(_layer_norm_f32_fwd, _layer_norm_f32_bwd)
+
+
+class LayerNorm(nnx.LayerNorm):
+    """LayerNorm over the last axis in float32: ``(x - mean) * rsqrt(var + eps) * scale + bias``.
+
+    ``[..., D] -> [..., D]`` float32. Two-pass (biased) variance like PyTorch. The gradient is
+    written out by hand (the usual closed form ``rstd * (g - mean(g) - x_hat * mean(g * x_hat))``,
+    ``g = dy * scale``): the autodiff gradient of the same formula is a longer chain of
+    elementwise ops that XLA:CPU fuses into, and recomputes in, every consumer along the residual
+    stream. Parameters and names are those of ``nnx.LayerNorm`` (``scale``, ``bias``).
+    """
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        if mask is not None or self.scale is None or self.bias is None or self.reduction_axes != -1:
+            return super().__call__(x, mask=mask)
+        return _layer_norm_f32(
+            x.astype(jnp.float32),
+            self.scale[...].astype(jnp.float32),
+            self.bias[...].astype(jnp.float32),
+            float(self.epsilon),
+        )
+
+
+def layer_norm(dim: int, *, param_dtype: Any, rngs: nnx.Rngs) -> LayerNorm:
     """LayerNorm(eps=1e-6) computed in float32 with a two-pass variance like PyTorch."""
-    return nnx.LayerNorm(
+    return LayerNorm(
         dim,
         epsilon=1e-6,
         dtype=jnp.float32,
@@ -205,6 +256,28 @@ def drop_path(x: jax.Array, rate: jax.Array | float, key: jax.Array) -> jax.Arra
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     keep_mask = jax.random.uniform(key, shape) < keep
     return jnp.where(keep_mask, x / jnp.maximum(keep, 1e-12).astype(x.dtype), jnp.zeros_like(x))
+
+
+def gelu_erf(x: jax.Array) -> jax.Array:
+    """Exact GELU ``0.5 * x * (1 + erf(x / sqrt(2)))`` in float32 (PyTorch's ``nn.GELU()``).
+
+    Same function as ``jax.nn.gelu(approximate=False)``, which goes through ``erfc``; XLA:CPU
+    expands ``erfc`` into a branchy polynomial several times dearer than ``erf``.
+    """
+    x = x.astype(jnp.float32)
+    return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(2**-0.5)))
+
+
+def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
+    """Softmax attention on heads-major inputs ``[B, H, N, hd]`` -> ``[B, H, N, hd]``.
+
+    Logits and softmax in float32 (the compute dtype's matmuls accumulate in float32); the
+    probabilities are cast back to the dtype of ``v`` for the second matmul, as
+    ``jax.nn.dot_product_attention``'s XLA path does.
+    """
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(logits * np.float32(scale), axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bhkd->bhqd", probs, v)
 
 
 class Attention(nnx.Module):
@@ -232,16 +305,27 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         batch, length, dim = x.shape
+        return self.attend_tokens(x.reshape(batch * length, dim), batch, length).reshape(batch, length, dim)
+
+    def attend_tokens(self, x: jax.Array, batch: int, length: int) -> jax.Array:
+        """Token-major form: ``x [B*N, D]`` (sample b's tokens in rows b*N .. b*N+N-1) -> ``[B*N, D]``."""
+        dim = x.shape[-1]
         head_dim = dim // self.num_heads
         qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, head_dim)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        # XLA path: logits and softmax in float32 even for bfloat16 inputs.
-        out = jax.nn.dot_product_attention(q, k, v, scale=head_dim**-0.5, implementation=self.attention_impl)
-        return self.proj(out.reshape(batch, length, dim))
+        if self.attention_impl in (None, "xla"):
+            # One transpose to heads-major [3, B, H, N, hd] so both attention matmuls batch over
+            # leading (B, H) axes.
+            q, k, v = jnp.transpose(qkv, (2, 0, 3, 1, 4))
+            out = multi_head_attention(q, k, v, head_dim**-0.5)
+            out = jnp.transpose(out, (0, 2, 1, 3))  # [B, N, H, hd]
+        else:
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+            out = jax.nn.dot_product_attention(q, k, v, scale=head_dim**-0.5, implementation=self.attention_impl)
+        return self.proj(out.reshape(batch * length, dim))
 
 
 class Mlp(nnx.Module):
-    """fc1 -> exact (erf) GELU in float32 -> fc2. ``[B, N, D] -> [B, N, D]``."""
+    """fc1 -> exact (erf) GELU in float32 -> fc2. ``[..., D] -> [..., D]``."""
 
     def __init__(self, dim: int, hidden: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
         self.fc1 = _dense(dim, hidden, ("embed", "mlp"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -249,8 +333,7 @@ class Mlp(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h = self.fc1(x)
-        h = jax.nn.gelu(h.astype(jnp.float32), approximate=False).astype(h.dtype)
-        return self.fc2(h)
+        return self.fc2(gelu_erf(h).astype(h.dtype))
 
 
 class Block(nnx.Module):
@@ -280,15 +363,23 @@ class Block(nnx.Module):
     def __call__(
         self, x: jax.Array, drop_path_rate: jax.Array | None = None, key: jax.Array | None = None
     ) -> jax.Array:
-        branch = self.attn(self.norm1(x)).astype(jnp.float32)
-        if key is not None:
-            attn_key, mlp_key = jax.random.split(key)
-            branch = drop_path(branch, drop_path_rate, attn_key)
-        x = x + branch
-        branch = self.mlp(self.norm2(x)).astype(jnp.float32)
-        if key is not None:
-            branch = drop_path(branch, drop_path_rate, mlp_key)
-        return x + branch
+        batch, length, dim = x.shape
+        # The residual stream stays token-major [B*N, D] inside the block, so every Dense reads
+        # and its gradient is written as one matrix: with a reshape between the residual adds and
+        # the matmuls XLA:CPU instead re-derives each residual gradient from all later blocks.
+        h = x.reshape(batch * length, dim)
+        attn_key, mlp_key = jax.random.split(key) if key is not None else (None, None)
+
+        def residual(h: jax.Array, branch: jax.Array, branch_key: jax.Array | None) -> jax.Array:
+            branch = branch.astype(jnp.float32)
+            if branch_key is not None:
+                branch = drop_path(branch.reshape(batch, length, dim), drop_path_rate, branch_key)
+                branch = branch.reshape(batch * length, dim)
+            return h + branch
+
+        h = residual(h, self.attn.attend_tokens(self.norm1(h), batch, length), attn_key)
+        h = residual(h, self.mlp(self.norm2(h)), mlp_key)
+        return h.reshape(batch, length, dim)
 
 
 def make_blocks(depth: int, make_block: Callable[[nnx.Rngs], Block], rngs: nnx.Rngs, *, scan_layers: bool):
