@@ -191,7 +191,10 @@ def build_ours(cfg: dict[str, Any], images, *, lr: float, seed: int):
 
 def import_official(official_repo: str) -> tuple[Any, list[str]]:
   """Imports the official `models_vicmae` module; returns it and notes about the import."""
-  import torch
+  try:
+    import torch
+  except ImportError as e:
+    raise SystemExit(f"the official model needs torch and timm ({e}); install them or pass --skip_official") from e
 
   notes = []
   try:
