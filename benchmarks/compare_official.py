@@ -318,15 +318,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "jax_version": jax.__version__, "python": platform.python_version(), "notes": []}
 
   sides: dict[str, Any] = {}
+  official_step = None
+  if not args.skip_official:  # first, so that a missing torch fails before our compilation
+    models_vicmae, notes = import_official(args.official_repo)
+    result["notes"].extend(notes)
+    official_step, result["torch_version"] = build_official(models_vicmae, args, images, threads=args.threads)
   ours_step, compile_s = build_ours(cfg, images, lr=args.lr, seed=args.seed)
   sides["ours"] = ours_step
   result["ours_compile_s"] = compile_s
-  if not args.skip_official:
-    models_vicmae, notes = import_official(args.official_repo)
-    result["notes"].extend(notes)
-    official_step, torch_version = build_official(models_vicmae, args, images, threads=args.threads)
+  if official_step is not None:
     sides["official"] = official_step
-    result["torch_version"] = torch_version
 
   for note in result["notes"]:
     print(f"note: {note}")
