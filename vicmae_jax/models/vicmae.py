@@ -88,8 +88,9 @@ _DEFAULTS: dict[str, Any] = {
     "norm_pix_loss": True,
 }
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-# jax.nn.dot_product_attention's XLA path; its cuDNN flash path rejects the odd sequence
-# lengths of masked ViTs (1 + 98 tokens), so it is not offered.
+# Plain XLA attention (vit.multi_head_attention: two einsums and a float32 softmax); the cuDNN
+# flash path of jax.nn.dot_product_attention rejects the odd sequence lengths of masked ViTs
+# (1 + 98 tokens), so it is not offered.
 _ATTENTION_IMPLS = (None, "xla")
 
 

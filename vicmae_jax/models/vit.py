@@ -214,9 +214,9 @@ class LayerNorm(nnx.LayerNorm):
 
     ``[..., D] -> [..., D]`` float32. Two-pass (biased) variance like PyTorch. The gradient is
     written out by hand (the usual closed form ``rstd * (g - mean(g) - x_hat * mean(g * x_hat))``,
-    ``g = dy * scale``): the autodiff gradient of the same formula is a longer chain of
-    elementwise ops that XLA:CPU fuses into, and recomputes in, every consumer along the residual
-    stream. Parameters and names are those of ``nnx.LayerNorm`` (``scale``, ``bias``).
+    ``g = dy * scale``): the autodiff gradient of flax's formula is a longer chain of elementwise
+    ops around a full ``[N, D]`` product ``rstd * scale``, which XLA:CPU fuses into several
+    consumers and computes again in each. Parameters and names are those of ``nnx.LayerNorm``.
     """
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
@@ -262,7 +262,7 @@ def gelu_erf(x: jax.Array) -> jax.Array:
     """Exact GELU ``0.5 * x * (1 + erf(x / sqrt(2)))`` in float32 (PyTorch's ``nn.GELU()``).
 
     Same function as ``jax.nn.gelu(approximate=False)``, which goes through ``erfc``; XLA:CPU
-    expands ``erfc`` into a branchy polynomial several times dearer than ``erf``.
+    expands ``erfc`` into a branchy polynomial about twice as dear as its ``erf``.
     """
     x = x.astype(jnp.float32)
     return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(2**-0.5)))
