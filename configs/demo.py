@@ -9,6 +9,11 @@ into ArrayRecord shards, then runs the real path: grain frame pairs ~1 s apart -
 -> orbax checkpoints -> kNN and linear-probe accuracy of the frozen encoder on held-out digits at
 step 0 and at the end. About 10 minutes on 2 CPU cores.
 
+Measured (seed 0, 1,500 steps, one CPU device, held-out digits never seen in training):
+kNN top-1 13.5% at initialization -> 48.9% (step 500) -> 80.1% (step 1000) -> 84.1% (end);
+linear probe 42.7% -> 66.6% -> 85.1% -> 87.5%. Initialization over seeds 0/1/2: kNN 13.5/11.5/11.5%,
+linear probe 42.7/40.6/40.2%.
+
 Options (`configs/demo.py:tiny`): `tiny` shrinks everything to a smoke test of a few seconds.
 """
 
