@@ -12,23 +12,10 @@ from vicmae_jax.data import pipeline
 
 def get_config(arg=None):
   opts = config_lib.parse_arg(arg, variant="L/16", runlocal=False)
-  c = config_lib.pretrain_config()
-  c.image_size = 224
-  c.model = config_lib.model_config(variant=opts.variant, dtype="bfloat16", mask_ratio=0.5)
+  c = config_lib.paper_pretrain_config(opts.variant)
   c.data = pipeline.default_data_config()
   c.data.sources.mit = pipeline.default_source_config(
       kind="prepared", path="/data/moments_in_time/prepared", split="train")
-  c.batch_size = 4096
-  c.num_epochs = 800.0
-  c.warmup_epochs = 40.0
-  c.optim = config_lib.optim_config(base_lr=1.5e-4)
-  c.checkpoint.every_steps = 1000
-  c.checkpoint.keep_every = 20000
-  c.log.every_steps = 100
-  c.log.image_every_steps = 5000
   if opts.runlocal:
-    c.model = config_lib.model_config(variant="mu/8", dtype="float32")
-    c.image_size, c.batch_size = 64, 16
-    c.num_epochs, c.num_steps, c.warmup_epochs, c.warmup_steps = 0.0, 20, 0.0, 5
-    c.checkpoint.every_steps, c.log.every_steps, c.log.image_every_steps = 10, 5, 10
+    config_lib.shrink_for_local_run(c)
   return c

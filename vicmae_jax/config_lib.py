@@ -257,3 +257,31 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       parsed = value
     out[key] = parsed
   return out
+
+
+def paper_pretrain_config(variant: str = "L/16") -> ml_collections.ConfigDict:
+  """The published pretraining recipe at 224 px (data sources left to the caller).
+
+  ViT `variant` with bfloat16 matmuls, mask ratio 0.5, batch 4096, 800 epochs with 40 warm-up,
+  AdamW base lr 1.5e-4 per 256 examples, checkpoints every 1000 steps (the last 3, and every
+  20000th kept), metrics every 100 steps, reconstructions every 5000.
+  """
+  c = pretrain_config()
+  c.image_size = 224
+  c.model = model_config(variant=variant, dtype="bfloat16", mask_ratio=0.5)
+  c.optim = optim_config(base_lr=1.5e-4)
+  c.checkpoint.every_steps = 1000
+  c.checkpoint.keep = 3
+  c.checkpoint.keep_every = 20000
+  c.log.every_steps = 100
+  c.log.image_every_steps = 5000
+  return c
+
+
+def shrink_for_local_run(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`:runlocal`: a tiny float32 model for 20 steps at 64 px, same data layout (a smoke test)."""
+  c.model = model_config(variant="mu/8", dtype="float32")
+  c.image_size, c.batch_size = 64, 16
+  c.num_epochs, c.num_steps, c.warmup_epochs, c.warmup_steps = 0.0, 20, 0.0, 5
+  c.checkpoint.every_steps, c.log.every_steps, c.log.image_every_steps = 10, 5, 10
+  return c
