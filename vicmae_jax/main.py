@@ -17,6 +17,7 @@ import sys
 # TensorFlow (imported by clu and tensorflow-datasets) is only a helper here: keep its start-up
 # chatter off the console unless the user asks for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TF computes nothing here; silences its notice
 
 from absl import app
 from absl import flags
