@@ -188,16 +188,22 @@ class PreemptionWatcher:
     if self._old is not None:
       signal.signal(signal.SIGTERM, self._old)
 
-  def should_stop(self, step: int) -> bool:
+  def should_stop(self, step: int, sync_every: int = 50) -> bool:
+    """True when the run should save and stop at `step` (the same answer on every process).
+
+    Multi-process: jax's preemption sync point (the distributed runtime's own notice, cheap), and
+    every `sync_every` steps an all-gather of this handler's flag, so a SIGTERM seen by any one
+    process stops all at the same step without a collective on every step.
+    """
     if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
       try:
-        from jax.experimental import multihost_utils
         if multihost_utils.reached_preemption_sync_point(step):
           return True
       except Exception:  # the preemption service is optional
         pass
-      # Agree across processes: a SIGTERM seen by any process stops all at the same step.
-      from jax.experimental import multihost_utils
+      if step % sync_every:
+        return False
       flags = multihost_utils.process_allgather(np.array([self._flag.is_set()], np.int32))
       return bool(np.any(flags))
     return self._flag.is_set()
