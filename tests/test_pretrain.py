@@ -1,6 +1,6 @@
 """Pretraining end to end through `vicmae_jax.main`: runs, exact resume, SIGTERM, NaN, config errors.
 
-All runs use the embedded demo at its `tiny` size (a real mp4 dataset built once per session,
+All runs use the embedded demo at its `tiny` size (a real mp4 dataset built once per test run,
 prepared into ArrayRecord shards) and 8 fake CPU devices.
 """
 import json
