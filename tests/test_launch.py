@@ -183,7 +183,10 @@ def _worker_home(tmp_path):
     """A scratch home directory laid out like a worker after `setup`."""
     home = tmp_path / "home"
     (home / "vicmae_venv" / "bin").mkdir(parents=True)
-    os.symlink(sys.executable, home / "vicmae_venv" / "bin" / "python")
+    # A wrapper, not a symlink: a symlink to a virtualenv's python loses the virtualenv.
+    python = home / "vicmae_venv" / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
     os.symlink(REPO_ROOT, home / "vicmae_jax")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VICMAE_", "SLURM_"))}
     env.update(HOME=str(home), JAX_PLATFORMS="cpu")
