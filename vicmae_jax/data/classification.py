@@ -135,7 +135,7 @@ def num_classes(data_cfg: Mapping[str, Any]) -> int:
     return largest + 1
 
 
-class ImageMaker:
+class ImageMaker(pipeline.LazyAugmentation):
     """(record index, epoch) -> {"image": uint8 [S, S, 3], "label": int32} or a Skipped marker."""
 
     def __init__(self, source, *, spec: str, image_size: int, crop_scale, augment_cfg: Mapping[str, Any], seed: int):
@@ -147,17 +147,6 @@ class ImageMaker:
         self.erase_prob = float(augment_cfg.get("erase_prob", 0.0))
         self.seed = int(seed)
         self.source_key = sampling.source_key(source.name)
-        self._augmentation = None
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_augmentation"] = None
-        return state
-
-    def augmentation(self) -> augment.Augmentation:
-        if self._augmentation is None:
-            self._augmentation = augment.build(self.spec, image_size=self.image_size, crop_scale=self.crop_scale)
-        return self._augmentation
 
     def frame(self, example: Mapping[str, Any], rng: np.random.Generator) -> Any:
         """The record's image: the image itself, a random stored frame, or a raw video frame at a random time."""

@@ -295,6 +295,24 @@ def _num_threads(cfg: Mapping[str, Any]) -> int:
     return max(1, os.cpu_count() or 1) if threads < 0 else threads
 
 
+class LazyAugmentation:
+    """Builds `augment.build(self.spec, image_size=self.image_size, crop_scale=self.crop_scale)` on
+    first use, in whichever process runs the map (grain workers receive it pickled, without it)."""
+
+    _augmentation: augment.Augmentation | None = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_augmentation", None)
+        return state
+
+    def augmentation(self) -> augment.Augmentation:
+        if self._augmentation is None:
+            self._augmentation = augment.build(self.spec, image_size=self.image_size,
+                                               crop_scale=getattr(self, "crop_scale", None))
+        return self._augmentation
+
+
 class PairMaker:
     """(record index, epoch) -> {"views": uint8 [2, S, S, 3], "label", "source"} or a Skipped marker.
 
@@ -621,7 +639,7 @@ def make_pretrain_loader(
     return Loader(dataset, skip_log, tuple(name for name, _, _ in built), host_batch)
 
 
-class ClipMaker:
+class ClipMaker(LazyAugmentation):
     """(record index, epoch) -> {"video": uint8 [T, S, S, 3], "label", "valid"} for training video models.
 
     A random window of T frames `stride` apart; the clip augmentation is drawn once per clip and
@@ -632,17 +650,6 @@ class ClipMaker:
         self.source, self.spec, self.image_size, self.crop_scale = source, spec, int(image_size), tuple(crop_scale)
         self.num_frames, self.stride, self.seed = int(num_frames), int(stride), int(seed)
         self.source_key = sampling.source_key(source.name)
-        self._augmentation = None
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_augmentation"] = None
-        return state
-
-    def augmentation(self) -> augment.Augmentation:
-        if self._augmentation is None:
-            self._augmentation = augment.build(self.spec, image_size=self.image_size, crop_scale=self.crop_scale)
-        return self._augmentation
 
     def __call__(self, item: tuple[int, int]) -> dict[str, np.ndarray] | sources_lib.Skipped:
         record_index, epoch = item
@@ -693,7 +700,7 @@ def _spatial_crops(image: Image.Image, size: int, num_views: int) -> list[np.nda
     return [array[o : o + size, left : left + size] for o in offsets]
 
 
-class _EvalExample:
+class _EvalExample(LazyAugmentation):
     """Position in this process's padded share -> one eval row (image or clip) with `valid`."""
 
     def __init__(self, source, shard: np.ndarray, *, mode: str, spec: str, image_size: int, num_frames=1, stride=1,
@@ -701,17 +708,6 @@ class _EvalExample:
         self.source, self.shard, self.mode, self.spec = source, shard, mode, spec
         self.image_size, self.num_frames, self.stride = int(image_size), int(num_frames), int(stride)
         self.num_temporal_views, self.num_spatial_views = int(num_temporal_views), int(num_spatial_views)
-        self._augmentation = None
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_augmentation"] = None
-        return state
-
-    def augmentation(self) -> augment.Augmentation:
-        if self._augmentation is None:
-            self._augmentation = augment.build(self.spec, image_size=self.image_size)
-        return self._augmentation
 
     def padding(self) -> dict[str, np.ndarray]:
         s = self.image_size
