@@ -6,10 +6,14 @@ Measures, on the same videos and with the same pair sampling (1.06 s gaps):
                       frame records (records.py: one record per frame, uncompressed)
   whole_clip_read     the same from shards of the earlier format: one whole-clip record (all its
                       frames, group size 1, ArrayRecord's default compression) per pair
-  jpeg_decode         decoding the two stored JPEG frames of a pair and nothing else (upper bound)
+  jpeg_decode         decoding the two stored JPEG frames of a pair and nothing else (upper bound),
+                      with the pipeline's decoder (augment.decode_image: OpenCV / libjpeg-turbo)
+  jpeg_decode_pillow  the same with Pillow (the decoder the pipeline used before; a baseline)
   prepared_crop_flip  prepared shards: index -> pair by time -> read two frames -> decode + random
                       resized crop + flip, two views of 224 x 224 (the fast path)
   whole_clip_crop_flip the same from whole-clip shards (what the fast path replaced)
+  prepared_crop_flip_pil_resize   prepared_crop_flip resizing with Pillow's bilinear filter instead
+                      of OpenCV's area resize (a baseline)
   in_memory_crop_flip the same from clips already read (what remains without any record read)
   in_memory_full, prepared_full   the full ViC-MAE recipe (colour jitter, grayscale, blur / solarize)
   raw_crop_flip       raw video files: pair by time -> seek + decode both frames -> crop + flip
@@ -216,13 +220,18 @@ def main(argv=None) -> dict:
         rng = sampling.example_rng(0, 1, number, 0)
         return sampling.pair_indices(example["timestamps"], sampling.DEFAULT_FRAME_GAP_SECONDS, rng)
 
-    def jpeg_only():
-        for _ in range(16):
-            counter["i"] += 1
-            clip = clips[counter["i"] % len(clips)]
-            for index in pair_of(clip, counter["i"]):
-                Image.open(io.BytesIO(clip["frames"][index])).convert("RGB").load()
-        return 16
+    def jpeg_only(decode):
+        def work():
+            for _ in range(16):
+                counter["i"] += 1
+                clip = clips[counter["i"] % len(clips)]
+                for index in pair_of(clip, counter["i"]):
+                    decode(clip["frames"][index])
+            return 16
+        return work
+
+    def pillow_decode(data):
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
     def reads_of(source):
         def work():
@@ -248,11 +257,14 @@ def main(argv=None) -> dict:
           f"a whole-clip record {clip_bytes / 2**20:.2f} MiB)", flush=True)
     print(f"single thread (per core), {args.seconds:g} s per row and repetition:", flush=True)
     crop_flip = (augment.CROP_FLIP_SPEC,) * 2
+    crop_flip_pil_resize = ("decode|random_resized_crop(interpolation='pil_bilinear')|flip",) * 2
     results = measure_rows([
         ("frame_records_read", reads_of(prepared)),
         ("whole_clip_read", reads_of(whole_clip)),
-        ("jpeg_decode", jpeg_only),
+        ("jpeg_decode", jpeg_only(augment.decode_image)),
+        ("jpeg_decode_pillow", jpeg_only(pillow_decode)),
         ("prepared_crop_flip", pairs_of(maker(prepared, crop_flip))),
+        ("prepared_crop_flip_pil_resize", pairs_of(maker(prepared, crop_flip_pil_resize))),
         ("whole_clip_crop_flip", pairs_of(maker(whole_clip, crop_flip))),
         ("in_memory_crop_flip", pairs_of(maker(in_memory, crop_flip))),
         ("in_memory_full", pairs_of(maker(in_memory, augment.DEFAULT_VIEW_SPECS))),
@@ -291,12 +303,14 @@ def main(argv=None) -> dict:
         "prepared_crop_flip / raw_crop_flip": by_name["prepared_crop_flip"]["pairs_per_cpu_s"] / by_name["raw_crop_flip"]["pairs_per_cpu_s"],
         "pyav_seek_decode / raw_crop_flip": by_name["pyav_seek_decode"]["pairs_per_cpu_s"] / by_name["raw_crop_flip"]["pairs_per_cpu_s"],
         "jpeg_decode / prepared_crop_flip": by_name["jpeg_decode"]["pairs_per_cpu_s"] / by_name["prepared_crop_flip"]["pairs_per_cpu_s"],
+        "jpeg_decode / jpeg_decode_pillow": by_name["jpeg_decode"]["pairs_per_cpu_s"] / by_name["jpeg_decode_pillow"]["pairs_per_cpu_s"],
+        "prepared_crop_flip / prepared_crop_flip_pil_resize": by_name["prepared_crop_flip"]["pairs_per_cpu_s"] / by_name["prepared_crop_flip_pil_resize"]["pairs_per_cpu_s"],
         "in_memory_crop_flip / prepared_crop_flip": by_name["in_memory_crop_flip"]["pairs_per_cpu_s"] / by_name["prepared_crop_flip"]["pairs_per_cpu_s"],
         "prepared_crop_flip / prepared_full": by_name["prepared_crop_flip"]["pairs_per_cpu_s"] / by_name["prepared_full"]["pairs_per_cpu_s"],
     }
     print("ratios (per core):")
     for name, value in ratios.items():
-        print(f"  {name:<42} {value:6.2f}x")
+        print(f"  {name:<52} {value:6.2f}x")
     targets = {
         "prepared_crop_flip >= 700 pairs/s per core": by_name["prepared_crop_flip"]["pairs_per_cpu_s"] >= 700,
         "in_memory_crop_flip >= 700 pairs/s per core": by_name["in_memory_crop_flip"]["pairs_per_cpu_s"] >= 700,

@@ -54,7 +54,7 @@ def get_config(arg=None):
 
   # Flips would turn some digits into others' mirror images; the rest is the paper's recipe.
   c.augment = data_lib.augment_config(
-      train_augmentation="decode|random_resized_crop(interpolation='bicubic')",
+      train_augmentation="decode|random_resized_crop(interpolation='pil_bicubic')",
       rand_augment_ops=2, magnitude=9.0, magnitude_std=0.5, erase_prob=0.25)
   c.mixup = data_lib.mixup_config(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5,
                                   label_smoothing=0.1)

@@ -48,7 +48,7 @@ def get_config(arg=None):
   c.data.sources.digits = pipeline.default_source_config(kind="prepared", split="train")
   c.data.sources.digits.path = root + "/prepared"
   c.data.crop_scale = (0.3, 1.0)
-  c.data.clip_augmentation = "decode|random_resized_crop(interpolation='bicubic')"
+  c.data.clip_augmentation = "decode|random_resized_crop(interpolation='pil_bicubic')"
   c.data.clip_num_frames = opts.frames
   c.data.clip_stride = max(1, 24 // opts.frames)  # 3 s at 8 fps = 24 stored frames
   c.data.num_threads = 2

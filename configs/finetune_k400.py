@@ -42,7 +42,7 @@ def get_config(arg=None):
   c.data.clip_num_frames = opts.frames
   c.data.clip_stride = opts.stride
   c.data.crop_scale = (0.08, 1.0)
-  c.data.clip_augmentation = "decode|random_resized_crop(interpolation='bicubic')|flip"
+  c.data.clip_augmentation = "decode|random_resized_crop(interpolation='pil_bicubic')|flip"
   c.eval_data.sources.k400 = pipeline.default_source_config(kind="prepared", split="val", path=opts.data_dir)
   c.eval_data.num_temporal_views = 5
   c.eval_data.num_spatial_views = 3

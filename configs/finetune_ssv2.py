@@ -41,7 +41,7 @@ def get_config(arg=None):
   c.data.clip_num_frames = opts.frames
   c.data.clip_stride = opts.stride
   c.data.crop_scale = (0.08, 1.0)
-  c.data.clip_augmentation = "decode|random_resized_crop(interpolation='bicubic')"
+  c.data.clip_augmentation = "decode|random_resized_crop(interpolation='pil_bicubic')"
   c.eval_data.sources.ssv2 = pipeline.default_source_config(kind="prepared", split="val", path=opts.data_dir)
   c.eval_data.num_temporal_views = 2
   c.eval_data.num_spatial_views = 3

@@ -34,7 +34,7 @@ def get_config(arg=None):
   c.data.sources.k400 = pipeline.default_source_config(kind="prepared", split="train", path=opts.data_dir)
   c.data.clip_num_frames = opts.frames
   c.data.clip_stride = opts.stride
-  c.data.clip_augmentation = "decode|random_resized_crop(interpolation='bicubic')|flip"
+  c.data.clip_augmentation = "decode|random_resized_crop(interpolation='pil_bicubic')|flip"
   c.eval_data.sources.k400 = pipeline.default_source_config(kind="prepared", split="val", path=opts.data_dir)
   c.eval_data.num_temporal_views = 1
   c.eval_data.num_spatial_views = 1

@@ -175,38 +175,111 @@ def test_random_resized_crop_box_bounds_and_distribution():
     assert augment.random_resized_crop_box(100, 10, (0.99, 1.0), (3 / 4, 4 / 3), rng) == (43, 0, 13, 10)
 
 
+def _coverage_weights(n_in: int, n_out: int, two_tap: bool) -> np.ndarray:
+    """[n_out, n_in] weights of OpenCV's INTER_AREA along one axis.
+
+    Shrinking both axes, an output pixel averages the source pixels its footprint [o*s, (o+1)*s)
+    covers, each weighted by the covered length. When either axis is enlarged, OpenCV blends, on
+    each axis, the source pixel the footprint starts in and the next one, by the fraction of the
+    footprint past the first one (kept in single precision, as OpenCV does).
+    """
+    scale = 1.0 / (n_out / n_in)
+    weights = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        if two_tap:
+            first = int(np.floor(o * scale))
+            frac = float(np.float32((o + 1) - (first + 1) * (n_out / n_in)))
+            frac = 0.0 if frac <= 0 else frac - np.floor(frac)
+            weights[o, first] += 1 - frac
+            if frac > 0:
+                weights[o, min(first + 1, n_in - 1)] += frac
+        else:
+            lo, hi = o * scale, (o + 1) * scale
+            for i in range(int(np.floor(lo)), min(int(np.ceil(hi)), n_in)):
+                weights[o, i] = (min(hi, i + 1) - max(lo, i)) / scale
+    return weights
+
+
+def _area_resize_reference(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Float [height, width, 3]: area-relation resampling written out in numpy (see _coverage_weights)."""
+    two_tap = image.shape[0] < height or image.shape[1] < width
+    rows = _coverage_weights(image.shape[0], height, two_tap)
+    cols = _coverage_weights(image.shape[1], width, two_tap)
+    return np.einsum("oi,ijc,pj->opc", rows, image.astype(np.float64), cols, optimize=True)
+
+
+def test_area_resize_matches_coverage_reference():
+    image = np.asarray(skimage.data.astronaut())
+    # Shrinking, enlarging, mixed, odd sizes, and 300 -> 224 where 168 * 300 / 224 is an integer.
+    for crop_height, crop_width in ((300, 410), (100, 90), (60, 300), (300, 60), (448, 448), (33, 77)):
+        crop = image[5 : 5 + crop_height, 7 : 7 + crop_width]
+        for size in (224, 32):
+            out = augment.crop_and_resize(image, (5, 7, crop_height, crop_width), size, "area")
+            reference = _area_resize_reference(crop, size, size)
+            assert out.shape == (size, size, 3) and out.dtype == np.uint8
+            assert np.abs(out - reference).max() <= 0.8  # rounding (and OpenCV's fixed point when enlarging)
+            assert np.abs(out - reference).mean() < 0.3
+
+
 def test_random_resized_crop_op_equals_crop_then_resize():
     image = _photo(96, 128)
-    op = augment.random_resized_crop(32)
-    out = _run(op, image, seed=5)
     box = augment.random_resized_crop_box(96, 128, (0.08, 1.0), (3 / 4, 4 / 3), np.random.default_rng(5))
     top, left, h, w = box
-    expected = np.asarray(Image.fromarray(image[top : top + h, left : left + w]).resize((32, 32), Image.Resampling.BILINEAR))
-    np.testing.assert_array_equal(out, expected)
+    crop = image[top : top + h, left : left + w]
+    out = _run(augment.random_resized_crop(32), image, seed=5)  # default: area, the official recipe's resize
+    assert np.abs(out - _area_resize_reference(crop, 32, 32)).max() <= 0.8
+    # Pillow's antialiased filters (torchvision's PIL semantics) by name.
+    out = _run(augment.random_resized_crop(32, interpolation="pil_bilinear"), image, seed=5)
+    np.testing.assert_array_equal(out, np.asarray(Image.fromarray(crop).resize((32, 32), Image.Resampling.BILINEAR)))
+    # The same crop from encoded bytes (decoded by the crop; at full scale, the crop being smaller
+    # than twice the output) and from pixels.
+    data = _jpeg(image)
+    decoded = augment.decode_image(data)
+    from_bytes = augment.build("decode|random_resized_crop", image_size=64)(data, np.random.default_rng(5))
+    np.testing.assert_array_equal(from_bytes, _run(augment.random_resized_crop(64), decoded, seed=5))
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        augment.random_resized_crop(32, interpolation="cubic")
+
+
+def test_decode_image():
+    image = _photo(60, 80)
+    data = _jpeg(image, quality=95)
+    decoded = augment.decode_image(data)
+    assert decoded.shape == (60, 80, 3) and decoded.dtype == np.uint8
+    assert np.abs(decoded.astype(np.int32) - np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))).max() <= 1
+    assert np.abs(decoded.astype(np.int32) - image).mean() < 5.0  # JPEG at quality 95
+    assert augment.EncodedImage(data).size == (60, 80)
+    # Grayscale PNG -> 3 equal channels; GIF (Pillow fallback) -> RGB.
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 1]).save(buffer, "PNG")
+    np.testing.assert_array_equal(augment.decode_image(buffer.getvalue()), np.repeat(image[..., 1:2], 3, axis=-1))
+    buffer = io.BytesIO()
+    Image.fromarray(image).convert("P").save(buffer, "GIF")
+    np.testing.assert_array_equal(augment.decode_image(buffer.getvalue()),
+                                  np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")))
+    for bad in (b"", b"not an image", data[: len(data) // 2]):
+        with pytest.raises(ValueError, match="cannot decode image bytes"):
+            augment.decode_image(bad)
 
 
 def test_reduced_scale_jpeg_decode_matches_full_decode():
     image = np.asarray(Image.fromarray(skimage.data.astronaut()))  # 512 x 512
     data = _jpeg(image)
-    full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    # The reduced-scale result differs from a full-resolution bilinear resize by about as much as a
-    # different resampling filter would (bicubic vs bilinear), no more.
-    for box, decoded_size in (((40, 60, 400, 400), 64), ((0, 0, 100, 100), 256)):
-        lazy = Image.open(io.BytesIO(data))
-        drafted = np.asarray(augment.crop_and_resize(lazy, box, 48, Image.Resampling.BILINEAR)).astype(np.int32)
-        assert lazy.size == (decoded_size, decoded_size)  # libjpeg really decoded at reduced scale
-        top, left, h, w = box
-        crop = Image.fromarray(full[top : top + h, left : left + w])
-        reference = np.asarray(crop.resize((48, 48), Image.Resampling.BILINEAR)).astype(np.int32)
-        bicubic = np.asarray(crop.resize((48, 48), Image.Resampling.BICUBIC)).astype(np.int32)
-        assert np.abs(drafted - reference).mean() < 1.5 * np.abs(bicubic - reference).mean()
+    full = augment.decode_image(data)
+    assert augment.decode_reduction((40, 60, 400, 400), 48) == 8
+    assert augment.decode_reduction((0, 0, 100, 120), 48) == 2
+    assert augment.decode_reduction((10, 20, 60, 50), 48) == 1
+    assert augment.decode_image(data, 8).shape == (64, 64, 3)  # libjpeg really decodes at 1/8 scale
+    # The reduced-scale result differs from the full-resolution crop's resize by about as much as a
+    # different resampling filter would (bilinear vs area), no more.
+    for box in ((40, 60, 400, 400), (0, 0, 100, 120)):
+        reduced = augment.decode_crop_and_resize(augment.EncodedImage(data), box, (512, 512), 48, "area").astype(np.int32)
+        reference = augment.crop_and_resize(full, box, 48, "area").astype(np.int32)
+        bilinear = augment.crop_and_resize(full, box, 48, "bilinear").astype(np.int32)
+        assert np.abs(reduced - reference).mean() < 1.5 * np.abs(bilinear - reference).mean()
     # A crop smaller than twice the output decodes at full scale and is exact.
-    lazy = Image.open(io.BytesIO(data))
-    small = augment.crop_and_resize(lazy, (10, 20, 60, 50), 48, Image.Resampling.BILINEAR)
-    assert lazy.size == (512, 512)
-    np.testing.assert_array_equal(
-        np.asarray(small), np.asarray(Image.fromarray(full[10:70, 20:70]).resize((48, 48), Image.Resampling.BILINEAR))
-    )
+    small = augment.decode_crop_and_resize(augment.EncodedImage(data), (10, 20, 60, 50), (512, 512), 48, "area")
+    np.testing.assert_array_equal(small, augment.crop_and_resize(full, (10, 20, 60, 50), 48, "area"))
 
 
 def test_resize_short_and_center_crop():
@@ -263,15 +336,18 @@ def test_default_views_are_deterministic_uint8():
 
 def test_composed_spec_equals_ops_in_sequence():
     image = _photo(64, 64)
-    aug = augment.build("decode|random_resized_crop(scale=(1, 1), ratio=(1, 1))|flip(1.0)|solarize(1.0, 100)", image_size=32)
+    aug = augment.build(
+        "decode|random_resized_crop(scale=(1, 1), ratio=(1, 1), interpolation='pil_bilinear')|flip(1.0)|solarize(1.0, 100)",
+        image_size=32,
+    )
     expected = np.asarray(Image.fromarray(image).resize((32, 32), Image.Resampling.BILINEAR))[:, ::-1]
     expected = np.where(expected >= 100, 255 - expected, expected)
     np.testing.assert_array_equal(aug(image, np.random.default_rng(0)), expected)
-    # crop_scale from the pipeline applies when the spec does not set scale.
+    # crop_scale from the pipeline applies when the spec does not set scale: the whole 64 x 64 image,
+    # area-resized to 32 x 32, is the mean of each 2 x 2 block.
     full = augment.build("random_resized_crop(ratio=(1, 1))", image_size=32, crop_scale=(1.0, 1.0))
-    np.testing.assert_array_equal(
-        full(image, np.random.default_rng(3)), np.asarray(Image.fromarray(image).resize((32, 32), Image.Resampling.BILINEAR))
-    )
+    blocks = image.reshape(32, 2, 32, 2, 3).astype(np.float64).mean(axis=(1, 3))
+    assert np.abs(full(image, np.random.default_rng(3)) - blocks).max() <= 0.5
 
 
 def test_eval_spec_resizes_by_crop_fraction():

@@ -45,7 +45,7 @@ from vicmae_jax.data import sources as sources_lib
 
 INPUT_KINDS = ("image", "clip")
 # The official fine-tuning and linear-probe crops: RandomResizedCrop (bicubic) + horizontal flip.
-TRAIN_IMAGE_SPEC = "decode|random_resized_crop(interpolation='bicubic')|flip"
+TRAIN_IMAGE_SPEC = "decode|random_resized_crop(interpolation='pil_bicubic')|flip"
 # Stream of the per-batch mixing draws (the per-example streams are sampling.STREAM_*).
 _MIX_STREAM = 7
 
