@@ -16,7 +16,8 @@ grads, AdamW), then reports
 The JSON rows also carry `xla_flops_per_step` (XLA's own cost analysis): informative on CPU, where it is close
 to the analytic count, but far too low on GPUs, where the matmuls run as library calls it does not count.
 
-Comma-separated values for --batch, --dtype, --remat, --scan_layers and --mask_ratio run every combination.
+Comma-separated values for --batch, --dtype, --remat, --scan_layers, --mask_ratio and --attention_impl run every
+combination (e.g. --attention_impl=xla,cudnn measures the opt-in cuDNN attention against the default on a GPU).
 
 Measured on one NVIDIA H200 (jax 0.11.2, flax 0.12.10), 224 px, mask 0.5, bfloat16, no remat, median of 10
 steps after 2 warm-up (MFU against 989 TFLOP/s dense bf16):
@@ -147,7 +148,7 @@ def run_one(model_cfg: dict[str, Any], *, image_size: int, batch: int, steps: in
   return {
       "variant": dims.get("variant"), "image_size": image_size, "mask_ratio": float(dims["mask_ratio"]),
       "batch": batch, "dtype": dims["dtype"], "remat": dims["remat"], "scan_layers": dims["scan_layers"],
-      "compile_s": compile_s, "step_ms": 1e3 * step_s, "step_ms_min": 1e3 * min(times),
+      "attention_impl": dims.get("attention_impl") or "xla", "compile_s": compile_s, "step_ms": 1e3 * step_s, "step_ms_min": 1e3 * min(times),
       "step_ms_mean": 1e3 * statistics.fmean(times), "steps": steps, "warmup": warmup,
       "pairs_per_s": batch / step_s, "peak_mem_gib": memory / 2**30, "memory_source": memory_source,
       "flops_per_step": train_flops, "xla_flops_per_step": xla_flops, "achieved_flops": achieved,
@@ -159,7 +160,7 @@ def run_one(model_cfg: dict[str, Any], *, image_size: int, batch: int, steps: in
 
 _COLUMNS = (("variant", "variant", "{}"), ("image_size", "img", "{}"), ("mask_ratio", "mask", "{:.2f}"),
             ("batch", "batch", "{}"), ("dtype", "dtype", "{}"), ("remat", "remat", "{}"),
-            ("scan_layers", "scan", "{}"), ("compile_s", "compile_s", "{:.1f}"), ("step_ms", "step_ms", "{:.1f}"),
+            ("scan_layers", "scan", "{}"), ("attention_impl", "attn", "{}"), ("compile_s", "compile_s", "{:.1f}"), ("step_ms", "step_ms", "{:.1f}"),
             ("pairs_per_s", "pairs/s", "{:.1f}"), ("peak_mem_gib", "mem_GiB", "{:.2f}"),
             ("flops_per_step", "TFLOP/step", "{:.4g}"), ("achieved_flops", "TFLOP/s", "{:.4g}"),
             ("mfu", "MFU", "{:.1%}"))
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   parser.add_argument("--dtype", default="bfloat16", help="compute dtype: float32 / bfloat16; comma list")
   parser.add_argument("--remat", default="none", help="none / full / dots; comma list")
   parser.add_argument("--scan_layers", default="false", help="true / false; comma list")
+  parser.add_argument("--attention_impl", default="xla", help="xla / cudnn (GPU only); comma list")
   parser.add_argument("--steps", type=int, default=20, help="timed steps (the median is reported)")
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
   parser.add_argument("--peak_dtype", default=None,
@@ -224,11 +226,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     except ValueError:
       base[field.strip()] = value
   grid = itertools.product(_split(args.batch, int), _split(args.dtype), _split(args.remat),
-                           _split(args.scan_layers, _bool), _split(args.mask_ratio, float))
+                           _split(args.scan_layers, _bool), _split(args.mask_ratio, float), _split(args.attention_impl))
   rows = []
   print(f"device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform}), jax {jax.__version__}")
-  for batch, dtype, remat, scan_layers, mask_ratio in grid:
-    cfg = dict(base, dtype=dtype, remat=remat, scan_layers=scan_layers, mask_ratio=mask_ratio)
+  for batch, dtype, remat, scan_layers, mask_ratio, attention_impl in grid:
+    cfg = dict(base, dtype=dtype, remat=remat, scan_layers=scan_layers, mask_ratio=mask_ratio,
+               attention_impl=attention_impl)
     try:
       vicmae.resolve_model_config(cfg)
     except ValueError as e:

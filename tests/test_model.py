@@ -355,6 +355,54 @@ def test_remat_equals_no_remat(remat):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_a, grads_b)
 
 
+@pytest.mark.parametrize("length,multiple", [(99, 64), (17, 8), (64, 64), (1, 8)])
+def test_padded_attention_equals_attention_over_real_tokens(length, multiple):
+    rng = np.random.RandomState(length)
+    q, k, v = (jnp.asarray(rng.randn(2, length, 3, 16), jnp.float32) for _ in range(3))
+    cotangent = jnp.asarray(rng.randn(2, length, 3, 16), jnp.float32)
+
+    def plain(q, k, v):  # heads-major reference
+        out = vit.multi_head_attention(*(jnp.transpose(t, (0, 2, 1, 3)) for t in (q, k, v)), 16**-0.5)
+        return jnp.sum(jnp.transpose(out, (0, 2, 1, 3)) * cotangent), out
+
+    def padded(q, k, v):  # the "cudnn" path's padding and length masks, run by XLA here
+        out = vit.padded_dot_product_attention(q, k, v, scale=16**-0.5, implementation="xla", multiple=multiple)
+        return jnp.sum(out * cotangent), jnp.transpose(out, (0, 2, 1, 3))
+
+    (_, out_a), grads_a = jax.value_and_grad(plain, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+    (_, out_b), grads_b = jax.value_and_grad(padded, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+    np.testing.assert_allclose(np.asarray(out_b), np.asarray(out_a), rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_a, grads_b):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+
+
+def test_cudnn_attention_option(monkeypatch):
+    with pytest.raises(ValueError, match="attention_impl='cudnn' needs a GPU"):
+        _build(attention_impl="cudnn")
+    with pytest.raises(ValueError, match="model.attention_impl='flash'"):
+        vicmae.resolve_model_config({**TINY, "attention_impl": "flash"})
+    # The wiring on a CPU: the model asks jax.nn.dot_product_attention for cuDNN with padded
+    # sequences and length masks; XLA stands in for the kernel, and the step equals the default one.
+    images, key = _images(), jax.random.key(3)
+    plain = _build()
+    loss_a, out_a, grads_a = _loss_and_grads(plain, images, key)
+    original, calls = jax.nn.dot_product_attention, []
+
+    def stand_in(q, k, v, *, implementation, **kwargs):
+        calls.append((implementation, q.shape[1], "key_value_seq_lengths" in kwargs))
+        return original(q, k, v, implementation="xla", **kwargs)
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax.nn, "dot_product_attention", stand_in)
+    cudnn = _build(attention_impl="cudnn")
+    _load(cudnn, _pure(plain))
+    loss_b, out_b, grads_b = _loss_and_grads(cudnn, images, key)
+    assert calls and all(impl == "cudnn" and n % vit.CUDNN_SEQUENCE_MULTIPLE == 0 and masked for impl, n, masked in calls)
+    np.testing.assert_allclose(float(loss_a), float(loss_b), rtol=1e-5)
+    # float32 sums in another order: gradients agree to ~1e-4 of their scale (largest entries ~1e-2).
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5), grads_a, grads_b)
+
+
 def test_encode_at_mask_zero_equals_pooled_features():
     model = _build()
     images = _images(batch=3)

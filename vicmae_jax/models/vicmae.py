@@ -88,10 +88,10 @@ _DEFAULTS: dict[str, Any] = {
     "norm_pix_loss": True,
 }
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-# Plain XLA attention (vit.multi_head_attention: two einsums and a float32 softmax); the cuDNN
-# flash path of jax.nn.dot_product_attention rejects the odd sequence lengths of masked ViTs
-# (1 + 98 tokens), so it is not offered.
-_ATTENTION_IMPLS = (None, "xla")
+# None / "xla": plain XLA attention (vit.multi_head_attention: two einsums and a float32 softmax).
+# "cudnn" (GPU only, opt-in): jax.nn.dot_product_attention's cuDNN fused kernel, the sequence padded
+# to a multiple of 64 tokens and the padding masked by length (vit.padded_dot_product_attention).
+_ATTENTION_IMPLS = (None, "xla", "cudnn")
 
 
 def resolve_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -280,6 +280,32 @@ def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float)
     return jnp.einsum("bhqk,bhkd->bhqd", probs, v)
 
 
+# cuDNN's fused attention works on tiles of 64 tokens. A masked ViT's sequence (1 + kept patches, 99
+# tokens at mask 0.5 on 224 px) is padded up to a multiple of it, the padding masked out by length.
+CUDNN_SEQUENCE_MULTIPLE = 64
+
+
+def padded_dot_product_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, implementation: str | None,
+    multiple: int = CUDNN_SEQUENCE_MULTIPLE,
+) -> jax.Array:
+    """``jax.nn.dot_product_attention`` on ``[B, N, H, hd]`` with N padded to a multiple of ``multiple``.
+
+    Padded keys are excluded by ``key_value_seq_lengths`` (each row's true length N), padded query rows
+    are dropped from the output, so the result equals attention over the N real tokens.
+    """
+    batch, length = q.shape[:2]
+    padded = -(-length // multiple) * multiple
+    if padded == length:
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+    widths = ((0, 0), (0, padded - length), (0, 0), (0, 0))
+    q, k, v = (jnp.pad(t, widths) for t in (q, k, v))
+    lengths = jnp.full((batch,), length, jnp.int32)
+    out = jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation,
+                                       query_seq_lengths=lengths, key_value_seq_lengths=lengths)
+    return out[:, :length]
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention with a fused qkv Dense (bias) and scale ``head_dim**-0.5``.
 
@@ -298,6 +324,9 @@ class Attention(nnx.Module):
     ):
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        if attention_impl == "cudnn" and jax.default_backend() != "gpu":
+            raise ValueError(f"model.attention_impl='cudnn' needs a GPU backend (cuDNN); this process runs on "
+                             f"{jax.default_backend()!r}: leave attention_impl unset there")
         self.num_heads = num_heads
         self.attention_impl = attention_impl
         self.qkv = _dense(dim, 3 * dim, ("embed", "heads"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -320,7 +349,7 @@ class Attention(nnx.Module):
             out = jnp.transpose(out, (0, 2, 1, 3))  # [B, N, H, hd]
         else:
             q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-            out = jax.nn.dot_product_attention(q, k, v, scale=head_dim**-0.5, implementation=self.attention_impl)
+            out = padded_dot_product_attention(q, k, v, scale=head_dim**-0.5, implementation=self.attention_impl)
         return self.proj(out.reshape(batch * length, dim))
 
 
