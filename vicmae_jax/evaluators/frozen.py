@@ -15,6 +15,7 @@ neighbours vote with weight exp(sim / temperature). Linear probe: BatchNorm-styl
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Callable
 
@@ -83,6 +84,26 @@ def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
   return correct / len(te)
 
 
+@functools.partial(jax.jit, static_argnames=("steps", "learning_rate", "weight_decay"))
+def _fit_linear(params, xtr: jax.Array, ytr: jax.Array, *, steps: int, learning_rate: float, weight_decay: float):
+  """Full-batch AdamW on a linear softmax classifier; jitted once per shape and setting, so the
+  periodic evals of a run reuse one compilation."""
+  tx = optax.adamw(learning_rate, weight_decay=weight_decay)
+
+  def loss_fn(p):
+    logits = xtr @ p["w"] + p["b"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, ytr).mean()
+
+  def body(_, carry):
+    p, s = carry
+    g = jax.grad(loss_fn)(p)
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  params, _ = jax.lax.fori_loop(0, steps, body, (params, tx.init(params)))
+  return params
+
+
 def linear_probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                           test_y: np.ndarray, *, steps: int = 500, learning_rate: float = 0.01,
                           weight_decay: float = 1e-4, num_classes: int | None = None,
@@ -91,29 +112,11 @@ def linear_probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.n
   num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
   mean = train_x.mean(0, keepdims=True)
   std = train_x.std(0, keepdims=True) + 1e-6
-  xtr = jnp.asarray((train_x - mean) / std)
-  xte = jnp.asarray((test_x - mean) / std)
-  ytr = jnp.asarray(train_y)
-  w = jnp.zeros((xtr.shape[1], num_classes), jnp.float32)
-  b = jnp.zeros((num_classes,), jnp.float32)
-  params = {"w": w, "b": b}
-  tx = optax.adamw(learning_rate, weight_decay=weight_decay)
-  opt_state = tx.init(params)
-
-  def loss_fn(p):
-    logits = xtr @ p["w"] + p["b"]
-    return optax.softmax_cross_entropy_with_integer_labels(logits, ytr).mean()
-
-  @jax.jit
-  def train(params, opt_state):
-    def body(_, carry):
-      p, s = carry
-      g = jax.grad(loss_fn)(p)
-      u, s = tx.update(g, s, p)
-      return optax.apply_updates(p, u), s
-    return jax.lax.fori_loop(0, steps, body, (params, opt_state))
-
-  params, _ = train(params, opt_state)
+  xtr = jnp.asarray((train_x - mean) / std, jnp.float32)
+  xte = jnp.asarray((test_x - mean) / std, jnp.float32)
+  params = {"w": jnp.zeros((xtr.shape[1], num_classes), jnp.float32), "b": jnp.zeros((num_classes,), jnp.float32)}
+  params = _fit_linear(params, xtr, jnp.asarray(train_y), steps=int(steps), learning_rate=float(learning_rate),
+                       weight_decay=float(weight_decay))
   pred = np.asarray(jnp.argmax(xte @ params["w"] + params["b"], axis=1))
   return float(np.mean(pred == test_y))
 
