@@ -249,6 +249,12 @@ def test_decode_image():
     assert np.abs(decoded.astype(np.int32) - np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))).max() <= 1
     assert np.abs(decoded.astype(np.int32) - image).mean() < 5.0  # JPEG at quality 95
     assert augment.EncodedImage(data).size == (60, 80)
+    # Grayscale and CMYK JPEGs (ImageNet holds both) decode to the RGB Pillow makes of them.
+    for mode in ("L", "CMYK"):
+        buffer = io.BytesIO()
+        Image.fromarray(image).convert(mode).save(buffer, "JPEG", quality=95)
+        expected = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")).astype(np.int32)
+        assert np.abs(augment.decode_image(buffer.getvalue()).astype(np.int32) - expected).max() <= 1
     # Grayscale PNG -> 3 equal channels; GIF (Pillow fallback) -> RGB.
     buffer = io.BytesIO()
     Image.fromarray(image[..., 1]).save(buffer, "PNG")
