@@ -202,13 +202,6 @@ def to_array(image: Any) -> np.ndarray:
     return array
 
 
-def to_pil(image: Any) -> Image.Image:
-    """PIL RGB image from anything `to_array` accepts."""
-    if isinstance(image, Image.Image):
-        return _rgb(image)
-    return Image.fromarray(np.ascontiguousarray(to_array(image)))
-
-
 def _with_image(data: Data, image: Any) -> Data:
     out = dict(data)
     out["image"] = image
