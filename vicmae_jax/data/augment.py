@@ -43,7 +43,8 @@ Ops (probabilities default to the ViC-MAE recipe):
     resize(size, interpolation="pil_bilinear")        to size x size.
 
 Interpolation names: "area", "nearest", "bilinear", "bicubic", "lanczos" resize with OpenCV (no
-antialiasing filter except "area"); "pil_nearest", "pil_bilinear", "pil_bicubic", "pil_lanczos",
+antialiasing filter except "area"; when enlarging, "area" repeats source pixels and blends only
+across their edges, close to nearest-neighbour, where "bilinear" blends throughout); "pil_nearest", "pil_bilinear", "pil_bicubic", "pil_lanczos",
 "pil_box" resize with Pillow's antialiased filters, as torchvision's PIL transforms (and so the
 official evaluation and fine-tuning recipes) do.
 """
