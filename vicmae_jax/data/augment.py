@@ -13,9 +13,9 @@ pipeline's image size (crop scale) when the spec leaves it out, so one spec serv
 
 Images travel between ops as uint8 [H, W, 3] RGB arrays (or, straight after `decode`, as still
 encoded bytes); `Augmentation.__call__` returns uint8 [S, S, 3]. Normalization to floats happens on
-the device, not here. Pixel work runs in OpenCV (libjpeg-turbo decoding, SIMD resizing and
-filtering, one thread per call: the pipeline's own workers are the parallelism) and JPEGs are
-decoded by libjpeg-turbo through simplejpeg.
+the device, not here. JPEGs are decoded by libjpeg-turbo (through simplejpeg), other formats by
+OpenCV; resizing and filtering run in OpenCV (SIMD, one thread per call: the pipeline's own workers
+are the parallelism).
 
 Ops (probabilities default to the ViC-MAE recipe):
     decode                      encoded bytes (JPEG/PNG/...) stay encoded until a crop or pixel op
@@ -151,11 +151,10 @@ def decode_image(data: bytes, reduction: int = 1) -> np.ndarray:
     """uint8 [H, W, 3] RGB from encoded bytes; reduction 2, 4 or 8 decodes JPEGs at that fraction of
     the size (ceil(H / reduction) x ceil(W / reduction), libjpeg's DCT scaling).
 
-    JPEGs go to libjpeg-turbo through simplejpeg (the accurate IDCT: the fast one saves ~3% of the
-    time and costs up to ~2 grey levels at quality 90+); other formats, and JPEGs it refuses, to
-    OpenCV; what OpenCV cannot
-    read to Pillow, which decodes the formats OpenCV lacks and raises for damaged data. Raises
-    ValueError for bytes none of them can decode.
+    JPEGs go to libjpeg-turbo through simplejpeg (with the accurate IDCT: the fast one saves ~3% of
+    the time and moves pixels by ~2 grey levels on average at quality 90+), other formats to
+    OpenCV. What those refuse (CMYK JPEGs, damaged files, formats OpenCV lacks) goes to Pillow,
+    which decodes it or raises; a ValueError then says the bytes cannot be decoded.
     """
     if data[:2] == _JPEG_START:
         try:
@@ -165,13 +164,14 @@ def decode_image(data: bytes, reduction: int = 1) -> np.ndarray:
             return simplejpeg.decode_jpeg(data, colorspace="RGB",
                                           min_height=-(-height // reduction), min_width=-(-width // reduction))
         except ValueError:
-            pass  # CMYK, truncated or damaged: OpenCV and Pillow below decode it or say why not
-    try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS | _REDUCED_DECODE_FLAGS[reduction])
-    except cv2.error:
-        image = None
-    if image is not None:
-        return image
+            pass  # CMYK, truncated or damaged: Pillow below decodes it or says why not
+    else:
+        try:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS | _REDUCED_DECODE_FLAGS[reduction])
+        except cv2.error:
+            image = None
+        if image is not None:
+            return image
     try:
         with Image.open(io.BytesIO(bytes(data))) as pil:
             return np.asarray(_rgb(pil))
