@@ -19,8 +19,8 @@ Measures, on the same videos and with the same pair sampling (1.06 s gaps):
   raw_crop_flip       raw video files: pair by time -> seek + decode both frames -> crop + flip
   pyav_seek_decode    the decoder's own rate: PyAV seek to each of the two times + decode to it, RGB
                       out, no resizing or augmentation (the baseline for raw decoding)
-  grain_loader        the real pipeline (make_pretrain_loader, prepared, full recipe) with one thread
-                      per core, batches of 64: pairs/s in total and per CPU-second
+  grain_loader        the real pipeline (make_pretrain_loader, prepared, full recipe) with one thread,
+                      then one thread per core, batches of 64: pairs/s in total and per CPU-second
 
 Single-thread rates are pairs per CPU-second of this process (time.process_time over the loop), which
 is the per-core rate even on a machine shared with other work; wall-clock rates are printed beside
@@ -274,29 +274,36 @@ def main(argv=None) -> dict:
     ], args.seconds, args.repeats)
     by_name = {r["name"]: r for r in results}
 
-    cfg = pipeline.default_data_config()
-    cfg.sources.prepared = pipeline.default_source_config(kind="prepared", path=prepared_dir)
-    cfg.num_threads = cores
-    loader = pipeline.make_pretrain_loader(cfg, global_batch_size=64, image_size=size, seed=0, process_index=0, process_count=1)
-    iterator = iter(loader)
-    next(iterator)
-    loader_runs = []
-    for _ in range(args.repeats):
-        start_wall, start_cpu, batches = time.perf_counter(), time.process_time(), 0
-        while time.perf_counter() - start_wall < args.seconds:
-            next(iterator)
-            batches += 1
-        wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
-        loader_runs.append((64 * batches / wall, 64 * batches / cpu, cpu / wall))
-    loader_result = {"name": "grain_loader", "threads": cores,
-                     "pairs_per_wall_s": float(np.median([run[0] for run in loader_runs])),
-                     "pairs_per_cpu_s": float(np.median([run[1] for run in loader_runs])),
-                     "cpu_utilisation": float(np.median([run[2] for run in loader_runs])),
-                     "repetitions_per_cpu_s": [run[1] for run in loader_runs]}
-    print(f"grain loader, prepared, full recipe, {cores} threads (median of {args.repeats}): "
-          f"{loader_result['pairs_per_wall_s']:.1f} pairs/s in total, {loader_result['pairs_per_cpu_s']:.1f} per "
-          f"CPU-second ({loader_result['cpu_utilisation']:.2f} cores busy)", flush=True)
-    iterator.close()
+    def measure_loader(threads: int) -> dict:
+        cfg = pipeline.default_data_config()
+        cfg.sources.prepared = pipeline.default_source_config(kind="prepared", path=prepared_dir)
+        cfg.num_threads = threads
+        loader = pipeline.make_pretrain_loader(cfg, global_batch_size=64, image_size=size, seed=0, process_index=0,
+                                               process_count=1)
+        iterator = iter(loader)
+        next(iterator)
+        runs = []
+        for _ in range(args.repeats):
+            start_wall, start_cpu, batches = time.perf_counter(), time.process_time(), 0
+            while time.perf_counter() - start_wall < args.seconds:
+                next(iterator)
+                batches += 1
+            wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
+            runs.append((64 * batches / wall, 64 * batches / cpu, cpu / wall))
+        iterator.close()
+        result = {"name": "grain_loader", "threads": threads,
+                  "pairs_per_wall_s": float(np.median([run[0] for run in runs])),
+                  "pairs_per_cpu_s": float(np.median([run[1] for run in runs])),
+                  "cpu_utilisation": float(np.median([run[2] for run in runs])),
+                  "repetitions_per_cpu_s": [run[1] for run in runs]}
+        print(f"grain loader, prepared, full recipe, {threads} thread(s) (median of {args.repeats}): "
+              f"{result['pairs_per_wall_s']:.1f} pairs/s in total, {result['pairs_per_cpu_s']:.1f} per "
+              f"CPU-second ({result['cpu_utilisation']:.2f} cores busy)", flush=True)
+        return result
+
+    # One thread, then one per core: how far threads scale (the GIL is released in the pixel work).
+    loader_one = measure_loader(1)
+    loader_result = measure_loader(cores) if cores > 1 else loader_one
 
     ratios = {
         "prepared_crop_flip / whole_clip_crop_flip": by_name["prepared_crop_flip"]["pairs_per_cpu_s"] / by_name["whole_clip_crop_flip"]["pairs_per_cpu_s"],
@@ -307,6 +314,7 @@ def main(argv=None) -> dict:
         "prepared_crop_flip / prepared_crop_flip_pil_resize": by_name["prepared_crop_flip"]["pairs_per_cpu_s"] / by_name["prepared_crop_flip_pil_resize"]["pairs_per_cpu_s"],
         "in_memory_crop_flip / prepared_crop_flip": by_name["in_memory_crop_flip"]["pairs_per_cpu_s"] / by_name["prepared_crop_flip"]["pairs_per_cpu_s"],
         "prepared_crop_flip / prepared_full": by_name["prepared_crop_flip"]["pairs_per_cpu_s"] / by_name["prepared_full"]["pairs_per_cpu_s"],
+        f"grain_loader {cores} threads / 1 thread (wall)": loader_result["pairs_per_wall_s"] / loader_one["pairs_per_wall_s"],
     }
     print("ratios (per core):")
     for name, value in ratios.items():
@@ -319,7 +327,7 @@ def main(argv=None) -> dict:
     for name, met in targets.items():
         print(f"  target {name}: {'met' if met else 'NOT met'}")
     summary = {"frame_record_kib": frame_bytes / 2**10, "whole_clip_record_mib": clip_bytes / 2**20, "results": results,
-               "grain_loader": loader_result, "ratios": ratios, "targets": targets, "frames": f"{width}x{height}",
+               "grain_loader": loader_result, "grain_loader_1_thread": loader_one, "ratios": ratios, "targets": targets, "frames": f"{width}x{height}",
                "image_size": size, "cores": cores, "videos": videos, "seconds": args.seconds, "repeats": args.repeats}
     if args.json_out:
         with open(args.json_out, "w") as file:
