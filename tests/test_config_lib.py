@@ -73,3 +73,23 @@ def test_model_config_override_types():
   assert m.width == 128
   with pytest.raises(TypeError):
     m.width = "wide"
+
+
+def test_as_config_error_names_the_field_once():
+  def fails(message):
+    def fn():
+      raise ValueError(message)
+    return fn
+
+  cases = {
+      "model.mask_ratio must be in [0, 1), got 1.0": "config.model.mask_ratio: must be in [0, 1), got 1.0",
+      "model.attention_impl='flash' is not one of [None]": "config.model.attention_impl: 'flash' is not one of [None]",
+      "data.sources.k400.path: not found": "config.data.sources.k400.path: not found",
+      "config.data.batch: too big": "config.data.batch: too big",
+      "something else went wrong": "config.data: something else went wrong",
+  }
+  for message, expected in cases.items():
+    with pytest.raises(ConfigError) as error:
+      config_lib.as_config_error("data" if not message.startswith("model") else "model", fails(message))
+    assert str(error.value) == expected
+  assert config_lib.as_config_error("model", lambda: 3) == 3

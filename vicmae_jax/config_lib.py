@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -34,6 +36,26 @@ class ConfigError(ValueError):
   def __init__(self, field: str, message: str):
     self.field = field
     super().__init__(f"config.{field}: {message}")
+
+
+def as_config_error(section: str, fn: Callable[[], Any]) -> Any:
+  """Runs fn(); a ValueError from a validation helper becomes a ConfigError on the field it names.
+
+  Helpers word their errors "<section>.<field>: message" or "<section>.<field>=value is ...";
+  the field is read from that prefix (else the error is put on `section` as a whole).
+  """
+  try:
+    return fn()
+  except ConfigError:
+    raise
+  except ValueError as e:
+    msg = str(e).removeprefix("config.")
+    match = re.match(re.escape(section) + r"(\.[A-Za-z_][\w.]*)?", msg)
+    if not match:
+      raise ConfigError(section, msg) from None
+    field = match.group(0).rstrip(".")
+    rest = msg[len(field):].lstrip(" :")
+    raise ConfigError(field, rest.removeprefix("=").lstrip() if rest.startswith("=") else rest) from None
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -88,21 +88,6 @@ def classification_config(trainer: str) -> ml_collections.ConfigDict:
   return c
 
 
-def _as_config_error(section: str, fn: Callable[[], Any]):
-  """Helpers raise ValueError('<section>.<field>: ...'); surface them as ConfigError on that field."""
-  try:
-    return fn()
-  except config_lib.ConfigError:
-    raise
-  except ValueError as e:
-    msg = str(e)
-    if msg.startswith(section + ".") and ":" in msg:
-      field, msg = (part.strip() for part in msg.split(":", 1))
-    else:
-      field = section
-    raise config_lib.ConfigError(field, msg) from None
-
-
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> dict:
   """Every check that can fail before reading data or compiling. Returns the resolved model dims."""
   num_devices = jax.device_count() if num_devices is None else num_devices
@@ -110,20 +95,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   for field in ("model", "optim", "data", "eval_data", "image_size", "num_classes", "input_kind", "augment",
                 "mixup", "eval"):
     config_lib.require(field in config, field, "missing")
-  dims = _as_config_error("model", lambda: vicmae.resolve_model_config(config.model))
+  dims = config_lib.as_config_error("model", lambda: vicmae.resolve_model_config(config.model))
   config_lib.require(config.input_kind in data_lib.INPUT_KINDS, "input_kind",
                      f"must be one of {data_lib.INPUT_KINDS}, got {config.input_kind!r}")
   image_size, patch = int(config.image_size), int(dims["patch_size"])
   config_lib.require(image_size > 0 and image_size % patch == 0, "image_size",
                      f"{image_size} is not a positive multiple of the patch size {patch}")
   config_lib.require(int(config.num_classes) >= 0, "num_classes", "must be >= 0 (0 = from the data)")
-  _as_config_error("optim", lambda: optim.resolve_optim_config(config.optim))
+  config_lib.as_config_error("optim", lambda: optim.resolve_optim_config(config.optim))
   # Classification reads single images or clips, never frame pairs.
   validate_data = lambda cfg: data_pipeline.validate_data_config(cfg, frame_pairs=False)
-  _as_config_error("data", lambda: validate_data(config.data))
-  _as_config_error("eval_data", lambda: _renamed_errors(validate_data, config.eval_data, "data.", "eval_data."))
-  _as_config_error("augment", lambda: data_lib.validate_augment_config(config.augment))
-  _as_config_error("mixup", lambda: data_lib.validate_mixup_config(config.mixup))
+  config_lib.as_config_error("data", lambda: validate_data(config.data))
+  config_lib.as_config_error("eval_data", lambda: _renamed_errors(validate_data, config.eval_data, "data.", "eval_data."))
+  config_lib.as_config_error("augment", lambda: data_lib.validate_augment_config(config.augment))
+  config_lib.as_config_error("mixup", lambda: data_lib.validate_mixup_config(config.mixup))
   mesh = config_lib.mesh_shape(config.mesh, num_devices)
   data_parallel = mesh["data"] * mesh["fsdp"]
   eval_batch = int(config.eval.batch_size)
@@ -145,7 +130,7 @@ def _renamed_errors(fn, arg, old_prefix: str, new_prefix: str):
 def resolve_num_classes(config) -> int:
   if int(config.num_classes) > 0:
     return int(config.num_classes)
-  return _as_config_error("data", lambda: data_lib.num_classes(config.data))
+  return config_lib.as_config_error("data", lambda: data_lib.num_classes(config.data))
 
 
 def make_optimizer(config, abstract_params, durations: config_lib.Durations):

@@ -41,7 +41,7 @@ def validate(config: ml_collections.ConfigDict, check_data: bool = True) -> dict
   config_lib.validate_common(config, jax.device_count())
   for field in ("model", "optim", "data", "image_size"):
     config_lib.require(field in config, field, "missing")
-  dims = _as_config_error("model", lambda: vicmae.resolve_model_config(config.model))
+  dims = config_lib.as_config_error("model", lambda: vicmae.resolve_model_config(config.model))
   image_size = int(config.image_size)
   patch = int(dims["patch_size"])
   config_lib.require(image_size > 0 and image_size % patch == 0, "image_size",
@@ -49,26 +49,12 @@ def validate(config: ml_collections.ConfigDict, check_data: bool = True) -> dict
   num_patches = (image_size // patch) ** 2
   config_lib.require(int(num_patches * (1 - float(dims["mask_ratio"]))) >= 1, "model.mask_ratio",
                      f"{dims['mask_ratio']} keeps no patch of {num_patches}")
-  _as_config_error("optim", lambda: optim.resolve_optim_config(config.optim))
+  config_lib.as_config_error("optim", lambda: optim.resolve_optim_config(config.optim))
   if check_data:
-    _as_config_error("data", lambda: data_pipeline.validate_data_config(config.data))
+    config_lib.as_config_error("data", lambda: data_pipeline.validate_data_config(config.data))
   if config.evals:
     frozen_eval.FrozenEvaluator(config.evals, image_size=int(config.image_size))
   return dims
-
-
-def _as_config_error(section: str, fn):
-  """Validation helpers raise ValueError naming `section.field`; surface them as ConfigError."""
-  try:
-    return fn()
-  except config_lib.ConfigError:
-    raise
-  except ValueError as e:
-    msg = str(e)
-    field = msg.split(":", 1)[0] if msg.startswith(section + ".") else section
-    if field.startswith("config."):
-      field = field[len("config."):]
-    raise config_lib.ConfigError(field, msg) from None
 
 
 def make_train_step(graphdef, rest, tx, lr_fn, config, state_shardings, batch_sharding, mesh):
