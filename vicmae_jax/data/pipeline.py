@@ -81,14 +81,13 @@ import grain
 import jax
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from vicmae_jax.data import augment
 from vicmae_jax.data import sampling
 from vicmae_jax.data import sources as sources_lib
 
 _SOURCE_FIELDS = ("kind", "path", "split", "weight", "format", "annotations", "labels", "dataset", "short_side")
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)  # what PIL raises for a damaged image
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)  # damaged images: decode_image (ValueError), Pillow
 
 
 def default_source_config(**overrides: Any) -> ml_collections.ConfigDict:
@@ -347,7 +346,7 @@ class PairMaker:
         return sampling.example_rng(self.seed, self.source_key, record_index, epoch, stream)
 
     def frames(self, example: Mapping[str, Any], rng: np.random.Generator) -> list[Any] | sources_lib.Skipped:
-        """The two images to augment (JPEG bytes, arrays or a decoded PIL image)."""
+        """The two images to augment: JPEG bytes (video frames) or one decoded uint8 array used twice."""
         kind = example["kind"]
         if kind == "image":
             try:
@@ -684,13 +683,13 @@ class ClipMaker(LazyAugmentation):
 # Evaluation: deterministic, padded, finite.
 
 
-def _spatial_crops(image: Image.Image, size: int, num_views: int) -> list[np.ndarray]:
-    """Shorter side to `size`, then `num_views` size x size crops evenly spaced along the longer side."""
-    image = image if image.mode == "RGB" else image.convert("RGB")
-    width, height = image.size
+def _spatial_crops(image: np.ndarray, size: int, num_views: int) -> list[np.ndarray]:
+    """Shorter side to `size` (Pillow bilinear), then `num_views` size x size crops evenly spaced along
+    the longer side."""
+    height, width = image.shape[:2]
     scale = size / min(width, height)
     new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
-    array = np.asarray(image.resize(new_size, Image.Resampling.BILINEAR) if new_size != image.size else image)
+    array = augment.resize_array(image, *new_size, "pil_bilinear") if new_size != (width, height) else image
     long_axis_extra = max(new_size) - size
     offsets = [long_axis_extra // 2] if num_views == 1 else np.round(np.linspace(0, long_axis_extra, num_views)).astype(int)
     if new_size[0] >= new_size[1]:  # landscape: slide along the width
@@ -756,8 +755,8 @@ class _EvalExample(LazyAugmentation):
             return frames
         views = []
         for temporal in frames:  # [T] images of one temporal window
-            per_frame = [_spatial_crops(sources_lib.decode_image(f) if not isinstance(f, np.ndarray) else Image.fromarray(f),
-                                        self.image_size, self.num_spatial_views) for f in temporal]
+            per_frame = [_spatial_crops(sources_lib.decode_image(f), self.image_size, self.num_spatial_views)
+                         for f in temporal]
             for spatial in range(self.num_spatial_views):
                 views.append(np.stack([crops[spatial] for crops in per_frame]))
         out = np.stack(views)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import glob
-import io
 import json
 import os
 import threading
@@ -33,6 +32,7 @@ from absl import logging
 import grain
 import numpy as np
 
+from vicmae_jax.data import augment
 from vicmae_jax.data import formats
 from vicmae_jax.data import records
 from vicmae_jax.data import video_io
@@ -562,19 +562,7 @@ def build_source(cfg: Mapping[str, Any], *, skip_log: SkipLog | None = None) -> 
     return ImageFolderSource(path, name=name, skip_log=skip_log)
 
 
-def decode_image(data: Any) -> "Image.Image":  # noqa: F821 (PIL imported lazily below)
-    """Fully decoded RGB PIL image from encoded bytes or an array; raises ValueError if undecodable."""
-    from PIL import Image
-
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        try:
-            image = Image.open(io.BytesIO(bytes(data)))
-            image.load()
-        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for bad files
-            raise ValueError(f"undecodable image: {error}") from error
-    else:
-        array = np.asarray(data)
-        if array.dtype != np.uint8:
-            raise ValueError(f"image array must be uint8, got {array.dtype}")
-        image = Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
-    return image if image.mode == "RGB" else image.convert("RGB")
+def decode_image(data: Any) -> np.ndarray:
+    """uint8 [H, W, 3] RGB from encoded bytes or an array, decoded as the augmentations decode
+    (augment.to_array: libjpeg-turbo / OpenCV / Pillow); raises ValueError if undecodable."""
+    return augment.to_array(bytes(data) if isinstance(data, memoryview) else data)
