@@ -38,6 +38,7 @@ Where the installed torchvision does not match torch (its compiled operators fai
 `import timm`), the script lets torchvision's operator registrations fail softly and says so in its output;
 the official model uses only timm's PatchEmbed / Block, which never call torchvision.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,9 +56,13 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--official_repo", default=None, help="clone of jeffhernandez1995/ViC-MAE")
-  parser.add_argument("--skip_official", action="store_true", help="time ours only (no torch needed)")
+  parser.add_argument(
+    "--skip_official", action="store_true", help="time ours only (no torch needed)"
+  )
   parser.add_argument("--image_size", type=int, default=64)
   parser.add_argument("--patch_size", type=int, default=8)
   parser.add_argument("--embed_dim", type=int, default=192)
@@ -70,8 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--projector_out_dim", type=int, default=128)
   parser.add_argument("--mask_ratio", type=float, default=0.5)
   parser.add_argument("--batch", type=int, default=32, help="image pairs per step")
-  parser.add_argument("--threads", type=int, default=2, help="CPU threads for each framework (see above)")
-  parser.add_argument("--warmup", type=int, default=3, help="untimed steps per side (ours: after compiling)")
+  parser.add_argument(
+    "--threads", type=int, default=2, help="CPU threads for each framework (see above)"
+  )
+  parser.add_argument(
+    "--warmup", type=int, default=3, help="untimed steps per side (ours: after compiling)"
+  )
   parser.add_argument("--steps", type=int, default=5, help="timed steps per side per repetition")
   parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions")
   parser.add_argument("--lr", type=float, default=1.5e-4)
@@ -80,7 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   args = parser.parse_args(argv)
   if not args.skip_official and not args.official_repo:
     parser.error("--official_repo is required (or pass --skip_official)")
-  if args.official_repo and not os.path.isfile(os.path.join(args.official_repo, "models_vicmae.py")):
+  if args.official_repo and not os.path.isfile(
+    os.path.join(args.official_repo, "models_vicmae.py")
+  ):
     parser.error(f"--official_repo={args.official_repo}: no models_vicmae.py there")
   for field in ("batch", "threads", "steps", "repeats"):
     if getattr(args, field) < 1:
@@ -111,11 +122,19 @@ def limit_threads(threads: int) -> list[int]:
 def model_config(args: argparse.Namespace) -> dict[str, Any]:
   """Our model config (vicmae_jax.models.vicmae) for the command-line architecture."""
   return dict(
-      patch_size=args.patch_size, embed_dim=args.embed_dim, depth=args.depth, num_heads=args.num_heads,
-      decoder_embed_dim=args.decoder_embed_dim, decoder_depth=args.decoder_depth,
-      decoder_num_heads=args.decoder_num_heads, projector_hidden_dim=args.projector_hidden_dim,
-      projector_out_dim=args.projector_out_dim, mask_ratio=args.mask_ratio, dtype="float32",
-      param_dtype="float32")
+    patch_size=args.patch_size,
+    embed_dim=args.embed_dim,
+    depth=args.depth,
+    num_heads=args.num_heads,
+    decoder_embed_dim=args.decoder_embed_dim,
+    decoder_depth=args.decoder_depth,
+    decoder_num_heads=args.decoder_num_heads,
+    projector_hidden_dim=args.projector_hidden_dim,
+    projector_out_dim=args.projector_out_dim,
+    mask_ratio=args.mask_ratio,
+    dtype="float32",
+    param_dtype="float32",
+  )
 
 
 def make_batch(args: argparse.Namespace):
@@ -125,7 +144,9 @@ def make_batch(args: argparse.Namespace):
   from vicmae_jax.models import vit
 
   rng = np.random.default_rng(args.seed)
-  pixels = rng.integers(0, 256, (args.batch, 2, args.image_size, args.image_size, 3), dtype=np.uint8)
+  pixels = rng.integers(
+    0, 256, (args.batch, 2, args.image_size, args.image_size, 3), dtype=np.uint8
+  )
   mean = np.asarray(vit.IMAGENET_MEAN, np.float32)
   std = np.asarray(vit.IMAGENET_STD, np.float32)
   return ((pixels.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
@@ -134,6 +155,7 @@ def make_batch(args: argparse.Namespace):
 # ----------------------------------------------------------------------------------------------
 # Ours
 # ----------------------------------------------------------------------------------------------
+
 
 def build_ours(cfg: dict[str, Any], images, *, lr: float, seed: int):
   """Returns ``step() -> loss`` (one AdamW train step on `images`, waited for) and the compile time (s)."""
@@ -149,8 +171,12 @@ def build_ours(cfg: dict[str, Any], images, *, lr: float, seed: int):
   model = vicmae.build_model(cfg, rngs=nnx.Rngs(seed))
   graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
   tx = optim.make_adamw(lr, weight_decay=0.05, b1=0.9, b2=0.95)
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": batch_stats,
-           "opt_state": tx.init(params)}
+  state = {
+    "step": jnp.zeros((), jnp.int32),
+    "params": params,
+    "batch_stats": batch_stats,
+    "opt_state": tx.init(params),
+  }
   mask_ratio = float(dims["mask_ratio"])
 
   def step_fn(state, images, key):
@@ -160,14 +186,25 @@ def build_ours(cfg: dict[str, Any], images, *, lr: float, seed: int):
     def loss_fn(model):
       out = model(images, mask_ratio=mask_ratio, key=key, train=True)
       return losses.pretrain_loss(
-          images, out, patch_size=int(dims["patch_size"]), temperature=float(dims["temperature"]),
-          weight_recon=float(dims["weight_recon"]), weight_contrast=float(dims["weight_contrast"]),
-          norm_pix=bool(dims["norm_pix_loss"]))
+        images,
+        out,
+        patch_size=int(dims["patch_size"]),
+        temperature=float(dims["temperature"]),
+        weight_recon=float(dims["weight_recon"]),
+        weight_contrast=float(dims["weight_contrast"]),
+        norm_pix=bool(dims["norm_pix_loss"]),
+      )
 
-    (loss, _), grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)(model)
+    (loss, _), grads = nnx.value_and_grad(
+      loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True
+    )(model)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                 "batch_stats": nnx.state(model, nnx.BatchStat), "opt_state": opt_state}
+    new_state = {
+      "step": state["step"] + 1,
+      "params": optax.apply_updates(state["params"], updates),
+      "batch_stats": nnx.state(model, nnx.BatchStat),
+      "opt_state": opt_state,
+    }
     return new_state, loss
 
   images = jax.device_put(images)
@@ -189,12 +226,15 @@ def build_ours(cfg: dict[str, Any], images, *, lr: float, seed: int):
 # Official
 # ----------------------------------------------------------------------------------------------
 
+
 def import_official(official_repo: str) -> tuple[Any, list[str]]:
   """Imports the official `models_vicmae` module; returns it and notes about the import."""
   try:
     import torch
   except ImportError as e:
-    raise SystemExit(f"the official model needs torch and timm ({e}); install them or pass --skip_official") from e
+    raise SystemExit(
+      f"the official model needs torch and timm ({e}); install them or pass --skip_official"
+    ) from e
 
   notes = []
   try:
@@ -219,8 +259,11 @@ def import_official(official_repo: str) -> tuple[Any, list[str]]:
     finally:
       torch.library.register_fake = register_fake
     import timm  # noqa: F401,F811
-    notes.append(f"torchvision {torchvision.__version__} does not match torch {torch.__version__}: imported "
-                 "with its compiled operators unregistered (the official model does not use them)")
+
+    notes.append(
+      f"torchvision {torchvision.__version__} does not match torch {torch.__version__}: imported "
+      "with its compiled operators unregistered (the official model does not use them)"
+    )
   sys.path.insert(0, os.path.abspath(official_repo))
   try:
     import models_vicmae
@@ -236,16 +279,31 @@ def build_official(models_vicmae, args: argparse.Namespace, images, *, threads: 
   torch.set_num_threads(threads)
   try:
     torch.set_num_interop_threads(1)
-  except RuntimeError:  # only allowed before the first parallel work; the intra-op count is what matters
+  except (
+    RuntimeError
+  ):  # only allowed before the first parallel work; the intra-op count is what matters
     pass
   torch.manual_seed(args.seed)
   model = models_vicmae.ViCMAE(
-      img_size=args.image_size, patch_size=args.patch_size, in_chans=3, embed_dim=args.embed_dim,
-      depth=args.depth, num_heads=args.num_heads, decoder_embed_dim=args.decoder_embed_dim,
-      decoder_depth=args.decoder_depth, decoder_num_heads=args.decoder_num_heads, mlp_ratio=4.0,
-      norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), temperature=0.1, mask_ratio=args.mask_ratio,
-      projector_hidden_dim=args.projector_hidden_dim, projector_out_dim=args.projector_out_dim,
-      weight_contrast=0.03, weight_recon=0.97, norm_pix_loss=True)
+    img_size=args.image_size,
+    patch_size=args.patch_size,
+    in_chans=3,
+    embed_dim=args.embed_dim,
+    depth=args.depth,
+    num_heads=args.num_heads,
+    decoder_embed_dim=args.decoder_embed_dim,
+    decoder_depth=args.decoder_depth,
+    decoder_num_heads=args.decoder_num_heads,
+    mlp_ratio=4.0,
+    norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+    temperature=0.1,
+    mask_ratio=args.mask_ratio,
+    projector_hidden_dim=args.projector_hidden_dim,
+    projector_out_dim=args.projector_out_dim,
+    weight_contrast=0.03,
+    weight_recon=0.97,
+    norm_pix_loss=True,
+  )
   model.train(True)
   # The official parameter groups: no weight decay on 1-D tensors and biases; frozen tensors skipped.
   decay, no_decay = [], []
@@ -253,8 +311,11 @@ def build_official(models_vicmae, args: argparse.Namespace, images, *, threads: 
     if not param.requires_grad:
       continue
     (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
-  optimizer = torch.optim.AdamW([{"params": no_decay, "weight_decay": 0.0},
-                                 {"params": decay, "weight_decay": 0.05}], lr=args.lr, betas=(0.9, 0.95))
+  optimizer = torch.optim.AdamW(
+    [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": 0.05}],
+    lr=args.lr,
+    betas=(0.9, 0.95),
+  )
   views = torch.from_numpy(images).permute(1, 0, 4, 2, 3).contiguous()  # [2, B, 3, S, S]
   view1, view2 = views[0], views[1]
 
@@ -272,6 +333,7 @@ def build_official(models_vicmae, args: argparse.Namespace, images, *, threads: 
 # Timing
 # ----------------------------------------------------------------------------------------------
 
+
 def time_steps(step, count: int) -> tuple[list[float], list[float], float]:
   """Runs `step` `count` times; returns the wall and the process CPU time of each (seconds), last loss."""
   times, cpu_times, loss = [], [], float("nan")
@@ -287,12 +349,16 @@ def summarize(per_repeat: list[list[float]], cpu_per_repeat: list[list[float]]) 
   """Median over every timed step plus per-repetition medians and their spread (milliseconds)."""
   every = [t for rep in per_repeat for t in rep]
   medians = [statistics.median(rep) for rep in per_repeat]
-  return {"median_ms": 1e3 * statistics.median(every), "min_ms": 1e3 * min(every), "max_ms": 1e3 * max(every),
-          "repeat_medians_ms": [1e3 * m for m in medians],
-          "repeat_median_spread_ms": [1e3 * min(medians), 1e3 * max(medians)],
-          "cpu_median_ms": 1e3 * statistics.median([t for rep in cpu_per_repeat for t in rep]),
-          "steps_ms": [[1e3 * t for t in rep] for rep in per_repeat],
-          "cpu_steps_ms": [[1e3 * t for t in rep] for rep in cpu_per_repeat]}
+  return {
+    "median_ms": 1e3 * statistics.median(every),
+    "min_ms": 1e3 * min(every),
+    "max_ms": 1e3 * max(every),
+    "repeat_medians_ms": [1e3 * m for m in medians],
+    "repeat_median_spread_ms": [1e3 * min(medians), 1e3 * max(medians)],
+    "cpu_median_ms": 1e3 * statistics.median([t for rep in cpu_per_repeat for t in rep]),
+    "steps_ms": [[1e3 * t for t in rep] for rep in per_repeat],
+    "cpu_steps_ms": [[1e3 * t for t in rep] for rep in cpu_per_repeat],
+  }
 
 
 def _finite(x: float) -> bool:
@@ -308,21 +374,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   images = make_batch(args)
   cfg = model_config(args)
   result: dict[str, Any] = {
-      "config": dict(cfg, image_size=args.image_size, batch_pairs=args.batch, lr=args.lr),
-      "threads": args.threads, "cpus": cpus,
-      "thread_setup": {"torch": f"torch.set_num_threads({args.threads}), set_num_interop_threads(1), "
-                                f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
-                       "xla": f"os.sched_setaffinity to CPUs {cpus} (XLA:CPU intra-op pool = schedulable "
-                              f"CPUs); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"},
-      "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats,
-      "jax_version": jax.__version__, "python": platform.python_version(), "notes": []}
+    "config": dict(cfg, image_size=args.image_size, batch_pairs=args.batch, lr=args.lr),
+    "threads": args.threads,
+    "cpus": cpus,
+    "thread_setup": {
+      "torch": f"torch.set_num_threads({args.threads}), set_num_interop_threads(1), "
+      f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
+      "xla": f"os.sched_setaffinity to CPUs {cpus} (XLA:CPU intra-op pool = schedulable "
+      f"CPUs); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
+    },
+    "warmup": args.warmup,
+    "steps": args.steps,
+    "repeats": args.repeats,
+    "jax_version": jax.__version__,
+    "python": platform.python_version(),
+    "notes": [],
+  }
 
   sides: dict[str, Any] = {}
   official_step = None
   if not args.skip_official:  # first, so that a missing torch fails before our compilation
     models_vicmae, notes = import_official(args.official_repo)
     result["notes"].extend(notes)
-    official_step, result["torch_version"] = build_official(models_vicmae, args, images, threads=args.threads)
+    official_step, result["torch_version"] = build_official(
+      models_vicmae, args, images, threads=args.threads
+    )
   ours_step, compile_s = build_ours(cfg, images, lr=args.lr, seed=args.seed)
   sides["ours"] = ours_step
   result["ours_compile_s"] = compile_s
@@ -351,25 +427,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   for name in sides:
     if not (_finite(first_loss[name]) and _finite(last_loss[name])):
       raise FloatingPointError(f"{name}: non-finite loss {first_loss[name]} / {last_loss[name]}")
-    result[name] = dict(summarize(times[name], cpu_times[name]), loss_after_warmup=first_loss[name],
-                        loss_last=last_loss[name])
+    result[name] = dict(
+      summarize(times[name], cpu_times[name]),
+      loss_after_warmup=first_loss[name],
+      loss_last=last_loss[name],
+    )
 
   print(f"config: {json.dumps(result['config'])}")
-  print(f"{args.repeats} interleaved repetitions x {args.steps} steps per side after {args.warmup} warm-up steps")
+  print(
+    f"{args.repeats} interleaved repetitions x {args.steps} steps per side after {args.warmup} warm-up steps"
+  )
   for name in sides:
     r = result[name]
     low, high = r["repeat_median_spread_ms"]
-    print(f"{name:>8}: median {r['median_ms']:8.1f} ms/step (repetition medians {low:.1f} .. {high:.1f}), "
-          f"CPU {r['cpu_median_ms']:.1f} ms/step; loss {r['loss_after_warmup']:.4f} -> {r['loss_last']:.4f}")
+    print(
+      f"{name:>8}: median {r['median_ms']:8.1f} ms/step (repetition medians {low:.1f} .. {high:.1f}), "
+      f"CPU {r['cpu_median_ms']:.1f} ms/step; loss {r['loss_after_warmup']:.4f} -> {r['loss_last']:.4f}"
+    )
   if "official" in sides:
-    paired = [statistics.median(o) / statistics.median(f) for o, f in zip(times["ours"], times["official"])]
+    paired = [
+      statistics.median(o) / statistics.median(f) for o, f in zip(times["ours"], times["official"])
+    ]
     result["ratio"] = result["ours"]["median_ms"] / result["official"]["median_ms"]
     result["ratio_per_repeat"] = paired
     result["ratio_per_repeat_median"] = statistics.median(paired)
     result["cpu_ratio"] = result["ours"]["cpu_median_ms"] / result["official"]["cpu_median_ms"]
-    print(f"ratio ours / official: {result['ratio']:.3f} (per repetition: median "
-          f"{result['ratio_per_repeat_median']:.3f}, range {min(paired):.3f} .. {max(paired):.3f}); "
-          f"CPU-time ratio {result['cpu_ratio']:.3f}")
+    print(
+      f"ratio ours / official: {result['ratio']:.3f} (per repetition: median "
+      f"{result['ratio_per_repeat_median']:.3f}, range {min(paired):.3f} .. {max(paired):.3f}); "
+      f"CPU-time ratio {result['cpu_ratio']:.3f}"
+    )
   if args.json_out:
     with open(args.json_out, "w") as f:
       json.dump(result, f, indent=2)

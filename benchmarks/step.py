@@ -30,6 +30,7 @@ Examples:
   python benchmarks/step.py --variant=B/16 --batch=128,256 --dtype=bfloat16 --remat=none,dots \\
       --json_out=/tmp/step_b16.json                                                     # one GPU / TPU chip
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,15 @@ from vicmae_jax.models import vicmae  # noqa: E402
 from vicmae_jax.models import vit  # noqa: E402
 
 
-def build_step(model_cfg: dict[str, Any], *, image_size: int, batch: int, learning_rate: float = 1.5e-4,
-               weight_decay: float = 0.05, seed: int = 0):
+def build_step(
+  model_cfg: dict[str, Any],
+  *,
+  image_size: int,
+  batch: int,
+  learning_rate: float = 1.5e-4,
+  weight_decay: float = 0.05,
+  seed: int = 0,
+):
   """Returns (jitted step, initial state, views, key, resolved dims) for one benchmark configuration.
 
   step(state, views uint8 [B, 2, S, S, 3], key) -> (state, metrics); the state argument is donated.
@@ -71,8 +79,12 @@ def build_step(model_cfg: dict[str, Any], *, image_size: int, batch: int, learni
   # Decay matrices only (no biases, norm scales, tokens' leading singleton axes aside), as in pretraining.
   decay_mask = jax.tree.map(lambda x: x.ndim >= 2 and x.shape[0] > 1, params)
   tx = optax.adamw(learning_rate, b1=0.9, b2=0.95, weight_decay=weight_decay, mask=decay_mask)
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": batch_stats,
-           "opt_state": tx.init(params)}
+  state = {
+    "step": jnp.zeros((), jnp.int32),
+    "params": params,
+    "batch_stats": batch_stats,
+    "opt_state": tx.init(params),
+  }
   mask_ratio = float(dims["mask_ratio"])
 
   def step_fn(state, views, key):
@@ -82,20 +94,33 @@ def build_step(model_cfg: dict[str, Any], *, image_size: int, batch: int, learni
 
     def loss_fn(model):
       out = model(images, mask_ratio=mask_ratio, key=key, train=True)
-      return losses.pretrain_loss(images, out, patch_size=int(dims["patch_size"]),
-                                  temperature=float(dims["temperature"]), weight_recon=float(dims["weight_recon"]),
-                                  weight_contrast=float(dims["weight_contrast"]),
-                                  norm_pix=bool(dims["norm_pix_loss"]))
+      return losses.pretrain_loss(
+        images,
+        out,
+        patch_size=int(dims["patch_size"]),
+        temperature=float(dims["temperature"]),
+        weight_recon=float(dims["weight_recon"]),
+        weight_contrast=float(dims["weight_contrast"]),
+        norm_pix=bool(dims["norm_pix_loss"]),
+      )
 
-    (_, parts), grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)(model)
+    (_, parts), grads = nnx.value_and_grad(
+      loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True
+    )(model)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                 "batch_stats": nnx.state(model, nnx.BatchStat), "opt_state": opt_state}
+    new_state = {
+      "step": state["step"] + 1,
+      "params": optax.apply_updates(state["params"], updates),
+      "batch_stats": nnx.state(model, nnx.BatchStat),
+      "opt_state": opt_state,
+    }
     return new_state, parts
 
   step = jax.jit(step_fn, donate_argnums=(0,))
   rng = np.random.default_rng(seed)
-  views = jax.device_put(rng.integers(0, 256, (batch, 2, image_size, image_size, 3), dtype=np.uint8), device)
+  views = jax.device_put(
+    rng.integers(0, 256, (batch, 2, image_size, image_size, 3), dtype=np.uint8), device
+  )
   state = jax.device_put(state, device)
   return step, state, views, jax.random.key(seed), dims
 
@@ -112,10 +137,20 @@ def _peak_memory(device) -> tuple[float | None, str]:
   return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024.0, "rss"
 
 
-def run_one(model_cfg: dict[str, Any], *, image_size: int, batch: int, steps: int, warmup: int,
-            peak_dtype: str | None = None, seed: int = 0) -> dict[str, Any]:
+def run_one(
+  model_cfg: dict[str, Any],
+  *,
+  image_size: int,
+  batch: int,
+  steps: int,
+  warmup: int,
+  peak_dtype: str | None = None,
+  seed: int = 0,
+) -> dict[str, Any]:
   """Compiles and times one configuration; returns one result row (see the module docstring)."""
-  step, state, views, key, dims = build_step(model_cfg, image_size=image_size, batch=batch, seed=seed)
+  step, state, views, key, dims = build_step(
+    model_cfg, image_size=image_size, batch=batch, seed=seed
+  )
   device = jax.devices()[0]
 
   start = time.perf_counter()
@@ -146,24 +181,53 @@ def run_one(model_cfg: dict[str, Any], *, image_size: int, batch: int, steps: in
   memory, memory_source = _peak_memory(device)
   achieved = train_flops / step_s
   return {
-      "variant": dims.get("variant"), "image_size": image_size, "mask_ratio": float(dims["mask_ratio"]),
-      "batch": batch, "dtype": dims["dtype"], "remat": dims["remat"], "scan_layers": dims["scan_layers"],
-      "attention_impl": dims.get("attention_impl") or "xla", "compile_s": compile_s, "step_ms": 1e3 * step_s, "step_ms_min": 1e3 * min(times),
-      "step_ms_mean": 1e3 * statistics.fmean(times), "steps": steps, "warmup": warmup,
-      "pairs_per_s": batch / step_s, "peak_mem_gib": memory / 2**30, "memory_source": memory_source,
-      "flops_per_step": train_flops, "xla_flops_per_step": xla_flops, "achieved_flops": achieved,
-      "peak_flops": peak, "peak_dtype": peak_dtype, "mfu": achieved / peak if peak else None,
-      "final_loss": loss, "device": device.device_kind, "platform": device.platform,
-      "jax_version": jax.__version__,
+    "variant": dims.get("variant"),
+    "image_size": image_size,
+    "mask_ratio": float(dims["mask_ratio"]),
+    "batch": batch,
+    "dtype": dims["dtype"],
+    "remat": dims["remat"],
+    "scan_layers": dims["scan_layers"],
+    "attention_impl": dims.get("attention_impl") or "xla",
+    "compile_s": compile_s,
+    "step_ms": 1e3 * step_s,
+    "step_ms_min": 1e3 * min(times),
+    "step_ms_mean": 1e3 * statistics.fmean(times),
+    "steps": steps,
+    "warmup": warmup,
+    "pairs_per_s": batch / step_s,
+    "peak_mem_gib": memory / 2**30,
+    "memory_source": memory_source,
+    "flops_per_step": train_flops,
+    "xla_flops_per_step": xla_flops,
+    "achieved_flops": achieved,
+    "peak_flops": peak,
+    "peak_dtype": peak_dtype,
+    "mfu": achieved / peak if peak else None,
+    "final_loss": loss,
+    "device": device.device_kind,
+    "platform": device.platform,
+    "jax_version": jax.__version__,
   }
 
 
-_COLUMNS = (("variant", "variant", "{}"), ("image_size", "img", "{}"), ("mask_ratio", "mask", "{:.2f}"),
-            ("batch", "batch", "{}"), ("dtype", "dtype", "{}"), ("remat", "remat", "{}"),
-            ("scan_layers", "scan", "{}"), ("attention_impl", "attn", "{}"), ("compile_s", "compile_s", "{:.1f}"), ("step_ms", "step_ms", "{:.1f}"),
-            ("pairs_per_s", "pairs/s", "{:.1f}"), ("peak_mem_gib", "mem_GiB", "{:.2f}"),
-            ("flops_per_step", "TFLOP/step", "{:.4g}"), ("achieved_flops", "TFLOP/s", "{:.4g}"),
-            ("mfu", "MFU", "{:.1%}"))
+_COLUMNS = (
+  ("variant", "variant", "{}"),
+  ("image_size", "img", "{}"),
+  ("mask_ratio", "mask", "{:.2f}"),
+  ("batch", "batch", "{}"),
+  ("dtype", "dtype", "{}"),
+  ("remat", "remat", "{}"),
+  ("scan_layers", "scan", "{}"),
+  ("attention_impl", "attn", "{}"),
+  ("compile_s", "compile_s", "{:.1f}"),
+  ("step_ms", "step_ms", "{:.1f}"),
+  ("pairs_per_s", "pairs/s", "{:.1f}"),
+  ("peak_mem_gib", "mem_GiB", "{:.2f}"),
+  ("flops_per_step", "TFLOP/step", "{:.4g}"),
+  ("achieved_flops", "TFLOP/s", "{:.4g}"),
+  ("mfu", "MFU", "{:.1%}"),
+)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -197,21 +261,35 @@ def _bool(text: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--variant", default="B/16", help="model variant (vicmae_jax.models.vicmae.VARIANTS)")
-  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                      help="model config override, repeatable (e.g. --set decoder_depth=4)")
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    "--variant", default="B/16", help="model variant (vicmae_jax.models.vicmae.VARIANTS)"
+  )
+  parser.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="FIELD=VALUE",
+    help="model config override, repeatable (e.g. --set decoder_depth=4)",
+  )
   parser.add_argument("--image_size", type=int, default=224)
   parser.add_argument("--mask_ratio", default="0.5", help="comma list")
   parser.add_argument("--batch", default="64", help="image pairs per step; comma list")
-  parser.add_argument("--dtype", default="bfloat16", help="compute dtype: float32 / bfloat16; comma list")
+  parser.add_argument(
+    "--dtype", default="bfloat16", help="compute dtype: float32 / bfloat16; comma list"
+  )
   parser.add_argument("--remat", default="none", help="none / full / dots; comma list")
   parser.add_argument("--scan_layers", default="false", help="true / false; comma list")
   parser.add_argument("--attention_impl", default="xla", help="xla / cudnn (GPU only); comma list")
   parser.add_argument("--steps", type=int, default=20, help="timed steps (the median is reported)")
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
-  parser.add_argument("--peak_dtype", default=None,
-                      help="dtype whose peak the MFU divides by (default: the compute dtype; e.g. tfloat32)")
+  parser.add_argument(
+    "--peak_dtype",
+    default=None,
+    help="dtype whose peak the MFU divides by (default: the compute dtype; e.g. tfloat32)",
+  )
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--json_out", default=None, help="also write the rows as JSON here")
   args = parser.parse_args(argv)
@@ -225,21 +303,46 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
       base[field.strip()] = json.loads(value)
     except ValueError:
       base[field.strip()] = value
-  grid = itertools.product(_split(args.batch, int), _split(args.dtype), _split(args.remat),
-                           _split(args.scan_layers, _bool), _split(args.mask_ratio, float), _split(args.attention_impl))
+  grid = itertools.product(
+    _split(args.batch, int),
+    _split(args.dtype),
+    _split(args.remat),
+    _split(args.scan_layers, _bool),
+    _split(args.mask_ratio, float),
+    _split(args.attention_impl),
+  )
   rows = []
-  print(f"device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform}), jax {jax.__version__}")
+  print(
+    f"device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform}), jax {jax.__version__}"
+  )
   for batch, dtype, remat, scan_layers, mask_ratio, attention_impl in grid:
-    cfg = dict(base, dtype=dtype, remat=remat, scan_layers=scan_layers, mask_ratio=mask_ratio,
-               attention_impl=attention_impl)
+    cfg = dict(
+      base,
+      dtype=dtype,
+      remat=remat,
+      scan_layers=scan_layers,
+      mask_ratio=mask_ratio,
+      attention_impl=attention_impl,
+    )
     try:
       vicmae.resolve_model_config(cfg)
     except ValueError as e:
       parser.error(str(e))
     try:
-      rows.append(run_one(cfg, image_size=args.image_size, batch=batch, steps=args.steps, warmup=args.warmup,
-                          peak_dtype=args.peak_dtype, seed=args.seed))
-    except Exception as e:  # e.g. out of memory at a large batch: report it and go on with the sweep
+      rows.append(
+        run_one(
+          cfg,
+          image_size=args.image_size,
+          batch=batch,
+          steps=args.steps,
+          warmup=args.warmup,
+          peak_dtype=args.peak_dtype,
+          seed=args.seed,
+        )
+      )
+    except (
+      Exception
+    ) as e:  # e.g. out of memory at a large batch: report it and go on with the sweep
       if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
         raise
       rows.append(dict(cfg, image_size=args.image_size, batch=batch, error=str(e).splitlines()[0]))

@@ -30,19 +30,32 @@ def get_config(arg=None):
   c = config_lib.pretrain_config()
   c.seed = 0
 
-  c.demo_data = ml_collections.ConfigDict(dict(
+  c.demo_data = ml_collections.ConfigDict(
+    dict(
       root=os.path.join(os.path.expanduser("~"), ".cache", "vicmae_jax", "demo_digits"),
-      num_train_clips=400, num_val_clips=150, frame_size=64))
+      num_train_clips=400,
+      num_val_clips=150,
+      frame_size=64,
+    )
+  )
   root = c.demo_data.get_ref("root")
 
   c.image_size = 48
   c.model = config_lib.model_config(
-      variant="mu/8", embed_dim=128, depth=4, num_heads=4, decoder_embed_dim=64,
-      decoder_depth=2, decoder_num_heads=4, projector_hidden_dim=256, projector_out_dim=64,
-      mask_ratio=0.5,
-      # The paper weighs the contrastive term 0.03 over hundreds of epochs; on 1,500 small steps
-      # a larger weight lets it shape the features within the demo's budget.
-      weight_contrast=0.3)
+    variant="mu/8",
+    embed_dim=128,
+    depth=4,
+    num_heads=4,
+    decoder_embed_dim=64,
+    decoder_depth=2,
+    decoder_num_heads=4,
+    projector_hidden_dim=256,
+    projector_out_dim=64,
+    mask_ratio=0.5,
+    # The paper weighs the contrastive term 0.03 over hundreds of epochs; on 1,500 small steps
+    # a larger weight lets it shape the features within the demo's budget.
+    weight_contrast=0.3,
+  )
 
   c.data = pipeline.default_data_config()
   c.data.sources.digits = pipeline.default_source_config(kind="prepared", split="train")
@@ -51,8 +64,9 @@ def get_config(arg=None):
   # The official recipe without flips (digits are not mirror-symmetric: a flipped 2 is no 2) and
   # with a lighter blur (a sigma of 2 px erases 3 px strokes at 48 px).
   c.data.view_augmentations = (
-      "decode|random_resized_crop|color_jitter|grayscale|blur(p=0.5, sigma=(0.1, 1.0))",
-      "decode|random_resized_crop|color_jitter|grayscale|solarize")
+    "decode|random_resized_crop|color_jitter|grayscale|blur(p=0.5, sigma=(0.1, 1.0))",
+    "decode|random_resized_crop|color_jitter|grayscale|solarize",
+  )
   c.data.num_threads = 2
 
   c.batch_size = 64
@@ -72,12 +86,27 @@ def get_config(arg=None):
     src.path = root + f"/{split}_images.npz"
     return src
 
-  c.evals.knn = ml_collections.ConfigDict(dict(
-      every_steps=500, train_data=heldout("train"), test_data=heldout("heldout"), k=20,
-      temperature=0.07, batch_size=256))
-  c.evals.linear_probe = ml_collections.ConfigDict(dict(
-      every_steps=500, train_data=heldout("train"), test_data=heldout("heldout"), steps=500,
-      learning_rate=0.01, weight_decay=1e-4, batch_size=256))
+  c.evals.knn = ml_collections.ConfigDict(
+    dict(
+      every_steps=500,
+      train_data=heldout("train"),
+      test_data=heldout("heldout"),
+      k=20,
+      temperature=0.07,
+      batch_size=256,
+    )
+  )
+  c.evals.linear_probe = ml_collections.ConfigDict(
+    dict(
+      every_steps=500,
+      train_data=heldout("train"),
+      test_data=heldout("heldout"),
+      steps=500,
+      learning_rate=0.01,
+      weight_decay=1e-4,
+      batch_size=256,
+    )
+  )
 
   if opts.tiny:
     c.demo_data.num_train_clips = 24

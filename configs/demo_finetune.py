@@ -29,17 +29,31 @@ def get_config(arg=None):
   opts = config_lib.parse_arg(arg, tiny=False)
   c = classification.classification_config("finetune")
   c.seed = 0
-  c.demo_data = ml_collections.ConfigDict(dict(
+  c.demo_data = ml_collections.ConfigDict(
+    dict(
       root=os.path.join(os.path.expanduser("~"), ".cache", "vicmae_jax", "demo_digits"),
-      num_train_clips=400, num_val_clips=150, frame_size=64, enabled=True))
+      num_train_clips=400,
+      num_val_clips=150,
+      frame_size=64,
+      enabled=True,
+    )
+  )
   root = c.demo_data.get_ref("root")
 
   # The encoder of configs/demo.py (tests keep the two in step), with stochastic depth.
   c.image_size = 48
   c.model = config_lib.model_config(
-      variant="mu/8", embed_dim=128, depth=4, num_heads=4, decoder_embed_dim=64,
-      decoder_depth=2, decoder_num_heads=4, projector_hidden_dim=256, projector_out_dim=64,
-      drop_path_rate=0.1)
+    variant="mu/8",
+    embed_dim=128,
+    depth=4,
+    num_heads=4,
+    decoder_embed_dim=64,
+    decoder_depth=2,
+    decoder_num_heads=4,
+    projector_hidden_dim=256,
+    projector_out_dim=64,
+    drop_path_rate=0.1,
+  )
   c.classifier = finetune.classifier_config(pool="cls", head_init_std=2e-5)
   c.video = finetune.video_config()
 
@@ -54,12 +68,25 @@ def get_config(arg=None):
 
   # Flips would turn some digits into others' mirror images; the rest is the paper's recipe.
   c.augment = data_lib.augment_config(
-      train_augmentation="decode|random_resized_crop(interpolation='pil_bicubic')",
-      rand_augment_ops=2, magnitude=9.0, magnitude_std=0.5, erase_prob=0.25)
-  c.mixup = data_lib.mixup_config(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5,
-                                  label_smoothing=0.1)
-  c.optim = config_lib.optim_config(name="adamw", base_lr=5e-4, lr_batch_base=256, b1=0.9, b2=0.999,
-                                    weight_decay=0.05, layer_decay=0.65, min_lr=1e-6)
+    train_augmentation="decode|random_resized_crop(interpolation='pil_bicubic')",
+    rand_augment_ops=2,
+    magnitude=9.0,
+    magnitude_std=0.5,
+    erase_prob=0.25,
+  )
+  c.mixup = data_lib.mixup_config(
+    mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, label_smoothing=0.1
+  )
+  c.optim = config_lib.optim_config(
+    name="adamw",
+    base_lr=5e-4,
+    lr_batch_base=256,
+    b1=0.9,
+    b2=0.999,
+    weight_decay=0.05,
+    layer_decay=0.65,
+    min_lr=1e-6,
+  )
   # The paper's base lr is per 256 examples; at batch 64 that is 1.25e-4, too slow for 60 epochs of
   # 400 clips, so the demo raises it (the recipe is otherwise unchanged).
   c.optim.base_lr = 4e-3

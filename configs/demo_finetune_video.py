@@ -30,17 +30,31 @@ def get_config(arg=None):
   opts = config_lib.parse_arg(arg, frames=8, tiny=False)
   c = classification.classification_config("finetune")
   c.seed = 0
-  c.demo_data = ml_collections.ConfigDict(dict(
+  c.demo_data = ml_collections.ConfigDict(
+    dict(
       root=os.path.join(os.path.expanduser("~"), ".cache", "vicmae_jax", "demo_digits"),
-      num_train_clips=400, num_val_clips=150, frame_size=64, enabled=True))
+      num_train_clips=400,
+      num_val_clips=150,
+      frame_size=64,
+      enabled=True,
+    )
+  )
   root = c.demo_data.get_ref("root")
 
   # The encoder of configs/demo.py (tests keep the two in step), with stochastic depth.
   c.image_size = 48
   c.model = config_lib.model_config(
-      variant="mu/8", embed_dim=128, depth=4, num_heads=4, decoder_embed_dim=64,
-      decoder_depth=2, decoder_num_heads=4, projector_hidden_dim=256, projector_out_dim=64,
-      drop_path_rate=0.1)
+    variant="mu/8",
+    embed_dim=128,
+    depth=4,
+    num_heads=4,
+    decoder_embed_dim=64,
+    decoder_depth=2,
+    decoder_num_heads=4,
+    projector_hidden_dim=256,
+    projector_out_dim=64,
+    drop_path_rate=0.1,
+  )
   c.classifier = finetune.classifier_config()
   c.video = finetune.video_config(tubelet_size=2, use_cls=True)
 
@@ -58,10 +72,19 @@ def get_config(arg=None):
   c.eval_data.num_spatial_views = 1
   c.eval_data.num_threads = 2
 
-  c.mixup = data_lib.mixup_config(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5,
-                                  label_smoothing=0.1)
-  c.optim = config_lib.optim_config(name="adamw", base_lr=4e-3, lr_batch_base=256, b1=0.9, b2=0.999,
-                                    weight_decay=0.05, layer_decay=0.75, min_lr=1e-6)
+  c.mixup = data_lib.mixup_config(
+    mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, label_smoothing=0.1
+  )
+  c.optim = config_lib.optim_config(
+    name="adamw",
+    base_lr=4e-3,
+    lr_batch_base=256,
+    b1=0.9,
+    b2=0.999,
+    weight_decay=0.05,
+    layer_decay=0.75,
+    min_lr=1e-6,
+  )
   c.batch_size = 32
   c.num_epochs = 30.0
   c.warmup_epochs = 3.0

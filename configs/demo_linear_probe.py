@@ -31,16 +31,30 @@ def get_config(arg=None):
   opts = config_lib.parse_arg(arg, video=False, nocache=False, tiny=False)
   c = classification.classification_config("linear_probe")
   c.seed = 0
-  c.demo_data = ml_collections.ConfigDict(dict(
+  c.demo_data = ml_collections.ConfigDict(
+    dict(
       root=os.path.join(os.path.expanduser("~"), ".cache", "vicmae_jax", "demo_digits"),
-      num_train_clips=400, num_val_clips=150, frame_size=64, enabled=True))
+      num_train_clips=400,
+      num_val_clips=150,
+      frame_size=64,
+      enabled=True,
+    )
+  )
   root = c.demo_data.get_ref("root")
 
   # The encoder of configs/demo.py (tests keep the two in step).
   c.image_size = 48
   c.model = config_lib.model_config(
-      variant="mu/8", embed_dim=128, depth=4, num_heads=4, decoder_embed_dim=64,
-      decoder_depth=2, decoder_num_heads=4, projector_hidden_dim=256, projector_out_dim=64)
+    variant="mu/8",
+    embed_dim=128,
+    depth=4,
+    num_heads=4,
+    decoder_embed_dim=64,
+    decoder_depth=2,
+    decoder_num_heads=4,
+    projector_hidden_dim=256,
+    projector_out_dim=64,
+  )
 
   c.input_kind = "clip" if opts.video else "image"
   c.data.sources.digits = pipeline.default_source_config(kind="prepared", split="train")
@@ -56,7 +70,9 @@ def get_config(arg=None):
   c.probe = linear_probe.probe_config(pool="mean", cache_features=not opts.nocache)
   # LARS as in the MAE probe; the paper's lr (0.1 x 16384 / 256 = 6.4) is kept absolute here, since a
   # batch of 64 would scale it down 256 times.
-  c.optim = config_lib.optim_config(name="lars", lr=6.4, weight_decay=0.0, momentum=0.9, schedule="cosine")
+  c.optim = config_lib.optim_config(
+    name="lars", lr=6.4, weight_decay=0.0, momentum=0.9, schedule="cosine"
+  )
   c.batch_size = 64
   c.num_epochs = 90.0
   c.warmup_epochs = 10.0

@@ -35,16 +35,30 @@ def get_config(arg=None):
   c.input_kind = "image"
 
   c.data.sources.imagenet = pipeline.default_source_config(
-      kind="tfds", dataset="imagenet2012", split="train", path=opts.data_dir)
+    kind="tfds", dataset="imagenet2012", split="train", path=opts.data_dir
+  )
   c.data.crop_scale = (0.08, 1.0)
   c.eval_data.sources.imagenet = pipeline.default_source_config(
-      kind="tfds", dataset="imagenet2012", split="validation", path=opts.data_dir)
+    kind="tfds", dataset="imagenet2012", split="validation", path=opts.data_dir
+  )
 
-  c.augment = data_lib.augment_config(rand_augment_ops=2, magnitude=9.0, magnitude_std=0.5, erase_prob=0.25)
-  c.mixup = data_lib.mixup_config(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5,
-                                  label_smoothing=0.1)
-  c.optim = config_lib.optim_config(name="adamw", base_lr=5e-4, lr_batch_base=256, b1=0.9, b2=0.999,
-                                    weight_decay=0.05, layer_decay=0.65, min_lr=1e-6, schedule="cosine")
+  c.augment = data_lib.augment_config(
+    rand_augment_ops=2, magnitude=9.0, magnitude_std=0.5, erase_prob=0.25
+  )
+  c.mixup = data_lib.mixup_config(
+    mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, label_smoothing=0.1
+  )
+  c.optim = config_lib.optim_config(
+    name="adamw",
+    base_lr=5e-4,
+    lr_batch_base=256,
+    b1=0.9,
+    b2=0.999,
+    weight_decay=0.05,
+    layer_decay=0.65,
+    min_lr=1e-6,
+    schedule="cosine",
+  )
   c.batch_size = 1024
   c.num_epochs = 100.0
   c.warmup_epochs = 5.0

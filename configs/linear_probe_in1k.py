@@ -34,14 +34,24 @@ def get_config(arg=None):
   c.input_kind = "image"
 
   c.data.sources.imagenet = pipeline.default_source_config(
-      kind="tfds", dataset="imagenet2012", split="train", path=opts.data_dir)
+    kind="tfds", dataset="imagenet2012", split="train", path=opts.data_dir
+  )
   c.data.crop_scale = (0.08, 1.0)
   c.eval_data.sources.imagenet = pipeline.default_source_config(
-      kind="tfds", dataset="imagenet2012", split="validation", path=opts.data_dir)
+    kind="tfds", dataset="imagenet2012", split="validation", path=opts.data_dir
+  )
 
   c.probe = linear_probe.probe_config(pool=opts.pool, cache_features=opts.cache, head_init_std=0.01)
-  c.optim = config_lib.optim_config(name="lars", base_lr=0.1, lr_batch_base=256, weight_decay=0.0,
-                                    momentum=0.9, trust_coefficient=0.001, min_lr=0.0, schedule="cosine")
+  c.optim = config_lib.optim_config(
+    name="lars",
+    base_lr=0.1,
+    lr_batch_base=256,
+    weight_decay=0.0,
+    momentum=0.9,
+    trust_coefficient=0.001,
+    min_lr=0.0,
+    schedule="cosine",
+  )
   c.batch_size = 16384
   c.num_epochs = 90.0
   c.warmup_epochs = 10.0

@@ -18,9 +18,11 @@ def get_config(arg=None):
   c = config_lib.paper_pretrain_config(opts.variant)
   c.data = pipeline.default_data_config()
   c.data.sources.in1k = pipeline.default_source_config(
-      kind="tfds", dataset="imagenet2012", path="", split="train", weight=1.28)
+    kind="tfds", dataset="imagenet2012", path="", split="train", weight=1.28
+  )
   c.data.sources.k400 = pipeline.default_source_config(
-      kind="prepared", path="/data/kinetics400/prepared", split="train", weight=0.24)
+    kind="prepared", path="/data/kinetics400/prepared", split="train", weight=0.24
+  )
   if opts.runlocal:
     config_lib.shrink_for_local_run(c)
   return c

@@ -19,7 +19,8 @@ def get_config(arg=None):
   c = config_lib.paper_pretrain_config(opts.variant)
   c.data = pipeline.default_data_config()
   c.data.sources.k400 = pipeline.default_source_config(
-      kind="prepared", path="/data/kinetics400/prepared", split="train")
+    kind="prepared", path="/data/kinetics400/prepared", split="train"
+  )
   c.data.frame_gap_seconds = 1.06
   if opts.runlocal:
     config_lib.shrink_for_local_run(c)

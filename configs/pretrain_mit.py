@@ -15,7 +15,8 @@ def get_config(arg=None):
   c = config_lib.paper_pretrain_config(opts.variant)
   c.data = pipeline.default_data_config()
   c.data.sources.mit = pipeline.default_source_config(
-      kind="prepared", path="/data/moments_in_time/prepared", split="train")
+    kind="prepared", path="/data/moments_in_time/prepared", split="train"
+  )
   if opts.runlocal:
     config_lib.shrink_for_local_run(c)
   return c

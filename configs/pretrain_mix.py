@@ -19,13 +19,15 @@ def get_config(arg=None):
   c = config_lib.paper_pretrain_config(opts.variant)
   c.data = pipeline.default_data_config()
   video = lambda path, weight: pipeline.default_source_config(
-      kind="prepared", path=path, split="train", weight=weight)
+    kind="prepared", path=path, split="train", weight=weight
+  )
   c.data.sources.k400 = video("/data/kinetics400/prepared", 0.24)
   c.data.sources.k600 = video("/data/kinetics600/prepared", 0.39)
   c.data.sources.k700 = video("/data/kinetics700/prepared", 0.55)
   c.data.sources.mit = video("/data/moments_in_time/prepared", 0.80)
   c.data.sources.in1k = pipeline.default_source_config(
-      kind="tfds", dataset="imagenet2012", path="", split="train", weight=1.28)
+    kind="tfds", dataset="imagenet2012", path="", split="train", weight=1.28
+  )
   if opts.runlocal:
     config_lib.shrink_for_local_run(c)
   return c

@@ -2,6 +2,7 @@
 
 XLA_FLAGS must be set before jax is imported anywhere, so it is done here at import time.
 """
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -10,8 +11,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 _CACHE_DIR = os.environ.setdefault(
-    "VICMAE_TEST_COMPILE_CACHE",
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "jax"),
+  "VICMAE_TEST_COMPILE_CACHE",
+  os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "jax"),
 )
 
 import jax  # noqa: E402

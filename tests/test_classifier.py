@@ -1,4 +1,5 @@
 """Classifier models: learned position embeddings, bicubic resizing, probe head, frame averaging, loading forms."""
+
 import numpy as np
 import pytest
 
@@ -13,7 +14,9 @@ from vicmae_jax.models import vit
 
 def _classifier(image_size=16, pool="cls", **model):
   cfg = {"variant": "mu/8", **model}
-  return classifier.build_image_classifier(cfg, num_classes=5, image_size=image_size, pool=pool, rngs=nnx.Rngs(0))
+  return classifier.build_image_classifier(
+    cfg, num_classes=5, image_size=image_size, pool=pool, rngs=nnx.Rngs(0)
+  )
 
 
 def test_bicubic_matrix_uses_pytorch_weights_and_border_clamping():
@@ -55,7 +58,11 @@ def test_interpolate_pos_embed_is_separable_bicubic_and_keeps_cls():
     value = np.zeros(dim)
     for r in range(int(np.floor(y)) - 1, int(np.floor(y)) + 3):
       for c in range(int(np.floor(x)) - 1, int(np.floor(x)) + 3):
-        value += _keys_cubic(y - r) * _keys_cubic(x - c) * grid[min(max(r, 0), size - 1), min(max(c, 0), size - 1)]
+        value += (
+          _keys_cubic(y - r)
+          * _keys_cubic(x - c)
+          * grid[min(max(r, 0), size - 1), min(max(c, 0), size - 1)]
+        )
     np.testing.assert_allclose(resized[i, j], value, rtol=1e-5, atol=1e-5)
   constant = np.ones_like(table)
   np.testing.assert_allclose(classifier.interpolate_pos_embed(constant, (5, 5)), 1.0, atol=1e-6)
@@ -72,7 +79,9 @@ def test_learned_pos_embed_starts_as_the_pretrained_sincos_encoder():
   ours = model.tokens(images)
   reference = model.encoder(images, mask_ratio=0.0)["tokens"]  # fixed sin-cos path
   np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), atol=1e-5)
-  np.testing.assert_allclose(np.asarray(model.features(images)), np.asarray(reference[:, 0]), atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(model.features(images)), np.asarray(reference[:, 0]), atol=1e-5
+  )
   logits = model(images)
   assert logits.shape == (2, 5) and logits.dtype == jnp.float32
 
@@ -82,12 +91,16 @@ def test_other_input_resolution_resizes_the_table_like_loading():
   model.pos_embed[...] = jax.random.normal(jax.random.key(2), model.pos_embed[...].shape)
   table = np.asarray(model.pos_embed[...])
   on_the_fly = np.asarray(model.position_table((4, 4)))
-  np.testing.assert_allclose(on_the_fly, classifier.interpolate_pos_embed(table, (4, 4))[0], atol=1e-5)
+  np.testing.assert_allclose(
+    on_the_fly, classifier.interpolate_pos_embed(table, (4, 4))[0], atol=1e-5
+  )
 
 
 def test_mean_pool_excludes_cls():
   tokens = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 3)), jnp.float32)
-  np.testing.assert_allclose(classifier.pool_tokens(tokens, "mean"), tokens[:, 1:].mean(1), atol=1e-6)
+  np.testing.assert_allclose(
+    classifier.pool_tokens(tokens, "mean"), tokens[:, 1:].mean(1), atol=1e-6
+  )
   np.testing.assert_array_equal(classifier.pool_tokens(tokens, "cls"), tokens[:, 0])
   with pytest.raises(ValueError, match="pool"):
     classifier.pool_tokens(tokens, "max")
@@ -95,16 +108,24 @@ def test_mean_pool_excludes_cls():
 
 def test_probe_batchnorm_has_pytorch_semantics_and_no_affine():
   head = classifier.LinearProbeHead(4, 3, rngs=nnx.Rngs(0))
-  assert set(nnx.to_pure_dict(nnx.state(head, nnx.Param))) == {"head"}  # BatchNorm has no scale/bias
+  assert set(nnx.to_pure_dict(nnx.state(head, nnx.Param))) == {
+    "head"
+  }  # BatchNorm has no scale/bias
   x = np.random.default_rng(1).normal(2.0, 3.0, size=(6, 4)).astype(np.float32)
   normalized = head.bn(jnp.asarray(x), train=True)
   mean, var = x.mean(0), x.var(0)
-  np.testing.assert_allclose(np.asarray(normalized), (x - mean) / np.sqrt(var + 1e-6), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(normalized), (x - mean) / np.sqrt(var + 1e-6), rtol=1e-5, atol=1e-5
+  )
   np.testing.assert_allclose(np.asarray(head.bn.mean[...]), 0.1 * mean, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(head.bn.var[...]), 0.9 + 0.1 * x.var(0, ddof=1), rtol=1e-5)
   evaluated = head.bn(jnp.asarray(x), train=False)  # running statistics
-  np.testing.assert_allclose(np.asarray(evaluated), (x - 0.1 * mean) / np.sqrt(0.9 + 0.1 * x.var(0, ddof=1) + 1e-6),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(evaluated),
+    (x - 0.1 * mean) / np.sqrt(0.9 + 0.1 * x.var(0, ddof=1) + 1e-6),
+    rtol=1e-5,
+    atol=1e-5,
+  )
 
 
 def test_head_initializations():
@@ -122,8 +143,11 @@ def test_clip_features_average_frame_features():
   clips = jax.random.normal(jax.random.key(3), (2, 3, 16, 16, 3))
   features = nnx.jit(classifier.encoder_features)
   per_frame = [features(encoder, clips[:, t]) for t in range(3)]
-  np.testing.assert_allclose(np.asarray(features(encoder, clips)),
-                             np.mean([np.asarray(f) for f in per_frame], axis=0), atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(features(encoder, clips)),
+    np.mean([np.asarray(f) for f in per_frame], axis=0),
+    atol=1e-5,
+  )
   # The mean-pooled feature is ViC-MAE's pooled feature of the same encoder.
   model = vicmae.build_model({"variant": "mu/8"}, rngs=nnx.Rngs(0))
   _, pooled = nnx.jit(lambda m, x: m.encode(x))(model, clips[:, 0])
@@ -143,10 +167,15 @@ def test_encoder_subtree_accepts_the_three_layouts():
 
 def test_block_layout_round_trip():
   rng = np.random.default_rng(0)
-  listed = {"blocks": {str(i): {"attn": {"w": rng.normal(size=(2, 3))}} for i in range(3)}, "norm": {"scale": 1.0}}
+  listed = {
+    "blocks": {str(i): {"attn": {"w": rng.normal(size=(2, 3))}} for i in range(3)},
+    "norm": {"scale": 1.0},
+  }
   stacked = classifier.match_block_layout(listed, scanned=True)
   assert stacked["blocks"]["attn"]["w"].shape == (3, 2, 3)
   back = classifier.match_block_layout(stacked, scanned=False)
   for i in range(3):
-    np.testing.assert_array_equal(back["blocks"][str(i)]["attn"]["w"], listed["blocks"][str(i)]["attn"]["w"])
+    np.testing.assert_array_equal(
+      back["blocks"][str(i)]["attn"]["w"], listed["blocks"][str(i)]["attn"]["w"]
+    )
   assert classifier.match_block_layout(listed, scanned=False) == listed

@@ -4,6 +4,7 @@ The official side needs torch and a clone of the official repository, neither of
 script's `--skip_official` mode builds, compiles and times our full train step alone. It runs in a subprocess
 because the script pins its process to `--threads` CPUs.
 """
+
 import importlib.util
 import json
 import os
@@ -17,9 +18,19 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "compare_official.py")
 
-TINY = ["--image_size=16", "--patch_size=8", "--embed_dim=16", "--depth=1", "--num_heads=2",
-        "--decoder_embed_dim=8", "--decoder_depth=1", "--decoder_num_heads=2", "--projector_hidden_dim=16",
-        "--projector_out_dim=8", "--batch=4"]
+TINY = [
+  "--image_size=16",
+  "--patch_size=8",
+  "--embed_dim=16",
+  "--depth=1",
+  "--num_heads=2",
+  "--decoder_embed_dim=8",
+  "--decoder_depth=1",
+  "--decoder_num_heads=2",
+  "--projector_hidden_dim=16",
+  "--projector_out_dim=8",
+  "--batch=4",
+]
 
 
 def _load_script():
@@ -33,12 +44,25 @@ def test_skip_official_times_our_step_and_reports_consistent_numbers(tmp_path):
   out = tmp_path / "result.json"
   # A `torch` that fails on import proves the JAX side does not need it.
   (tmp_path / "no_torch" / "torch").mkdir(parents=True)
-  (tmp_path / "no_torch" / "torch" / "__init__.py").write_text("raise ImportError('torch is not installed')\n")
+  (tmp_path / "no_torch" / "torch" / "__init__.py").write_text(
+    "raise ImportError('torch is not installed')\n"
+  )
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "no_torch"), env.get("PYTHONPATH", "")])
-  env.pop("XLA_FLAGS", None)  # the script sets its own; the test suite's 8 fake devices are not needed
-  cmd = [sys.executable, SCRIPT, "--skip_official", *TINY, "--threads=1", "--warmup=1", "--steps=2",
-         "--repeats=3", f"--json_out={out}"]
+  env.pop(
+    "XLA_FLAGS", None
+  )  # the script sets its own; the test suite's 8 fake devices are not needed
+  cmd = [
+    sys.executable,
+    SCRIPT,
+    "--skip_official",
+    *TINY,
+    "--threads=1",
+    "--warmup=1",
+    "--steps=2",
+    "--repeats=3",
+    f"--json_out={out}",
+  ]
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(out.read_text())
@@ -54,8 +78,9 @@ def test_skip_official_times_our_step_and_reports_consistent_numbers(tmp_path):
   assert all(t > 0 for t in flat)
   assert ours["median_ms"] == pytest.approx(statistics.median(flat))
   assert ours["repeat_medians_ms"] == pytest.approx([statistics.median(rep) for rep in steps])
-  assert ours["repeat_median_spread_ms"] == pytest.approx([min(ours["repeat_medians_ms"]),
-                                                           max(ours["repeat_medians_ms"])])
+  assert ours["repeat_median_spread_ms"] == pytest.approx(
+    [min(ours["repeat_medians_ms"]), max(ours["repeat_medians_ms"])]
+  )
   assert np.isfinite(ours["loss_after_warmup"]) and np.isfinite(ours["loss_last"])
   # AdamW steps with fresh masks change the loss; an update that never applied would leave the
   # first-step loss of the same state and noise only by chance equal.
@@ -65,8 +90,9 @@ def test_skip_official_times_our_step_and_reports_consistent_numbers(tmp_path):
 
 def test_summarize_by_hand():
   script = _load_script()
-  summary = script.summarize([[0.010, 0.030, 0.020], [0.050, 0.040, 0.060]],
-                             [[0.001, 0.002, 0.003], [0.004, 0.005, 0.006]])
+  summary = script.summarize(
+    [[0.010, 0.030, 0.020], [0.050, 0.040, 0.060]], [[0.001, 0.002, 0.003], [0.004, 0.005, 0.006]]
+  )
   assert summary["median_ms"] == pytest.approx(35.0)  # median of 10..60 ms
   assert summary["repeat_medians_ms"] == pytest.approx([20.0, 50.0])
   assert summary["repeat_median_spread_ms"] == pytest.approx([20.0, 50.0])
@@ -77,11 +103,19 @@ def test_summarize_by_hand():
 def test_defaults_and_argument_errors_name_the_flag(capsys):
   script = _load_script()
   args = script.parse_args(["--skip_official"])
-  assert (args.image_size, args.patch_size, args.embed_dim, args.depth, args.num_heads) == (64, 8, 192, 6, 3)
+  assert (args.image_size, args.patch_size, args.embed_dim, args.depth, args.num_heads) == (
+    64,
+    8,
+    192,
+    6,
+    3,
+  )
   assert (args.decoder_embed_dim, args.decoder_depth, args.batch, args.threads) == (128, 2, 32, 2)
-  for argv, message in (([], "--official_repo is required"),
-                        (["--official_repo=/nonexistent/ViC-MAE"], "--official_repo=/nonexistent/ViC-MAE"),
-                        (["--skip_official", "--steps=0"], "--steps must be >= 1")):
+  for argv, message in (
+    ([], "--official_repo is required"),
+    (["--official_repo=/nonexistent/ViC-MAE"], "--official_repo=/nonexistent/ViC-MAE"),
+    (["--skip_official", "--steps=0"], "--steps must be >= 1"),
+  ):
     with pytest.raises(SystemExit):
       script.parse_args(argv)
     assert message in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """Ahead-of-time compile report: memory per device before any data is read, FSDP shrinks it."""
+
 import importlib.util
 import os
 
@@ -28,5 +29,7 @@ def test_report_and_fsdp_shards_state():
   # With fsdp=8 the large parameters and their optimizer slots are split 8 ways.
   assert sharded["argument_bytes_per_device"] < 0.5 * replicated["argument_bytes_per_device"]
   for r in (replicated, sharded):
-    assert r["peak_bytes_per_device"] >= r["argument_bytes_per_device"] - r["alias_bytes_per_device"]
+    assert (
+      r["peak_bytes_per_device"] >= r["argument_bytes_per_device"] - r["alias_bytes_per_device"]
+    )
     assert r["analytic_flops_per_step"] > 0 and r["compile_s"] > 0

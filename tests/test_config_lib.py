@@ -1,4 +1,5 @@
 """Config helpers: mesh resolution, durations, option parsing and validation errors."""
+
 import ml_collections
 import pytest
 
@@ -14,16 +15,23 @@ def _cfg(**kw):
 
 
 def test_mesh_shape_fills_free_axis():
-  assert config_lib.mesh_shape({"data": -1, "fsdp": 2, "model": 1}, 8) == {"data": 4, "fsdp": 2, "model": 1}
+  assert config_lib.mesh_shape({"data": -1, "fsdp": 2, "model": 1}, 8) == {
+    "data": 4,
+    "fsdp": 2,
+    "model": 1,
+  }
   assert config_lib.mesh_shape({"data": 8}, 8) == {"data": 8, "fsdp": 1, "model": 1}
 
 
-@pytest.mark.parametrize("mesh,field", [
+@pytest.mark.parametrize(
+  "mesh,field",
+  [
     ({"data": 3, "fsdp": 1, "model": 1}, "mesh"),
     ({"data": -1, "fsdp": -1}, "mesh"),
     ({"dta": 8}, "mesh.dta"),
     ({"data": -1, "fsdp": 3}, "mesh"),
-])
+  ],
+)
 def test_mesh_shape_errors(mesh, field):
   with pytest.raises(ConfigError) as e:
     config_lib.mesh_shape(mesh, 8)
@@ -60,8 +68,9 @@ def test_resolve_durations_epochs_and_steps():
 
 
 def test_parse_arg_types_and_unknown():
-  out = config_lib.parse_arg("variant=L/16,runlocal,steps=5,lr=0.5",
-                             variant="B/16", runlocal=False, steps=1, lr=1.0)
+  out = config_lib.parse_arg(
+    "variant=L/16,runlocal,steps=5,lr=0.5", variant="B/16", runlocal=False, steps=1, lr=1.0
+  )
   assert out.variant == "L/16" and out.runlocal is True and out.steps == 5 and out.lr == 0.5
   with pytest.raises(ConfigError, match="did you mean 'variant'"):
     config_lib.parse_arg("varaint=L/16", variant="B/16")
@@ -79,17 +88,20 @@ def test_as_config_error_names_the_field_once():
   def fails(message):
     def fn():
       raise ValueError(message)
+
     return fn
 
   cases = {
-      "model.mask_ratio must be in [0, 1), got 1.0": "config.model.mask_ratio: must be in [0, 1), got 1.0",
-      "model.attention_impl='flash' is not one of [None]": "config.model.attention_impl: 'flash' is not one of [None]",
-      "data.sources.k400.path: not found": "config.data.sources.k400.path: not found",
-      "config.data.batch: too big": "config.data.batch: too big",
-      "something else went wrong": "config.data: something else went wrong",
+    "model.mask_ratio must be in [0, 1), got 1.0": "config.model.mask_ratio: must be in [0, 1), got 1.0",
+    "model.attention_impl='flash' is not one of [None]": "config.model.attention_impl: 'flash' is not one of [None]",
+    "data.sources.k400.path: not found": "config.data.sources.k400.path: not found",
+    "config.data.batch: too big": "config.data.batch: too big",
+    "something else went wrong": "config.data: something else went wrong",
   }
   for message, expected in cases.items():
     with pytest.raises(ConfigError) as error:
-      config_lib.as_config_error("data" if not message.startswith("model") else "model", fails(message))
+      config_lib.as_config_error(
+        "data" if not message.startswith("model") else "model", fails(message)
+      )
     assert str(error.value) == expected
   assert config_lib.as_config_error("model", lambda: 3) == 3

@@ -1,4 +1,5 @@
 """Every config file loads, with each of its options, and passes the checks made before a run."""
+
 import glob
 import importlib.util
 import os
@@ -37,15 +38,22 @@ CASES = [(p, a) for p in CONFIG_FILES for a in options(p)]
 
 def test_all_expected_configs_exist():
   names = {os.path.basename(p) for p in CONFIG_FILES}
-  for required in ("demo.py", "pretrain_k400.py", "pretrain_mit.py", "pretrain_in1k_k400.py",
-                   "pretrain_mix.py"):
+  for required in (
+    "demo.py",
+    "pretrain_k400.py",
+    "pretrain_mit.py",
+    "pretrain_in1k_k400.py",
+    "pretrain_mix.py",
+  ):
     assert required in names
 
 
 @pytest.mark.parametrize("path,arg", CASES, ids=[f"{os.path.basename(p)}:{a}" for p, a in CASES])
 def test_config_loads_and_validates(path, arg, tmp_path):
   module, c = load(path, arg)
-  assert module.__doc__ and "python3 -m vicmae_jax.main" in module.__doc__, "docstring lacks the launch command"
+  assert module.__doc__ and "python3 -m vicmae_jax.main" in module.__doc__, (
+    "docstring lacks the launch command"
+  )
   assert c.trainer in main_lib.TRAINERS
   config_lib.validate_common(c, 8)
   optim.resolve_optim_config(c.optim)
@@ -72,7 +80,9 @@ def test_paper_k400_recipe():
   dims = vicmae.resolve_model_config(c.model)
   assert (dims["embed_dim"], dims["depth"], dims["patch_size"]) == (1024, 24, 16)
   assert c.batch_size == 4096 and c.num_epochs == 800 and c.warmup_epochs == 40
-  assert optim.peak_learning_rate(c.optim, global_batch_size=c.batch_size) == pytest.approx(1.5e-4 * 16)
+  assert optim.peak_learning_rate(c.optim, global_batch_size=c.batch_size) == pytest.approx(
+    1.5e-4 * 16
+  )
   assert dims["mask_ratio"] == 0.5 and dims["temperature"] == 0.1
   assert (dims["weight_recon"], dims["weight_contrast"]) == (0.97, 0.03)
   assert c.data.frame_gap_seconds == pytest.approx(1.06)

@@ -1,4 +1,5 @@
 """Tests of vicmae_jax.convert: the torch-free .pth reader/writer and the official <-> ours parameter mapping."""
+
 import os
 import pickle
 import struct
@@ -19,19 +20,19 @@ def expected_mixed():
   base = np.arange(24, dtype=np.float32)
   shared = np.arange(10, dtype=np.float32) * 0.5
   return {
-      "f32": base.reshape(2, 3, 4),
-      "f32_transposed": base.reshape(4, 6).T,
-      "f32_offset_view": shared[3:7],
-      "f32_shared": shared,
-      "f64": np.arange(5, dtype=np.float64) / 3,
-      "f16": np.arange(6, dtype=np.float16) / np.float16(4),
-      "bf16": (np.arange(6, dtype=np.float32) - 2.5).astype(ml_dtypes.bfloat16),
-      "i64_scalar": np.array(123456789012, dtype=np.int64),
-      "i32": np.arange(-3, 3, dtype=np.int32),
-      "i8": np.arange(-4, 4, dtype=np.int8),
-      "u8": np.arange(250, 256, dtype=np.uint8),
-      "bool": np.array([True, False, True]),
-      "param": np.arange(4, dtype=np.float32).reshape(2, 2) + 1,
+    "f32": base.reshape(2, 3, 4),
+    "f32_transposed": base.reshape(4, 6).T,
+    "f32_offset_view": shared[3:7],
+    "f32_shared": shared,
+    "f64": np.arange(5, dtype=np.float64) / 3,
+    "f16": np.arange(6, dtype=np.float16) / np.float16(4),
+    "bf16": (np.arange(6, dtype=np.float32) - 2.5).astype(ml_dtypes.bfloat16),
+    "i64_scalar": np.array(123456789012, dtype=np.int64),
+    "i32": np.arange(-3, 3, dtype=np.int32),
+    "i8": np.arange(-4, 4, dtype=np.int8),
+    "u8": np.arange(250, 256, dtype=np.uint8),
+    "bool": np.array([True, False, True]),
+    "param": np.arange(4, dtype=np.float32).reshape(2, 2) + 1,
   }
 
 
@@ -70,7 +71,13 @@ def test_unknown_globals_are_never_called(tmp_path):
   marker = tmp_path / "marker"
   marker.write_text("still here")
   # A pickle that would call os.remove(marker) if the reader resolved globals normally.
-  payload = b"\x80\x02cos\nremove\n" + b"X" + struct.pack("<I", len(str(marker))) + str(marker).encode() + b"\x85R."
+  payload = (
+    b"\x80\x02cos\nremove\n"
+    + b"X"
+    + struct.pack("<I", len(str(marker)))
+    + str(marker).encode()
+    + b"\x85R."
+  )
   path = tmp_path / "evil.pth"
   _zip_with_pickle(path, payload)
   loaded = convert.load_pth(str(path))
@@ -113,29 +120,33 @@ def test_missing_storage_record_is_named(tmp_path):
 def test_writer_round_trip(tmp_path):
   arrays = expected_mixed()
   arrays["big_endian"] = np.arange(5, dtype=">f4")
-  obj = {"model": arrays, "epoch": 3, "meta": [1, -2**40, 0.25, "x", None, (True, False)]}
+  obj = {"model": arrays, "epoch": 3, "meta": [1, -(2**40), 0.25, "x", None, (True, False)]}
   path = str(tmp_path / "ours.pth")
   convert.save_pth(obj, path)
   loaded = convert.load_pth(path)
   expected = dict(arrays, big_endian=np.arange(5, dtype="<f4"))
   assert_same_arrays(loaded["model"], expected)
   assert loaded["epoch"] == 3
-  assert loaded["meta"] == [1, -2**40, 0.25, "x", None, (True, False)]
+  assert loaded["meta"] == [1, -(2**40), 0.25, "x", None, (True, False)]
 
 
 def test_writer_aligns_storage_records(tmp_path):
   path = str(tmp_path / "ours.pth")
-  convert.save_pth({"a": np.ones(3, np.float32), "b": np.ones(7, np.int8), "c": np.ones(2, np.float64)}, path)
+  convert.save_pth(
+    {"a": np.ones(3, np.float32), "b": np.ones(7, np.int8), "c": np.ones(2, np.float64)}, path
+  )
   with open(path, "rb") as f:
     raw = f.read()
   with zipfile.ZipFile(path) as archive:
     records = [info for info in archive.infolist() if "/data/" in info.filename]
     assert len(records) == 3
     for info in records:
-      name_length, extra_length = struct.unpack("<HH", raw[info.header_offset + 26: info.header_offset + 30])
+      name_length, extra_length = struct.unpack(
+        "<HH", raw[info.header_offset + 26 : info.header_offset + 30]
+      )
       data_start = info.header_offset + 30 + name_length + extra_length
       assert data_start % 64 == 0, info.filename
-      assert raw[data_start: data_start + info.file_size] == archive.read(info)
+      assert raw[data_start : data_start + info.file_size] == archive.read(info)
 
 
 def test_torch_reads_what_we_write(tmp_path):
@@ -181,15 +192,19 @@ def test_patch_kernel_equals_the_official_convolution():
 
   rng = np.random.default_rng(0)
   p, channels, width, size = 4, 3, 5, 8
-  weight = rng.normal(size=(width, channels, p, p)).astype(np.float32)  # torch Conv2d [D, C, kh, kw]
+  weight = rng.normal(size=(width, channels, p, p)).astype(
+    np.float32
+  )  # torch Conv2d [D, C, kh, kw]
   images = rng.normal(size=(2, size, size, channels)).astype(np.float32)  # ours: channels last
   grid = size // p
   conv = np.zeros((2, grid, grid, width), np.float32)
   for i in range(grid):
     for j in range(grid):
-      window = images[:, i * p:(i + 1) * p, j * p:(j + 1) * p, :]  # [B, kh, kw, C]
+      window = images[:, i * p : (i + 1) * p, j * p : (j + 1) * p, :]  # [B, kh, kw, C]
       conv[:, i, j] = np.einsum("bhwc,dchw->bd", window, weight)
-  entry = [e for e in convert.official_entries(1, 1, "vicmae") if e.official == "patch_embed.proj.weight"][0]
+  entry = [
+    e for e in convert.official_entries(1, 1, "vicmae") if e.official == "patch_embed.proj.weight"
+  ][0]
   kernel = convert._to_ours(entry, weight)
   ours = np.asarray(vit.patchify(images, p)) @ kernel
   np.testing.assert_allclose(ours, conv.reshape(2, grid * grid, width), rtol=1e-5, atol=1e-5)
@@ -198,9 +213,20 @@ def test_patch_kernel_equals_the_official_convolution():
 
 def test_infer_model_config(official_state):
   inferred = convert.infer_model_config(official_state)
-  assert inferred == {"patch_size": 8, "embed_dim": 64, "in_channels": 3, "depth": 2, "mlp_ratio": 4.0,
-                      "decoder_embed_dim": 32, "decoder_depth": 2, "projector_hidden_dim": 64,
-                      "projector_out_dim": 16, "num_heads": 4, "decoder_num_heads": 4, "_image_size": 32}
+  assert inferred == {
+    "patch_size": 8,
+    "embed_dim": 64,
+    "in_channels": 3,
+    "depth": 2,
+    "mlp_ratio": 4.0,
+    "decoder_embed_dim": 32,
+    "decoder_depth": 2,
+    "projector_hidden_dim": 64,
+    "projector_out_dim": 16,
+    "num_heads": 4,
+    "decoder_num_heads": 4,
+    "_image_size": 32,
+  }
   odd = dict(official_state)
   odd["patch_embed.proj.weight"] = np.zeros((72, 3, 8, 8), np.float32)
   with pytest.raises(ValueError, match="num_heads"):
@@ -228,8 +254,9 @@ def test_scan_layout_stacks_blocks(official_state):
   assert qkv.shape == (2, 64, 192)
   np.testing.assert_array_equal(qkv[1], official_state["blocks.1.attn.qkv.weight"].T)
   exported = convert.ours_to_official(tree, image_size=32)
-  np.testing.assert_array_equal(exported["decoder_blocks.1.mlp.fc2.weight"],
-                                official_state["decoder_blocks.1.mlp.fc2.weight"])
+  np.testing.assert_array_equal(
+    exported["decoder_blocks.1.mlp.fc2.weight"], official_state["decoder_blocks.1.mlp.fc2.weight"]
+  )
 
 
 def test_problems_are_reported_by_name(official_state):
@@ -241,24 +268,36 @@ def test_problems_are_reported_by_name(official_state):
     convert.official_to_ours(broken, SMALL_CFG)
   assert error.value.missing == ["blocks.1.mlp.fc2.bias"]
   assert error.value.unexpected == ["blocks.7.attn.qkv.weight"]
-  assert len(error.value.mismatched) == 1 and error.value.mismatched[0].startswith("decoder_pred.weight")
-  for name in ("blocks.1.mlp.fc2.bias", "blocks.7.attn.qkv.weight", "decoder_pred.weight: checkpoint [10, 32]"):
+  assert len(error.value.mismatched) == 1 and error.value.mismatched[0].startswith(
+    "decoder_pred.weight"
+  )
+  for name in (
+    "blocks.1.mlp.fc2.bias",
+    "blocks.7.attn.qkv.weight",
+    "decoder_pred.weight: checkpoint [10, 32]",
+  ):
     assert name in str(error.value)
 
   with pytest.warns(UserWarning, match="blocks.1.mlp.fc2.bias"):
     tree, report = convert.official_to_ours(broken, SMALL_CFG, strict=False)
   assert "params/encoder/blocks/1/mlp/fc2/bias" in report["initialized"]
   assert "params/decoder/pred/kernel" in report["initialized"]
-  np.testing.assert_array_equal(tree["params"]["encoder"]["blocks"]["0"]["mlp"]["fc2"]["bias"],
-                                official_state["blocks.0.mlp.fc2.bias"])
+  np.testing.assert_array_equal(
+    tree["params"]["encoder"]["blocks"]["0"]["mlp"]["fc2"]["bias"],
+    official_state["blocks.0.mlp.fc2.bias"],
+  )
 
 
 def test_wrong_variant_is_a_shape_mismatch(official_state):
   with pytest.raises(convert.ConversionError) as error:
-    convert.official_to_ours(official_state, {"variant": "mu/8"})  # decoder depth 1, projector out 32
+    convert.official_to_ours(
+      official_state, {"variant": "mu/8"}
+    )  # decoder depth 1, projector out 32
   assert "decoder_blocks.1.norm1.weight" in error.value.unexpected
-  assert any(m.startswith("projector.6.weight: checkpoint [16, 64] vs model [32, 64]")
-             for m in error.value.mismatched)
+  assert any(
+    m.startswith("projector.6.weight: checkpoint [16, 64] vs model [32, 64]")
+    for m in error.value.mismatched
+  )
 
 
 def test_learned_position_table_is_refused(official_state):
@@ -273,17 +312,26 @@ def test_mae_and_encoder_checkpoints_keep_the_rest_initialized(official_state):
   assert convert.detect_kind(mae) == "mae"
   tree, report = convert.official_to_ours(mae, SMALL_CFG)
   assert sorted(report["initialized"]) == sorted(
-      [f"params/projector/{layer}/{name}" for layer in ("fc1", "fc2", "fc3") for name in ("kernel", "bias")]
-      + [f"params/projector/{bn}/{name}" for bn in ("bn1", "bn2") for name in ("scale", "bias")]
-      + [f"batch_stats/projector/{bn}/{name}" for bn in ("bn1", "bn2") for name in ("mean", "var")])
-  np.testing.assert_array_equal(tree["params"]["decoder"]["mask_token"], official_state["mask_token"])
+    [
+      f"params/projector/{layer}/{name}"
+      for layer in ("fc1", "fc2", "fc3")
+      for name in ("kernel", "bias")
+    ]
+    + [f"params/projector/{bn}/{name}" for bn in ("bn1", "bn2") for name in ("scale", "bias")]
+    + [f"batch_stats/projector/{bn}/{name}" for bn in ("bn1", "bn2") for name in ("mean", "var")]
+  )
+  np.testing.assert_array_equal(
+    tree["params"]["decoder"]["mask_token"], official_state["mask_token"]
+  )
 
   encoder_keys = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
   encoder = {k: v for k, v in official_state.items() if k.startswith(encoder_keys)}
   assert convert.detect_kind(encoder) == "encoder"
   tree, report = convert.official_to_ours(encoder, SMALL_CFG)
-  assert all(path.startswith(("params/decoder/", "params/projector/", "batch_stats/projector/"))
-             for path in report["initialized"])
+  assert all(
+    path.startswith(("params/decoder/", "params/projector/", "batch_stats/projector/"))
+    for path in report["initialized"]
+  )
   assert len(report["loaded"]) == 3 + 2 * 12 + 2
   exported = convert.ours_to_official(tree, image_size=32, kind="encoder")
   assert list(exported) == list(encoder)
@@ -303,8 +351,10 @@ def test_finetuned_classifier_is_reported_clearly(official_state):
   assert error.value.unexpected == ["fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"]
   with pytest.warns(UserWarning, match="fine-tuned classifier"):
     tree, report = convert.official_to_ours(finetuned, SMALL_CFG, strict=False)
-  np.testing.assert_array_equal(tree["params"]["encoder"]["blocks"]["1"]["mlp"]["fc1"]["kernel"],
-                                official_state["blocks.1.mlp.fc1.weight"].T)
+  np.testing.assert_array_equal(
+    tree["params"]["encoder"]["blocks"]["1"]["mlp"]["fc1"]["kernel"],
+    official_state["blocks.1.mlp.fc1.weight"].T,
+  )
 
 
 def test_cli_converts_to_orbax_and_exports_back(tmp_path, official_state, capsys):
@@ -321,24 +371,36 @@ def test_cli_converts_to_orbax_and_exports_back(tmp_path, official_state, capsys
 
   # The training code's loader reads it as an init_from checkpoint.
   loaded = checkpoint_lib.load_pretrained_tree(str(out_dir))
-  np.testing.assert_array_equal(loaded["params"]["encoder"]["blocks"]["0"]["attn"]["qkv"]["kernel"],
-                                official_state["blocks.0.attn.qkv.weight"].T)
-  np.testing.assert_array_equal(loaded["batch_stats"]["projector"]["bn2"]["var"],
-                                official_state["projector.4.running_var"])
+  np.testing.assert_array_equal(
+    loaded["params"]["encoder"]["blocks"]["0"]["attn"]["qkv"]["kernel"],
+    official_state["blocks.0.attn.qkv.weight"].T,
+  )
+  np.testing.assert_array_equal(
+    loaded["batch_stats"]["projector"]["bn2"]["var"], official_state["projector.4.running_var"]
+  )
 
   exported_path = tmp_path / "exported.pth"
   assert convert.main(["--export", f"--input={out_dir}", f"--output={exported_path}"]) == 0
   exported = convert.extract_state_dict(convert.load_pth(str(exported_path)))
   assert list(exported) == list(official_state)
-  np.testing.assert_array_equal(exported["projector.3.weight"], official_state["projector.3.weight"])
+  np.testing.assert_array_equal(
+    exported["projector.3.weight"], official_state["projector.3.weight"]
+  )
 
   # A second conversion into an existing directory is refused, and a bad override is named.
   assert convert.main([f"--input={OFFICIAL_PTH}", f"--output={out_dir}"]) == 1
   capsys.readouterr()
-  assert convert.main([f"--input={OFFICIAL_PTH}", f"--output={tmp_path / 'x'}", "--set", "bogus=1"]) == 1
+  assert (
+    convert.main([f"--input={OFFICIAL_PTH}", f"--output={tmp_path / 'x'}", "--set", "bogus=1"]) == 1
+  )
   assert "model: unknown fields ['bogus']" in capsys.readouterr().out
 
 
 def test_cli_with_variant_reports_mismatch(tmp_path, capsys):
-  assert convert.main([f"--input={OFFICIAL_PTH}", f"--output={tmp_path / 'x'}", "--variant=Ti/16"]) == 1
-  assert "patch_embed.proj.weight: checkpoint [64, 3, 8, 8] vs model [192, 3, 16, 16]" in capsys.readouterr().out
+  assert (
+    convert.main([f"--input={OFFICIAL_PTH}", f"--output={tmp_path / 'x'}", "--variant=Ti/16"]) == 1
+  )
+  assert (
+    "patch_embed.proj.weight: checkpoint [64, 3, 8, 8] vs model [192, 3, 16, 16]"
+    in capsys.readouterr().out
+  )

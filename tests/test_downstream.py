@@ -4,6 +4,7 @@ Runs use the demo configs at their `tiny` size on a small prepared dataset writt
 ArrayRecord shards of JPEG clips), a pretraining-style checkpoint of a ViC-MAE model saved with the
 project's checkpointer, and 8 fake CPU devices.
 """
+
 import glob
 import importlib.util
 import io
@@ -35,8 +36,11 @@ from vicmae_jax.trainers import common
 from vicmae_jax.trainers import finetune
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py")
-                 if p.name.startswith(("linear_probe_", "finetune_", "demo_linear_probe", "demo_finetune")))
+CONFIGS = sorted(
+  p.name
+  for p in (REPO / "configs").glob("*.py")
+  if p.name.startswith(("linear_probe_", "finetune_", "demo_linear_probe", "demo_finetune"))
+)
 NUM_CLASSES = 4
 
 
@@ -51,9 +55,11 @@ def load_config(name: str, arg: str | None = None):
 # Data and checkpoints
 # ----------------------------------------------------------------------------------------------
 
+
 def _write_split(out: Path, split: str, num_clips: int, rng: np.random.Generator):
   """Clips of 6 JPEG frames, 40 px: a class-coloured square drifting over noise."""
   from array_record.python.array_record_module import ArrayRecordWriter
+
   writer = ArrayRecordWriter(str(out / f"{split}-00000-of-00001.array_record"), "group_size:1")
   colours = np.array([[230, 40, 40], [40, 230, 40], [40, 40, 230], [230, 230, 40]])
   for index in range(num_clips):
@@ -62,17 +68,36 @@ def _write_split(out: Path, split: str, num_clips: int, rng: np.random.Generator
     for t in range(6):
       image = rng.integers(0, 80, size=(40, 40, 3)).astype(np.uint8)
       top, left = 6 + 2 * t, 8 + t
-      image[top:top + 16, left:left + 16] = colours[label]
+      image[top : top + 16, left : left + 16] = colours[label]
       buffer = io.BytesIO()
       Image.fromarray(image).save(buffer, format="JPEG", quality=90)
       frames.append(buffer.getvalue())
-    writer.write(records.encode_clip({
-        "clip_id": f"{split}{index}", "label": label, "label_name": f"class{label}", "source_fps": 8.0,
-        "timestamps": np.arange(6, dtype=np.float32) / 8, "frames": frames, "height": 40, "width": 40}))
+    writer.write(
+      records.encode_clip(
+        {
+          "clip_id": f"{split}{index}",
+          "label": label,
+          "label_name": f"class{label}",
+          "source_fps": 8.0,
+          "timestamps": np.arange(6, dtype=np.float32) / 8,
+          "frames": frames,
+          "height": 40,
+          "width": 40,
+        }
+      )
+    )
   writer.close()
   with open(out / f"{split}_meta.json", "w") as f:
-    json.dump({"num_clips": num_clips, "label_names": [f"class{i}" for i in range(NUM_CLASSES)], "fps": 8.0,
-               "short_side": 40, "skipped": []}, f)
+    json.dump(
+      {
+        "num_clips": num_clips,
+        "label_names": [f"class{i}" for i in range(NUM_CLASSES)],
+        "fps": 8.0,
+        "short_side": 40,
+        "skipped": [],
+      },
+      f,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +123,11 @@ def _save_params(workdir: Path, params, batch_stats=None, step: int = 3):
 def pretrained(tmp_path_factory):
   """A pretraining-style workdir: WORKDIR/checkpoints/3/state with ViC-MAE (mu/8) params and stats."""
   model = vicmae.build_model({"variant": "mu/8"}, rngs=nnx.Rngs(42))
-  return _save_params(tmp_path_factory.mktemp("pretrain"), nnx.state(model, nnx.Param),
-                      nnx.state(model, nnx.BatchStat))
+  return _save_params(
+    tmp_path_factory.mktemp("pretrain"),
+    nnx.state(model, nnx.Param),
+    nnx.state(model, nnx.BatchStat),
+  )
 
 
 def _tiny(name: str, prepared: str, arg: str = "tiny", **overrides):
@@ -126,6 +154,7 @@ def _final_params(workdir) -> dict:
 # Configs
 # ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_loads_and_resolves(name):
   assert len(CONFIGS) == 8
@@ -133,6 +162,7 @@ def test_every_config_loads_and_resolves(name):
   assert config.trainer in ("linear_probe", "finetune")
   vicmae.resolve_model_config(config.model)
   from vicmae_jax import optim
+
   optim.resolve_optim_config(config.optim)
   data_lib.validate_augment_config(config.augment)
   data_lib.validate_mixup_config(config.mixup)
@@ -152,12 +182,21 @@ def test_paper_recipes_in_the_configs():
   assert (probe.probe.pool, probe.probe.head_init_std) == ("mean", 0.01)
   ft = load_config("finetune_in1k.py")
   assert (ft.optim.name, ft.optim.base_lr, ft.optim.b1, ft.optim.b2, ft.optim.weight_decay) == (
-      "adamw", 5e-4, 0.9, 0.999, 0.05)
+    "adamw",
+    5e-4,
+    0.9,
+    0.999,
+    0.05,
+  )
   assert (ft.optim.layer_decay, ft.model.drop_path_rate, ft.batch_size) == (0.65, 0.1, 1024)
   assert (ft.num_epochs, ft.warmup_epochs, ft.classifier.pool) == (100.0, 5.0, "cls")
   assert (ft.mixup.mixup_alpha, ft.mixup.cutmix_alpha, ft.mixup.label_smoothing) == (0.8, 1.0, 0.1)
-  assert (ft.augment.rand_augment_ops, ft.augment.magnitude, ft.augment.magnitude_std, ft.augment.erase_prob) == (
-      2, 9.0, 0.5, 0.25)
+  assert (
+    ft.augment.rand_augment_ops,
+    ft.augment.magnitude,
+    ft.augment.magnitude_std,
+    ft.augment.erase_prob,
+  ) == (2, 9.0, 0.5, 0.25)
   for frames in (8, 16, 32):
     k400 = load_config("finetune_k400.py", f"frames={frames}")
     assert k400.data.clip_num_frames == frames == k400.eval_data.clip_num_frames
@@ -168,14 +207,21 @@ def test_paper_recipes_in_the_configs():
 # End to end
 # ----------------------------------------------------------------------------------------------
 
-def test_linear_probe_on_cached_features_uses_the_pretrained_encoder(prepared, pretrained, tmp_path):
+
+def test_linear_probe_on_cached_features_uses_the_pretrained_encoder(
+  prepared, pretrained, tmp_path
+):
   config = _tiny("demo_linear_probe.py", prepared, init_from=pretrained)
   summary = main_lib.run(config, str(tmp_path))
   assert summary["final_step"] == 4 and not summary["stopped_early"]
-  assert summary["eval"]["count"] == 10 and 0 <= summary["eval"]["top1"] <= summary["eval"]["top5"] <= 1
+  assert (
+    summary["eval"]["count"] == 10 and 0 <= summary["eval"]["top1"] <= summary["eval"]["top5"] <= 1
+  )
   report = summary["init_report"]
   assert report["unused"] == ["decoder", "projector"] and report["missing"] == []
-  assert glob.glob(str(tmp_path / "events.out.tfevents.*")) and os.path.isdir(tmp_path / "checkpoints" / "4")
+  assert glob.glob(str(tmp_path / "events.out.tfevents.*")) and os.path.isdir(
+    tmp_path / "checkpoints" / "4"
+  )
 
   # The cached evaluation features are those of the checkpoint's encoder (built independently).
   with np.load(tmp_path / "features" / "eval.npz") as cached:
@@ -183,7 +229,11 @@ def test_linear_probe_on_cached_features_uses_the_pretrained_encoder(prepared, p
   model = vicmae.build_model({"variant": "mu/8"}, rngs=nnx.Rngs(0))
   loaded = ckpt_lib.load_pretrained_tree(pretrained)["params"]
   nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, {"encoder": _int_keys(loaded["encoder"])})))
-  batch = next(iter(data_lib.make_eval_loader(config.eval_data, input_kind="image", batch_size=8, image_size=32)))
+  batch = next(
+    iter(
+      data_lib.make_eval_loader(config.eval_data, input_kind="image", batch_size=8, image_size=32)
+    )
+  )
   _, pooled = model.encode(vit.normalize_images(batch["image"]))
   np.testing.assert_allclose(features[:8], np.asarray(pooled), atol=2e-5)
   np.testing.assert_array_equal(labels[:8], batch["label"])
@@ -196,17 +246,29 @@ def _int_keys(tree):
 
 
 def test_linear_probe_on_clips_runs_the_frozen_encoder_in_the_step(prepared, pretrained, tmp_path):
-  config = _tiny("demo_linear_probe.py", prepared, "tiny,video,nocache", init_from=pretrained,
-                 num_steps=2, **{"eval_data.num_temporal_views": 2})
+  config = _tiny(
+    "demo_linear_probe.py",
+    prepared,
+    "tiny,video,nocache",
+    init_from=pretrained,
+    num_steps=2,
+    **{"eval_data.num_temporal_views": 2},
+  )
   summary = main_lib.run(config, str(tmp_path))
   assert summary["final_step"] == 2 and summary["eval"]["count"] == 10
   # Only the head is trained: the checkpoint holds no encoder.
   assert sorted(_final_params(tmp_path)) == ["head/bias", "head/kernel"]
 
 
-def test_finetune_resumes_exactly_after_an_interruption(prepared, pretrained, tmp_path, monkeypatch):
+def test_finetune_resumes_exactly_after_an_interruption(
+  prepared, pretrained, tmp_path, monkeypatch
+):
   config = _tiny("demo_finetune.py", prepared, init_from=pretrained)
-  assert config.mixup.mixup_alpha > 0 and config.augment.rand_augment_ops > 0 and config.model.drop_path_rate > 0
+  assert (
+    config.mixup.mixup_alpha > 0
+    and config.augment.rand_augment_ops > 0
+    and config.model.drop_path_rate > 0
+  )
   straight = main_lib.run(config, str(tmp_path / "straight"))
   assert straight["final_step"] == 4 and straight["eval"]["count"] == 10
   assert straight["init_report"]["missing"] == ["head/bias", "head/kernel", "pos_embed"]
@@ -214,10 +276,14 @@ def test_finetune_resumes_exactly_after_an_interruption(prepared, pretrained, tm
   # A termination signal at step 2 (what `kill` / a preemption sends): save and stop.
   monkeypatch.setattr(common.PreemptionWatcher, "should_stop", lambda self, step: step == 2)
   interrupted = main_lib.run(config, str(tmp_path / "resumed"))
-  assert interrupted["stopped_early"] and interrupted["final_step"] == 2 and interrupted["eval"] is None
+  assert (
+    interrupted["stopped_early"] and interrupted["final_step"] == 2 and interrupted["eval"] is None
+  )
   monkeypatch.undo()
   resumed = main_lib.run(config, str(tmp_path / "resumed"))
-  assert resumed["final_step"] == 4 and resumed["init_report"] is None  # resumed, not re-initialized
+  assert (
+    resumed["final_step"] == 4 and resumed["init_report"] is None
+  )  # resumed, not re-initialized
 
   a, b = _final_params(tmp_path / "straight"), _final_params(tmp_path / "resumed")
   assert sorted(a) == sorted(b)
@@ -225,35 +291,74 @@ def test_finetune_resumes_exactly_after_an_interruption(prepared, pretrained, tm
     np.testing.assert_array_equal(a[name], b[name], err_msg=name)
   assert resumed["eval"] == straight["eval"]
   first = ckpt_lib.flatten(ckpt_lib.load_pretrained_tree(pretrained)["params"])
-  assert not np.array_equal(a["encoder/blocks/0/attn/qkv/kernel"], first["encoder/blocks/0/attn/qkv/kernel"])
+  assert not np.array_equal(
+    a["encoder/blocks/0/attn/qkv/kernel"], first["encoder/blocks/0/attn/qkv/kernel"]
+  )
 
 
-def test_video_finetune_inflates_the_encoder_and_tests_several_views(prepared, pretrained, tmp_path):
-  config = _tiny("demo_finetune_video.py", prepared, init_from=pretrained, num_steps=2,
-                 **{"eval_data.num_temporal_views": 2, "eval_data.num_spatial_views": 2})
+def test_video_finetune_inflates_the_encoder_and_tests_several_views(
+  prepared, pretrained, tmp_path
+):
+  config = _tiny(
+    "demo_finetune_video.py",
+    prepared,
+    init_from=pretrained,
+    num_steps=2,
+    **{"eval_data.num_temporal_views": 2, "eval_data.num_spatial_views": 2},
+  )
   summary = main_lib.run(config, str(tmp_path))
   assert summary["final_step"] == 2 and summary["eval"]["count"] == 10
   report = summary["init_report"]
   assert report["inflated"] == ["patch_embed/kernel"]
-  assert sorted(report["missing"]) == ["fc_norm/bias", "fc_norm/scale", "head/bias", "head/kernel",
-                                       "temporal_pos_embed"]
+  assert sorted(report["missing"]) == [
+    "fc_norm/bias",
+    "fc_norm/scale",
+    "head/bias",
+    "head/kernel",
+    "temporal_pos_embed",
+  ]
 
 
-def test_command_line_prints_accuracy_and_rejects_an_empty_init_from(prepared, pretrained, tmp_path):
-  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             VICMAE_COMPILE_CACHE=os.environ.get("VICMAE_TEST_COMPILE_CACHE", ""))
-  common_args = [sys.executable, "-m", "vicmae_jax.main", "--config=configs/demo_linear_probe.py:tiny",
-                 f"--config.demo_data.root={tmp_path / 'unused_demo'}", "--config.demo_data.enabled=false",
-                 f"--config.data.sources.digits.path={prepared}", f"--config.eval_data.sources.digits.path={prepared}"]
+def test_command_line_prints_accuracy_and_rejects_an_empty_init_from(
+  prepared, pretrained, tmp_path
+):
+  env = dict(
+    os.environ,
+    PYTHONPATH=str(REPO),
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    VICMAE_COMPILE_CACHE=os.environ.get("VICMAE_TEST_COMPILE_CACHE", ""),
+  )
+  common_args = [
+    sys.executable,
+    "-m",
+    "vicmae_jax.main",
+    "--config=configs/demo_linear_probe.py:tiny",
+    f"--config.demo_data.root={tmp_path / 'unused_demo'}",
+    "--config.demo_data.enabled=false",
+    f"--config.data.sources.digits.path={prepared}",
+    f"--config.eval_data.sources.digits.path={prepared}",
+  ]
   empty = tmp_path / "empty"
   empty.mkdir()
-  bad = subprocess.run(common_args + [f"--workdir={tmp_path / 'bad'}", f"--config.init_from={empty}"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  bad = subprocess.run(
+    common_args + [f"--workdir={tmp_path / 'bad'}", f"--config.init_from={empty}"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert bad.returncode == 2
   assert "config.init_from" in bad.stderr and "holds no usable checkpoint" in bad.stderr
-  good = subprocess.run(common_args + [f"--workdir={tmp_path / 'good'}", f"--config.init_from={pretrained}"],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  good = subprocess.run(
+    common_args + [f"--workdir={tmp_path / 'good'}", f"--config.init_from={pretrained}"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert good.returncode == 0, good.stderr[-3000:]
   assert "linear_probe: top-1" in good.stdout and "(10 examples, step 4)" in good.stdout
 
@@ -262,11 +367,20 @@ def test_command_line_prints_accuracy_and_rejects_an_empty_init_from(prepared, p
 # Pieces: layer-wise lr, mixing, multi-view averaging, loading
 # ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("input_kind", ["image", "clip"])
 def test_layerwise_lr_of_the_trainer_optimizer_matches_a_hand_computation(prepared, input_kind):
   name = "demo_finetune.py" if input_kind == "image" else "demo_finetune_video.py"
-  config = _tiny(name, prepared, **{"optim.layer_decay": 0.65, "optim.weight_decay": 0.05,
-                                    "optim.base_lr": 1e-3, "batch_size": 64})
+  config = _tiny(
+    name,
+    prepared,
+    **{
+      "optim.layer_decay": 0.65,
+      "optim.weight_decay": 0.05,
+      "optim.base_lr": 1e-3,
+      "batch_size": 64,
+    },
+  )
   params = nnx.state(finetune.build_model_fn(config, NUM_CLASSES)(), nnx.Param)
   tx, lr_fn = core.make_optimizer(config, params, config_lib.Durations(10, 0, 10))
   grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
@@ -284,7 +398,9 @@ def test_layerwise_lr_of_the_trainer_optimizer_matches_a_hand_computation(prepar
     else:  # final norm, fc_norm, head
       layer = depth + 1
     value = np.asarray(core.flat_params(params)[name])
-    decayed = value.ndim >= 2 and not any(p in ("cls_token", "pos_embed", "temporal_pos_embed") for p in parts)
+    decayed = value.ndim >= 2 and not any(
+      p in ("cls_token", "pos_embed", "temporal_pos_embed") for p in parts
+    )
     adam = 0.5 / (0.5 + 1e-8)  # first Adam step on a constant gradient
     expected = -peak * 0.65 ** (depth + 1 - layer) * (adam + (0.05 * value if decayed else 0.0))
     np.testing.assert_allclose(np.asarray(update), expected, rtol=2e-5, atol=1e-12, err_msg=name)
@@ -306,12 +422,23 @@ def test_mixup_and_cutmix_label_mass_in_the_trainer_batches(tmp_path):
   smoothing, k = float(config.mixup.label_smoothing), 4
   task = finetune.build_task(config, k)
   assert task.mixing and task.batch_keys() == ("image", "label", "mix_lam", "mix_box")
-  loader = data_lib.make_train_loader(config.data, input_kind="image", global_batch_size=8, image_size=16,
-                                      seed=0, augment_cfg=config.augment, mixup_cfg=config.mixup)
-  mix = jax.jit(lambda x, y, lam, box: core.mix_batch(x, y, lam, box, num_classes=k, smoothing=smoothing))
+  loader = data_lib.make_train_loader(
+    config.data,
+    input_kind="image",
+    global_batch_size=8,
+    image_size=16,
+    seed=0,
+    augment_cfg=config.augment,
+    mixup_cfg=config.mixup,
+  )
+  mix = jax.jit(
+    lambda x, y, lam, box: core.mix_batch(x, y, lam, box, num_classes=k, smoothing=smoothing)
+  )
   kinds = set()
   for batch, _ in zip(iter(loader), range(12)):
-    mixed, targets = (np.asarray(a) for a in mix(batch["image"], batch["label"], batch["mix_lam"], batch["mix_box"]))
+    mixed, targets = (
+      np.asarray(a) for a in mix(batch["image"], batch["label"], batch["mix_lam"], batch["mix_box"])
+    )
     lam = float(batch["mix_lam"][0])
     np.testing.assert_allclose(targets.sum(1), 1.0, atol=1e-6)
     partner = batch["label"][::-1]
@@ -339,38 +466,60 @@ def test_device_mixing_equals_the_host_reference():
   labels = rng.integers(0, 5, size=6)
   for seed in range(6):
     params = finetune_augment.sample_mix(np.random.default_rng(seed), 12, 10)
-    ref_x, ref_t, ref_params = finetune_augment.mixup_cutmix(images, labels, np.random.default_rng(seed),
-                                                             num_classes=5, label_smoothing=0.1)
+    ref_x, ref_t, ref_params = finetune_augment.mixup_cutmix(
+      images, labels, np.random.default_rng(seed), num_classes=5, label_smoothing=0.1
+    )
     assert ref_params == params
     box = np.tile(np.asarray(params.box if params.use_cutmix else (0, 0, 0, 0), np.int32), (6, 1))
-    x, t = core.mix_batch(jnp.asarray(images), jnp.asarray(labels), jnp.full((6,), params.lam, jnp.float32),
-                          jnp.asarray(box), num_classes=5, smoothing=0.1)
+    x, t = core.mix_batch(
+      jnp.asarray(images),
+      jnp.asarray(labels),
+      jnp.full((6,), params.lam, jnp.float32),
+      jnp.asarray(box),
+      num_classes=5,
+      smoothing=0.1,
+    )
     np.testing.assert_allclose(np.asarray(x), ref_x, rtol=1e-6, atol=1e-4)
     np.testing.assert_allclose(np.asarray(t), ref_t, atol=1e-6)
   # Two host blocks: partners never cross a block.
   x = jnp.arange(8.0).reshape(8, 1, 1, 1, 1) * jnp.ones((8, 1, 2, 2, 1))
-  np.testing.assert_array_equal(np.asarray(core.partner_rows(x, 2))[:, 0, 0, 0, 0], [3, 2, 1, 0, 7, 6, 5, 4])
+  np.testing.assert_array_equal(
+    np.asarray(core.partner_rows(x, 2))[:, 0, 0, 0, 0], [3, 2, 1, 0, 7, 6, 5, 4]
+  )
 
 
 def test_multi_view_score_is_the_mean_of_per_view_softmax():
-  model = video.build_video_model({"variant": "mu/8"}, num_classes=6, num_frames=2, rngs=nnx.Rngs(0))
+  model = video.build_video_model(
+    {"variant": "mu/8"}, num_classes=6, num_frames=2, rngs=nnx.Rngs(0)
+  )
   # A head with visible weights, so the views' predictions differ.
   model.head.kernel[...] = jax.random.normal(jax.random.key(1), model.head.kernel[...].shape)
   graphdef, params, batch_stats, rest = common.split_model(model)
-  task = core.Task("video", 5, logits=lambda m, _, x, key, train: m(x, key=key, train=train), num_classes=6)
+  task = core.Task(
+    "video", 5, logits=lambda m, _, x, key, train: m(x, key=key, train=train), num_classes=6
+  )
   mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
   eval_step = core.make_eval_step(task, graphdef, rest, None, mesh)
   rng = np.random.default_rng(0)
   clips = rng.integers(0, 256, size=(5, 3, 2, 16, 16, 3)).astype(np.uint8)  # [B, V, T, S, S, 3]
   labels = rng.integers(0, 6, size=5).astype(np.int32)
   valid = np.array([True, True, True, True, False])
-  scores = jax.jit(lambda p, x: jax.nn.softmax(nnx.merge(graphdef, p, batch_stats, rest)(vit.normalize_images(x)), -1))
+  scores = jax.jit(
+    lambda p, x: jax.nn.softmax(
+      nnx.merge(graphdef, p, batch_stats, rest)(vit.normalize_images(x)), -1
+    )
+  )
   per_view = [np.asarray(scores(params, clips[:, v])) for v in range(3)]
   mean = np.mean(per_view, axis=0)
-  ours = jax.jit(lambda p, x: core.view_averaged_probs(nnx.merge(graphdef, p, batch_stats, rest), x, 5,
-                                                       normalize=True))(params, clips)
+  ours = jax.jit(
+    lambda p, x: core.view_averaged_probs(
+      nnx.merge(graphdef, p, batch_stats, rest), x, 5, normalize=True
+    )
+  )(params, clips)
   np.testing.assert_allclose(np.asarray(ours), mean, atol=1e-6)
-  top1, top5, count = eval_step(params, batch_stats, {}, jnp.asarray(clips), jnp.asarray(labels), jnp.asarray(valid))
+  top1, top5, count = eval_step(
+    params, batch_stats, {}, jnp.asarray(clips), jnp.asarray(labels), jnp.asarray(valid)
+  )
   rank = np.argsort(-mean, axis=1)
   assert float(count) == 4
   assert float(top1) == np.sum((rank[:, 0] == labels) & valid)
@@ -380,12 +529,17 @@ def test_multi_view_score_is_the_mean_of_per_view_softmax():
 
 def _classifier_params(**model):
   cfg = {"variant": "mu/8", **model}
-  return nnx.state(classifier.build_image_classifier(cfg, num_classes=3, image_size=16, rngs=nnx.Rngs(7)), nnx.Param)
+  return nnx.state(
+    classifier.build_image_classifier(cfg, num_classes=3, image_size=16, rngs=nnx.Rngs(7)),
+    nnx.Param,
+  )
 
 
 def test_loading_reports_names_and_rejects_what_does_not_fit(pretrained, tmp_path):
   source = ckpt_lib.flatten(ckpt_lib.load_pretrained_tree(pretrained)["params"])
-  params, report = core.load_image_classifier(_classifier_params(), pretrained, scanned=False, grid_size=2)
+  params, report = core.load_image_classifier(
+    _classifier_params(), pretrained, scanned=False, grid_size=2
+  )
   assert report["missing"] == ["head/bias", "head/kernel", "pos_embed"]
   assert report["unused"] == ["decoder", "projector"] and report["unexpected"] == []
   assert len(report["loaded"]) == len([k for k in source if k.startswith("encoder/")])
@@ -394,8 +548,9 @@ def test_loading_reports_names_and_rejects_what_does_not_fit(pretrained, tmp_pat
     np.testing.assert_array_equal(np.asarray(loaded[name]), source[name])
 
   # Scanned blocks load from the list layout of the checkpoint.
-  scanned, _ = core.load_image_classifier(_classifier_params(scan_layers=True), pretrained, scanned=True,
-                                          grid_size=2)
+  scanned, _ = core.load_image_classifier(
+    _classifier_params(scan_layers=True), pretrained, scanned=True, grid_size=2
+  )
   qkv = np.asarray(core.flat_params(scanned)["encoder/blocks/attn/qkv/kernel"])
   np.testing.assert_array_equal(qkv[1], source["encoder/blocks/1/attn/qkv/kernel"])
 
@@ -403,12 +558,19 @@ def test_loading_reports_names_and_rejects_what_does_not_fit(pretrained, tmp_pat
     core.load_image_classifier(_classifier_params(depth=3), pretrained, scanned=False, grid_size=2)
   with pytest.raises(config_lib.ConfigError, match=r"lacks .*encoder/blocks/1/"):
     core.load_image_classifier(_classifier_params(depth=1), pretrained, scanned=False, grid_size=2)
-  with pytest.raises(config_lib.ConfigError, match=r"shape mismatch.*encoder/blocks/0/attn/proj/bias: checkpoint \(64,\) "
-                     r"vs model \(32,\)"):
-    core.load_image_classifier(_classifier_params(embed_dim=32), pretrained, scanned=False, grid_size=2)
+  with pytest.raises(
+    config_lib.ConfigError,
+    match=r"shape mismatch.*encoder/blocks/0/attn/proj/bias: checkpoint \(64,\) "
+    r"vs model \(32,\)",
+  ):
+    core.load_image_classifier(
+      _classifier_params(embed_dim=32), pretrained, scanned=False, grid_size=2
+    )
   empty = tmp_path / "empty"
   empty.mkdir()
-  with pytest.raises(config_lib.ConfigError, match="config.init_from: .*holds no usable checkpoint"):
+  with pytest.raises(
+    config_lib.ConfigError, match="config.init_from: .*holds no usable checkpoint"
+  ):
     core.load_image_classifier(_classifier_params(), str(empty), scanned=False, grid_size=2)
   other = _save_params(tmp_path / "other", {"weights": {"kernel": jnp.ones((2, 2))}})
   with pytest.raises(config_lib.ConfigError, match=r"holds no image encoder.*\['weights'\]"):
@@ -420,31 +582,47 @@ def test_learned_position_embeddings_are_resized_when_loading(tmp_path):
   ft = _classifier_params()  # grid 2 x 2
   ft["pos_embed"].value = jnp.asarray(rng.normal(size=(1, 5, 64)), jnp.float32)
   workdir = _save_params(tmp_path / "finetuned", ft)
-  model = classifier.build_image_classifier({"variant": "mu/8"}, num_classes=3, image_size=32, rngs=nnx.Rngs(1))
-  params, report = core.load_image_classifier(nnx.state(model, nnx.Param), workdir, scanned=False, grid_size=4)
+  model = classifier.build_image_classifier(
+    {"variant": "mu/8"}, num_classes=3, image_size=32, rngs=nnx.Rngs(1)
+  )
+  params, report = core.load_image_classifier(
+    nnx.state(model, nnx.Param), workdir, scanned=False, grid_size=4
+  )
   assert report["missing"] == ["head/bias", "head/kernel"]
-  np.testing.assert_allclose(np.asarray(params["pos_embed"].value),
-                             classifier.interpolate_pos_embed(np.asarray(ft["pos_embed"].value), (4, 4)), atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(params["pos_embed"].value),
+    classifier.interpolate_pos_embed(np.asarray(ft["pos_embed"].value), (4, 4)),
+    atol=1e-6,
+  )
 
 
 def test_config_errors_name_the_field(prepared, tmp_path):
   from vicmae_jax.trainers import linear_probe
+
   config = _tiny("demo_finetune_video.py", prepared)
   finetune.validate(config)
   config.data.clip_num_frames = 5
-  with pytest.raises(config_lib.ConfigError, match=r"config.data.clip_num_frames: 5 frames .*video.tubelet_size=2"):
+  with pytest.raises(
+    config_lib.ConfigError, match=r"config.data.clip_num_frames: 5 frames .*video.tubelet_size=2"
+  ):
     finetune.validate(config)
   config = _tiny("demo_finetune.py", prepared)
   config.eval_data.sources.digits.path = str(tmp_path / "nowhere")
-  with pytest.raises(config_lib.ConfigError, match=r"^config.eval_data.sources.digits.path: not found"):
+  with pytest.raises(
+    config_lib.ConfigError, match=r"^config.eval_data.sources.digits.path: not found"
+  ):
     finetune.validate(config)
   config = _tiny("demo_finetune.py", prepared, input_kind="audio")
   with pytest.raises(config_lib.ConfigError, match="config.input_kind: must be one of"):
     finetune.validate(config)
   config = _tiny("demo_linear_probe.py", prepared, **{"mixup.cutmix_alpha": 1.0})
-  with pytest.raises(config_lib.ConfigError, match="config.mixup: the linear probe trains without mixup"):
+  with pytest.raises(
+    config_lib.ConfigError, match="config.mixup: the linear probe trains without mixup"
+  ):
     linear_probe.validate(config)
   config = _tiny("demo_linear_probe.py", prepared, **{"eval.batch_size": 12})
-  with pytest.raises(config_lib.ConfigError, match="config.eval.batch_size: 12 is not a positive multiple of the "
-                     "data-parallel size 8"):
+  with pytest.raises(
+    config_lib.ConfigError,
+    match="config.eval.batch_size: 12 is not a positive multiple of the data-parallel size 8",
+  ):
     linear_probe.validate(config)

@@ -1,4 +1,5 @@
 """Frozen-feature evaluators against independent computations."""
+
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
@@ -40,11 +41,14 @@ def test_knn_separable_clusters_is_perfect_and_random_is_not():
 
 def test_linear_probe_close_to_sklearn():
   from sklearn.datasets import load_digits
+
   x, y = load_digits(return_X_y=True)
   x = x.astype(np.float32)
   xtr, ytr, xte, yte = x[:1200], y[:1200], x[1200:], y[1200:]
   ours = frozen.linear_probe_accuracy(xtr, ytr, xte, yte, steps=300, learning_rate=0.01)
   mean, std = xtr.mean(0), xtr.std(0) + 1e-6
-  ref = LogisticRegression(max_iter=2000).fit((xtr - mean) / std, ytr).score((xte - mean) / std, yte)
+  ref = (
+    LogisticRegression(max_iter=2000).fit((xtr - mean) / std, ytr).score((xte - mean) / std, yte)
+  )
   assert ours > 0.85
   assert abs(ours - ref) < 0.05

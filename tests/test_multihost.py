@@ -3,6 +3,7 @@
 The processes join through `jax.distributed` (coordinator on localhost), each reads its own rows
 of every global batch, and they save one checkpoint together.
 """
+
 import os
 import signal
 import socket
@@ -25,26 +26,53 @@ def _free_port():
 
 
 def _cmd(workdir, root, *extra):
-  return [sys.executable, "-m", "vicmae_jax.main", f"--config={CONFIG}:tiny", f"--workdir={workdir}",
-          f"--config.demo_data.root={root}", "--config.num_steps=6",
-          "--config.checkpoint.every_steps=2", *NO_EVALS, *extra]
+  return [
+    sys.executable,
+    "-m",
+    "vicmae_jax.main",
+    f"--config={CONFIG}:tiny",
+    f"--workdir={workdir}",
+    f"--config.demo_data.root={root}",
+    "--config.num_steps=6",
+    "--config.checkpoint.every_steps=2",
+    *NO_EVALS,
+    *extra,
+  ]
 
 
 def _launch_pair(workdir, root):
   port = _free_port()
   procs = []
   for pid in range(2):
-    procs.append(subprocess.Popen(
-        _cmd(workdir, root, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-             f"--process_id={pid}"),
-        env=_env(devices=2), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    procs.append(
+      subprocess.Popen(
+        _cmd(
+          workdir,
+          root,
+          f"--coordinator_address=127.0.0.1:{port}",
+          "--num_processes=2",
+          f"--process_id={pid}",
+        ),
+        env=_env(devices=2),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+    )
   return procs
 
 
 def test_two_processes_match_one_and_resume(demo_root, tmp_path):
   single = tmp_path / "single"
-  proc = subprocess.run(_cmd(single, demo_root), env=_env(devices=4), cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    _cmd(single, demo_root),
+    env=_env(devices=4),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   ref = losses(single)
 
@@ -73,5 +101,6 @@ def test_two_processes_match_one_and_resume(demo_root, tmp_path):
         p.wait()
   got = losses(multi)
   assert sorted(got) == sorted(ref) == list(range(1, 7))
-  np.testing.assert_allclose([got[s] for s in range(1, 7)], [ref[s] for s in range(1, 7)],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    [got[s] for s in range(1, 7)], [ref[s] for s in range(1, 7)], rtol=1e-5
+  )

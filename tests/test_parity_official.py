@@ -4,6 +4,7 @@ The fixtures (tests/fixtures/official_vicmae_small.{pth,npz}) come from tests/fi
 running the official models_vicmae.py with torch and timm. This test needs neither: the `.pth` is read by the
 torch-free reader and the official masking noise is fed to our model. Tolerance: 1e-5 absolute (float32).
 """
+
 import functools
 import os
 
@@ -30,11 +31,25 @@ def golden():
 @pytest.fixture(scope="module")
 def model_cfg(golden):
   # The fixture's official model, spelled as our config: the tiny variant with its decoder and projector sizes.
-  cfg = {"variant": "mu/8", "decoder_depth": int(golden["config_decoder_depth"]),
-         "projector_out_dim": int(golden["config_projector_out_dim"])}
+  cfg = {
+    "variant": "mu/8",
+    "decoder_depth": int(golden["config_decoder_depth"]),
+    "projector_out_dim": int(golden["config_projector_out_dim"]),
+  }
   dims = vicmae.resolve_model_config(cfg)
-  for field in ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_num_heads",
-                "projector_hidden_dim", "mlp_ratio", "temperature", "weight_recon", "weight_contrast"):
+  for field in (
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "decoder_embed_dim",
+    "decoder_num_heads",
+    "projector_hidden_dim",
+    "mlp_ratio",
+    "temperature",
+    "weight_recon",
+    "weight_contrast",
+  ):
     assert dims[field] == pytest.approx(float(golden[f"config_{field}"])), field
   return cfg
 
@@ -58,8 +73,9 @@ def _model(model_cfg, tree):
 def _run(graphdef, state, images, noise, mask_ratio, patch_size):
   model = nnx.merge(graphdef, state)
   out = model(images, mask_ratio=mask_ratio, noise=noise, train=True)
-  _, parts = losses.pretrain_loss(images, out, patch_size=patch_size, temperature=0.1, weight_recon=0.97,
-                                  weight_contrast=0.03)
+  _, parts = losses.pretrain_loss(
+    images, out, patch_size=patch_size, temperature=0.1, weight_recon=0.97, weight_contrast=0.03
+  )
   return out, parts, nnx.state(model, nnx.BatchStat)
 
 
@@ -68,16 +84,28 @@ def test_train_forward_matches_official(golden, model_cfg, converted, case):
   model = _model(model_cfg, converted)
   graphdef, state = nnx.split(model)
   mask_ratio = float(golden[f"{case}_mask_ratio"])
-  out, parts, batch_stats = _run(graphdef, state, jnp.asarray(golden["images"]),
-                                 jnp.asarray(golden[f"{case}_noise"]), mask_ratio, 8)
+  out, parts, batch_stats = _run(
+    graphdef,
+    state,
+    jnp.asarray(golden["images"]),
+    jnp.asarray(golden[f"{case}_noise"]),
+    mask_ratio,
+    8,
+  )
   np.testing.assert_array_equal(np.asarray(out["mask"]), golden[f"{case}_mask"])
   if case == "masked":
     assert golden["masked_mask"].mean() == pytest.approx(mask_ratio)
   for name in ("pred", "pooled", "proj"):
-    np.testing.assert_allclose(np.asarray(out[name]), golden[f"{case}_{name}"], rtol=0, atol=ATOL, err_msg=name)
-  np.testing.assert_allclose(float(parts["loss_contrast"]), golden[f"{case}_loss_contrast"], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+      np.asarray(out[name]), golden[f"{case}_{name}"], rtol=0, atol=ATOL, err_msg=name
+    )
+  np.testing.assert_allclose(
+    float(parts["loss_contrast"]), golden[f"{case}_loss_contrast"], rtol=0, atol=ATOL
+  )
   if case == "masked":
-    np.testing.assert_allclose(float(parts["loss_recon"]), golden["masked_loss_recon"], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+      float(parts["loss_recon"]), golden["masked_loss_recon"], rtol=0, atol=ATOL
+    )
     np.testing.assert_allclose(float(parts["loss"]), golden["masked_loss"], rtol=0, atol=ATOL)
   else:
     # The official reconstruction loss at mask ratio 0 is 0/0 (no removed patch); the fixture records NaN.
@@ -85,10 +113,12 @@ def test_train_forward_matches_official(golden, model_cfg, converted, case):
   # Running statistics after both views went through the projector's BatchNorms in train mode.
   stats = nnx.to_pure_dict(batch_stats)["projector"]
   for ours, index in (("bn1", 1), ("bn2", 4)):
-    np.testing.assert_allclose(np.asarray(stats[ours]["mean"]), golden[f"{case}_bn_running_mean_{index}"],
-                               rtol=0, atol=ATOL)
-    np.testing.assert_allclose(np.asarray(stats[ours]["var"]), golden[f"{case}_bn_running_var_{index}"],
-                               rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+      np.asarray(stats[ours]["mean"]), golden[f"{case}_bn_running_mean_{index}"], rtol=0, atol=ATOL
+    )
+    np.testing.assert_allclose(
+      np.asarray(stats[ours]["var"]), golden[f"{case}_bn_running_var_{index}"], rtol=0, atol=ATOL
+    )
 
 
 def test_encoder_tokens_and_eval_projector_match_official(golden, model_cfg, converted):
@@ -112,11 +142,20 @@ def test_conversion_is_not_trivially_right(golden, model_cfg, converted):
   broken = jax.tree.map(np.array, converted)
   qkv = broken["params"]["encoder"]["blocks"]["1"]["attn"]["qkv"]["kernel"]
   width = qkv.shape[0]
-  qkv[:, :width], qkv[:, width: 2 * width] = qkv[:, width: 2 * width].copy(), qkv[:, :width].copy()
+  qkv[:, :width], qkv[:, width : 2 * width] = (
+    qkv[:, width : 2 * width].copy(),
+    qkv[:, :width].copy(),
+  )
   model = _model(model_cfg, broken)
   graphdef, state = nnx.split(model)
-  out, _, _ = _run(graphdef, state, jnp.asarray(golden["images"]), jnp.asarray(golden["masked_noise"]),
-                   float(golden["masked_mask_ratio"]), 8)
+  out, _, _ = _run(
+    graphdef,
+    state,
+    jnp.asarray(golden["images"]),
+    jnp.asarray(golden["masked_noise"]),
+    float(golden["masked_mask_ratio"]),
+    8,
+  )
   assert np.abs(np.asarray(out["pooled"]) - golden["masked_pooled"]).max() > 100 * ATOL
 
 
@@ -124,7 +163,15 @@ def test_scan_layers_model_matches_official(golden, model_cfg, converted):
   """The same converted tree loads into the scan (stacked blocks) model and gives the same outputs."""
   model = _model(dict(model_cfg, scan_layers=True), converted)
   graphdef, state = nnx.split(model)
-  out, _, _ = _run(graphdef, state, jnp.asarray(golden["images"]), jnp.asarray(golden["masked_noise"]),
-                   float(golden["masked_mask_ratio"]), 8)
+  out, _, _ = _run(
+    graphdef,
+    state,
+    jnp.asarray(golden["images"]),
+    jnp.asarray(golden["masked_noise"]),
+    float(golden["masked_mask_ratio"]),
+    8,
+  )
   for name in ("pred", "pooled", "proj"):
-    np.testing.assert_allclose(np.asarray(out[name]), golden[f"masked_{name}"], rtol=0, atol=ATOL, err_msg=name)
+    np.testing.assert_allclose(
+      np.asarray(out[name]), golden[f"masked_{name}"], rtol=0, atol=ATOL, err_msg=name
+    )

@@ -3,6 +3,7 @@
 All runs use the embedded demo at its `tiny` size (a real mp4 dataset built once per test run,
 prepared into ArrayRecord shards) and 8 fake CPU devices.
 """
+
 import json
 import os
 import random
@@ -22,6 +23,7 @@ CONFIG = str(REPO / "configs" / "demo.py")
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
   from vicmae_jax.data import demo
+
   root = tmp_path_factory.mktemp("demo_digits")
   demo.ensure_demo_dataset(str(root), num_train_clips=24, num_val_clips=12)
   return str(root)
@@ -37,18 +39,34 @@ def _env(devices=8):
   return env
 
 
-NO_EVALS = ("--config.evals.knn.every_steps=-1", "--config.evals.linear_probe.every_steps=-1",
-            "--config.log.image_every_steps=0")
+NO_EVALS = (
+  "--config.evals.knn.every_steps=-1",
+  "--config.evals.linear_probe.every_steps=-1",
+  "--config.log.image_every_steps=0",
+)
 
 
 def main_cmd(workdir, demo_root, *overrides):
-  return [sys.executable, "-m", "vicmae_jax.main", f"--config={CONFIG}:tiny",
-          f"--workdir={workdir}", f"--config.demo_data.root={demo_root}", *overrides]
+  return [
+    sys.executable,
+    "-m",
+    "vicmae_jax.main",
+    f"--config={CONFIG}:tiny",
+    f"--workdir={workdir}",
+    f"--config.demo_data.root={demo_root}",
+    *overrides,
+  ]
 
 
 def run_main(workdir, demo_root, *overrides, timeout=600):
-  return subprocess.run(main_cmd(workdir, demo_root, *overrides), env=_env(), cwd=REPO,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    main_cmd(workdir, demo_root, *overrides),
+    env=_env(),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def losses(workdir) -> dict[int, float]:
@@ -65,6 +83,7 @@ def losses(workdir) -> dict[int, float]:
 def tiny_config(demo_root, **overrides):
   from ml_collections import config_flags  # noqa: F401  (the config file imports the package)
   import importlib.util
+
   spec = importlib.util.spec_from_file_location("demo_config", CONFIG)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -86,6 +105,7 @@ def tiny_config(demo_root, **overrides):
 def reference(demo_root, tmp_path_factory):
   """An uninterrupted in-process run of 10 steps: the per-step losses every resumed run must hit."""
   from vicmae_jax import main
+
   workdir = str(tmp_path_factory.mktemp("reference"))
   summary = main.run(tiny_config(demo_root, num_steps=10, **{"checkpoint.every_steps": 3}), workdir)
   assert summary["final_step"] == 10
@@ -104,10 +124,19 @@ def test_run_writes_checkpoints_metrics_images_and_evals(demo_root, tmp_path):
   train = [r for r in recs if "train/loss" in r]
   assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
   for r in train:
-    for key in ("train/loss_recon", "train/loss_contrast", "train/lr", "train/grad_norm",
-                "train/param_norm", "train/update_norm", "train/pairs_per_s"):
+    for key in (
+      "train/loss_recon",
+      "train/loss_contrast",
+      "train/lr",
+      "train/grad_norm",
+      "train/param_norm",
+      "train/update_norm",
+      "train/pairs_per_s",
+    ):
       assert np.isfinite(r[key]), key
-    assert abs(r["train/loss"] - (0.97 * r["train/loss_recon"] + 0.03 * r["train/loss_contrast"])) < 1e-5
+    assert (
+      abs(r["train/loss"] - (0.97 * r["train/loss_recon"] + 0.03 * r["train/loss_contrast"])) < 1e-5
+    )
   evals = [r for r in recs if "eval/knn_top1" in r]
   assert [r["step"] for r in evals] == [0, 6]
   assert all(0.0 <= r["eval/linear_probe_top1"] <= 1.0 for r in evals)
@@ -116,10 +145,12 @@ def test_run_writes_checkpoints_metrics_images_and_evals(demo_root, tmp_path):
 
 def test_killed_run_resumes_exactly(demo_root, reference, tmp_path):
   ref = losses(reference)
-  cmd = main_cmd(tmp_path, demo_root, "--config.num_steps=10", "--config.checkpoint.every_steps=3",
-                 *NO_EVALS)
-  proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  cmd = main_cmd(
+    tmp_path, demo_root, "--config.num_steps=10", "--config.checkpoint.every_steps=3", *NO_EVALS
+  )
+  proc = subprocess.Popen(
+    cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   deadline = time.time() + 300
   while not (tmp_path / "checkpoints" / "3").is_dir():
     assert proc.poll() is None, "run ended before its first checkpoint"
@@ -128,8 +159,9 @@ def test_killed_run_resumes_exactly(demo_root, reference, tmp_path):
   time.sleep(random.uniform(0.0, 0.5))
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  done = run_main(tmp_path, demo_root, "--config.num_steps=10", "--config.checkpoint.every_steps=3",
-                  *NO_EVALS)
+  done = run_main(
+    tmp_path, demo_root, "--config.num_steps=10", "--config.checkpoint.every_steps=3", *NO_EVALS
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   assert "Resumed from" in done.stderr
   got = losses(tmp_path)
@@ -140,10 +172,12 @@ def test_killed_run_resumes_exactly(demo_root, reference, tmp_path):
 
 
 def test_sigterm_saves_and_resumes(demo_root, reference, tmp_path):
-  cmd = main_cmd(tmp_path, demo_root, "--config.num_steps=10", "--config.checkpoint.every_steps=100",
-                 *NO_EVALS)
-  proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+  cmd = main_cmd(
+    tmp_path, demo_root, "--config.num_steps=10", "--config.checkpoint.every_steps=100", *NO_EVALS
+  )
+  proc = subprocess.Popen(
+    cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+  )
   metrics = tmp_path / "metrics.jsonl"
   deadline = time.time() + 300
   while not (metrics.exists() and "train/loss" in metrics.read_text()):
@@ -156,8 +190,9 @@ def test_sigterm_saves_and_resumes(demo_root, reference, tmp_path):
   assert "termination signal" in err
   saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
   assert len(saved) == 1 and 1 <= saved[0] < 10  # saved where it stopped, not at a schedule
-  done = run_main(tmp_path, demo_root, "--config.num_steps=10", "--config.checkpoint.every_steps=100",
-                  *NO_EVALS)
+  done = run_main(
+    tmp_path, demo_root, "--config.num_steps=10", "--config.checkpoint.every_steps=100", *NO_EVALS
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   ref, got = losses(reference), losses(tmp_path)
   for step in range(1, 11):
@@ -166,8 +201,13 @@ def test_sigterm_saves_and_resumes(demo_root, reference, tmp_path):
 
 def _assert_same_params(workdir_a, workdir_b, step):
   from vicmae_jax import checkpoint
-  a = checkpoint.flatten(checkpoint.load_pretrained_tree(str(Path(workdir_a) / "checkpoints" / str(step)))["params"])
-  b = checkpoint.flatten(checkpoint.load_pretrained_tree(str(Path(workdir_b) / "checkpoints" / str(step)))["params"])
+
+  a = checkpoint.flatten(
+    checkpoint.load_pretrained_tree(str(Path(workdir_a) / "checkpoints" / str(step)))["params"]
+  )
+  b = checkpoint.flatten(
+    checkpoint.load_pretrained_tree(str(Path(workdir_b) / "checkpoints" / str(step)))["params"]
+  )
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -175,27 +215,34 @@ def _assert_same_params(workdir_a, workdir_b, step):
 
 def test_nan_stops_without_saving_bad_state(demo_root, tmp_path):
   from vicmae_jax import main
-  config = tiny_config(demo_root, num_steps=6, warmup_steps=0, **{
-      "checkpoint.every_steps": 1, "optim.lr": 1e30})
+
+  config = tiny_config(
+    demo_root, num_steps=6, warmup_steps=0, **{"checkpoint.every_steps": 1, "optim.lr": 1e30}
+  )
   with pytest.raises(FloatingPointError, match="non-finite training metrics at step"):
     main.run(config, str(tmp_path))
   saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
   from vicmae_jax import checkpoint
+
   for step in saved:
-    params = checkpoint.flatten(checkpoint.load_pretrained_tree(
-        str(tmp_path / "checkpoints" / str(step)))["params"])
+    params = checkpoint.flatten(
+      checkpoint.load_pretrained_tree(str(tmp_path / "checkpoints" / str(step)))["params"]
+    )
     assert all(np.all(np.isfinite(v)) for v in params.values()), step
   recs = losses(tmp_path)
   bad = [s for s, v in recs.items() if not np.isfinite(v)]
   assert not saved or not bad or max(saved) < min(bad) + 1
 
 
-@pytest.mark.parametrize("override,field", [
+@pytest.mark.parametrize(
+  "override,field",
+  [
     ("--config.batch_size=12", "batch_size"),
     ("--config.model.mask_ratio=1.0", "mask_ratio"),
     ("--config.modle.depth=2", "modle"),
     ("--config.batch_size=abc", "batch_size"),
-])
+  ],
+)
 def test_config_errors_fail_before_compiling(demo_root, tmp_path, override, field):
   start = time.time()
   proc = run_main(tmp_path, demo_root, override)
@@ -215,8 +262,14 @@ def test_missing_data_names_the_path(demo_root, tmp_path):
 
 def test_init_from_another_run_loads_its_params(demo_root, reference, tmp_path):
   from vicmae_jax import checkpoint, main
-  config = tiny_config(demo_root, num_steps=1, warmup_steps=0, init_from=reference,
-                       **{"optim.lr": 1e-12, "optim.weight_decay": 0.0, "checkpoint.every_steps": 1})
+
+  config = tiny_config(
+    demo_root,
+    num_steps=1,
+    warmup_steps=0,
+    init_from=reference,
+    **{"optim.lr": 1e-12, "optim.weight_decay": 0.0, "checkpoint.every_steps": 1},
+  )
   main.run(config, str(tmp_path))
   ours = checkpoint.flatten(checkpoint.load_pretrained_tree(str(tmp_path))["params"])
   theirs = checkpoint.flatten(checkpoint.load_pretrained_tree(reference)["params"])

@@ -45,24 +45,25 @@ class _FrozenIteratorState:
 class Checkpointer:
   """Thin wrapper over an orbax CheckpointManager with a state item and a data item."""
 
-  def __init__(self, directory: str, *, keep: int = 3, keep_every: int = 0,
-               async_save: bool = True):
+  def __init__(
+    self, directory: str, *, keep: int = 3, keep_every: int = 0, async_save: bool = True
+  ):
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep,
-        keep_period=keep_every or None,
-        enable_async_checkpointing=async_save,
-        create=True,
+      max_to_keep=keep,
+      keep_period=keep_every or None,
+      enable_async_checkpointing=async_save,
+      create=True,
     )
     self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=options,
-        item_names=("state", "data", "config"),
-        item_handlers={
-            "state": ocp.StandardCheckpointHandler(),
-            "data": grain_ckpt.CheckpointHandler(),
-            "config": ocp.JsonCheckpointHandler(),
-        },
+      self.directory,
+      options=options,
+      item_names=("state", "data", "config"),
+      item_handlers={
+        "state": ocp.StandardCheckpointHandler(),
+        "data": grain_ckpt.CheckpointHandler(),
+        "config": ocp.JsonCheckpointHandler(),
+      },
     )
 
   def latest_step(self) -> int | None:
@@ -106,10 +107,15 @@ def _raw_restore_state(path: str) -> dict:
   tree = getattr(meta, "item_metadata", None) or meta
   tree = getattr(tree, "tree", tree)
   abstract = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(
-          jax.local_devices(backend="cpu")[0] if _has_cpu() else jax.local_devices()[0])),
-      tree,
-      is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"),
+    lambda m: jax.ShapeDtypeStruct(
+      m.shape,
+      m.dtype,
+      sharding=jax.sharding.SingleDeviceSharding(
+        jax.local_devices(backend="cpu")[0] if _has_cpu() else jax.local_devices()[0]
+      ),
+    ),
+    tree,
+    is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"),
   )
   return ckptr.restore(path, abstract)
 
@@ -133,8 +139,11 @@ def find_params_checkpoint(path: str) -> str:
   candidates = [path, os.path.join(path, "checkpoints")]
   for cand in candidates:
     if os.path.isdir(cand):
-      steps = sorted(int(d) for d in os.listdir(cand) if d.isdigit()
-                     and os.path.isdir(os.path.join(cand, d, "state")))
+      steps = sorted(
+        int(d)
+        for d in os.listdir(cand)
+        if d.isdigit() and os.path.isdir(os.path.join(cand, d, "state"))
+      )
       if steps:
         return os.path.join(cand, str(steps[-1]), "state")
   if os.path.isdir(os.path.join(path, "state")):
@@ -142,13 +151,15 @@ def find_params_checkpoint(path: str) -> str:
   if _looks_like_orbax_tree(path):
     return path
   raise FileNotFoundError(
-      f"init_from: {path} holds no usable checkpoint (expected a training workdir, a step "
-      "directory, or a directory written by `python -m vicmae_jax.convert`)")
+    f"init_from: {path} holds no usable checkpoint (expected a training workdir, a step "
+    "directory, or a directory written by `python -m vicmae_jax.convert`)"
+  )
 
 
 def _looks_like_orbax_tree(path: str) -> bool:
   return os.path.isdir(path) and any(
-      name in os.listdir(path) for name in ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt"))
+    name in os.listdir(path) for name in ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt")
+  )
 
 
 def load_pretrained_tree(path: str) -> dict:
@@ -159,7 +170,9 @@ def load_pretrained_tree(path: str) -> dict:
   tree_path = find_params_checkpoint(path)
   raw = _raw_restore_state(tree_path)
   if "params" not in raw:
-    raise ValueError(f"init_from: {tree_path} has no 'params' entry (top-level keys: {sorted(raw)})")
+    raise ValueError(
+      f"init_from: {tree_path} has no 'params' entry (top-level keys: {sorted(raw)})"
+    )
   return {"params": _unwrap(raw["params"]), "batch_stats": _unwrap(raw.get("batch_stats", {}))}
 
 
@@ -186,9 +199,14 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def merge_pretrained(target_pure: dict, loaded_pure: dict, *, what: str = "params",
-                     allow_missing: tuple[str, ...] = (), ignore_unexpected: tuple[str, ...] = ()
-                     ) -> tuple[dict, dict]:
+def merge_pretrained(
+  target_pure: dict,
+  loaded_pure: dict,
+  *,
+  what: str = "params",
+  allow_missing: tuple[str, ...] = (),
+  ignore_unexpected: tuple[str, ...] = (),
+) -> tuple[dict, dict]:
   """Copies loaded arrays into a target pure dict by path; reports by name.
 
   Returns (merged nested dict, report) where report has `loaded`, `missing`, `unexpected`,
@@ -198,9 +216,14 @@ def merge_pretrained(target_pure: dict, loaded_pure: dict, *, what: str = "param
   tgt = flatten(target_pure)
   src = flatten(loaded_pure)
   missing = [k for k in tgt if k not in src]
-  unexpected = [k for k in src if k not in tgt and not any(k.startswith(p) for p in ignore_unexpected)]
-  mismatched = [f"{k}: checkpoint {tuple(np.shape(src[k]))} vs model {tuple(np.shape(tgt[k]))}"
-                for k in tgt if k in src and tuple(np.shape(src[k])) != tuple(np.shape(tgt[k]))]
+  unexpected = [
+    k for k in src if k not in tgt and not any(k.startswith(p) for p in ignore_unexpected)
+  ]
+  mismatched = [
+    f"{k}: checkpoint {tuple(np.shape(src[k]))} vs model {tuple(np.shape(tgt[k]))}"
+    for k in tgt
+    if k in src and tuple(np.shape(src[k])) != tuple(np.shape(tgt[k]))
+  ]
   bad_missing = [k for k in missing if not any(k.startswith(p) for p in allow_missing)]
   if mismatched or bad_missing:
     msg = [f"cannot load {what}:"]
@@ -212,13 +235,18 @@ def merge_pretrained(target_pure: dict, loaded_pure: dict, *, what: str = "param
       msg.append(f"  unexpected in checkpoint ({len(unexpected)}): {', '.join(unexpected[:20])}")
     raise ValueError("\n".join(msg))
   merged_flat = {k: (src[k] if k in src else v) for k, v in tgt.items()}
-  report = dict(loaded=[k for k in tgt if k in src], missing=missing, unexpected=unexpected,
-                mismatched=mismatched)
+  report = dict(
+    loaded=[k for k in tgt if k in src],
+    missing=missing,
+    unexpected=unexpected,
+    mismatched=mismatched,
+  )
   if missing:
     logging.info("init_from: %d %s kept from init: %s", len(missing), what, ", ".join(missing[:10]))
   if unexpected:
-    logging.info("init_from: %d unexpected %s ignored: %s", len(unexpected), what,
-                 ", ".join(unexpected[:10]))
+    logging.info(
+      "init_from: %d unexpected %s ignored: %s", len(unexpected), what, ", ".join(unexpected[:10])
+    )
   return unflatten(merged_flat), report
 
 

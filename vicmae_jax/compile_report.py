@@ -28,6 +28,7 @@ def main(argv):
   del argv
   from vicmae_jax import config_lib
   from vicmae_jax.trainers import pretrain
+
   config = FLAGS.config
   if config.trainer != "pretrain":
     raise app.UsageError(f"compile_report supports trainer 'pretrain', got {config.trainer!r}")
@@ -37,7 +38,9 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   for key, value in report.items():
-    shown = _gib(value) if key.endswith("bytes_per_device") or key.endswith("bytes_total") else value
+    shown = (
+      _gib(value) if key.endswith("bytes_per_device") or key.endswith("bytes_total") else value
+    )
     print(f"{key:32s} {shown}")
   if FLAGS.json_out:
     with open(FLAGS.json_out, "w") as f:

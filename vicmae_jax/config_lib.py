@@ -54,8 +54,10 @@ def as_config_error(section: str, fn: Callable[[], Any]) -> Any:
     if not match:
       raise ConfigError(section, msg) from None
     field = match.group(0).rstrip(".")
-    rest = msg[len(field):].lstrip(" :")
-    raise ConfigError(field, rest.removeprefix("=").lstrip() if rest.startswith("=") else rest) from None
+    rest = msg[len(field) :].lstrip(" :")
+    raise ConfigError(
+      field, rest.removeprefix("=").lstrip() if rest.startswith("=") else rest
+    ) from None
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -73,11 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
 
   c.checkpoint = ml_collections.ConfigDict(
-      dict(every_steps=1000, keep=3, keep_every=0, async_save=True)
+    dict(every_steps=1000, keep=3, keep_every=0, async_save=True)
   )
-  c.log = ml_collections.ConfigDict(
-      dict(every_steps=50, image_every_steps=0, num_images=4)
-  )
+  c.log = ml_collections.ConfigDict(dict(every_steps=50, image_every_steps=0, num_images=4))
   # Profile a window of steps into the workdir (a trace viewable in TensorBoard's profile tab).
   c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=5))
   c.evals = ml_collections.ConfigDict()
@@ -91,23 +91,23 @@ def optim_config(**overrides) -> ml_collections.ConfigDict:
   Zero means "off" for clip_grad_norm and layer_decay.
   """
   c = ml_collections.ConfigDict(
-      dict(
-          name="adamw",
-          lr=0.0,
-          base_lr=1.5e-4,
-          lr_batch_base=256,
-          min_lr=0.0,
-          schedule="cosine",
-          weight_decay=0.05,
-          b1=0.9,
-          b2=0.95,
-          eps=1e-8,
-          momentum=0.9,
-          trust_coefficient=0.001,
-          clip_grad_norm=0.0,
-          grad_accum_steps=1,
-          layer_decay=0.0,
-      )
+    dict(
+      name="adamw",
+      lr=0.0,
+      base_lr=1.5e-4,
+      lr_batch_base=256,
+      min_lr=0.0,
+      schedule="cosine",
+      weight_decay=0.05,
+      b1=0.9,
+      b2=0.95,
+      eps=1e-8,
+      momentum=0.9,
+      trust_coefficient=0.001,
+      clip_grad_norm=0.0,
+      grad_accum_steps=1,
+      layer_decay=0.0,
+    )
   )
   c.update(overrides)
   return c
@@ -127,20 +127,34 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int) -> None
   """Checks the fields every trainer shares; raises ConfigError naming the field."""
   for field in ("trainer", "seed", "batch_size", "mesh", "checkpoint", "log"):
     require(field in config, field, "missing")
-  require(isinstance(config.batch_size, int) and config.batch_size > 0, "batch_size",
-          f"must be a positive int, got {config.batch_size!r}")
+  require(
+    isinstance(config.batch_size, int) and config.batch_size > 0,
+    "batch_size",
+    f"must be a positive int, got {config.batch_size!r}",
+  )
   has_epochs = float(config.get("num_epochs", 0) or 0) > 0
   has_steps = int(config.get("num_steps", 0) or 0) > 0
-  require(has_epochs != has_steps, "num_steps",
-          "set exactly one of num_epochs and num_steps to a positive value "
-          f"(got num_epochs={config.get('num_epochs')}, num_steps={config.get('num_steps')})")
-  require(not (float(config.get("warmup_epochs", 0) or 0) > 0 and int(config.get("warmup_steps", 0) or 0) > 0),
-          "warmup_steps", "set at most one of warmup_epochs and warmup_steps")
+  require(
+    has_epochs != has_steps,
+    "num_steps",
+    "set exactly one of num_epochs and num_steps to a positive value "
+    f"(got num_epochs={config.get('num_epochs')}, num_steps={config.get('num_steps')})",
+  )
+  require(
+    not (
+      float(config.get("warmup_epochs", 0) or 0) > 0 and int(config.get("warmup_steps", 0) or 0) > 0
+    ),
+    "warmup_steps",
+    "set at most one of warmup_epochs and warmup_steps",
+  )
   mesh_size = mesh_shape(config.mesh, num_devices)
   data_parallel = mesh_size["data"] * mesh_size["fsdp"]
-  require(config.batch_size % data_parallel == 0, "batch_size",
-          f"global batch {config.batch_size} is not divisible by the data-parallel size "
-          f"{data_parallel} (mesh data={mesh_size['data']} x fsdp={mesh_size['fsdp']})")
+  require(
+    config.batch_size % data_parallel == 0,
+    "batch_size",
+    f"global batch {config.batch_size} is not divisible by the data-parallel size "
+    f"{data_parallel} (mesh data={mesh_size['data']} x fsdp={mesh_size['fsdp']})",
+  )
   ckpt = config.checkpoint
   require(int(ckpt.every_steps) >= 0, "checkpoint.every_steps", "must be >= 0")
   require(int(ckpt.keep) >= 1, "checkpoint.keep", "must be >= 1")
@@ -151,18 +165,24 @@ def mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
   """Resolves a mesh config ({"data": -1, "fsdp": 1, "model": 1}) against the device count."""
   sizes = {k: int(mesh_cfg.get(k, 1)) for k in ("data", "fsdp", "model")}
   for k in mesh_cfg.keys():
-    require(k in sizes, f"mesh.{k}", f"unknown mesh axis{suggest(k, sizes)}; axes are data, fsdp, model")
+    require(
+      k in sizes, f"mesh.{k}", f"unknown mesh axis{suggest(k, sizes)}; axes are data, fsdp, model"
+    )
   free = [k for k, v in sizes.items() if v == -1]
   require(len(free) <= 1, "mesh", f"at most one axis may be -1, got {dict(sizes)}")
   for k, v in sizes.items():
     require(v == -1 or v >= 1, f"mesh.{k}", f"must be -1 or >= 1, got {v}")
   fixed = math.prod(v for v in sizes.values() if v != -1)
   if free:
-    require(num_devices % fixed == 0, "mesh",
-            f"{num_devices} devices cannot be split into {dict(sizes)}")
+    require(
+      num_devices % fixed == 0, "mesh", f"{num_devices} devices cannot be split into {dict(sizes)}"
+    )
     sizes[free[0]] = num_devices // fixed
-  require(math.prod(sizes.values()) == num_devices, "mesh",
-          f"mesh {sizes} needs {math.prod(sizes.values())} devices but {num_devices} are present")
+  require(
+    math.prod(sizes.values()) == num_devices,
+    "mesh",
+    f"mesh {sizes} needs {math.prod(sizes.values())} devices but {num_devices} are present",
+  )
   return sizes
 
 
@@ -184,8 +204,12 @@ def resolve_durations(config, dataset_size: int) -> Durations:
     warmup = int(round(float(config.warmup_epochs) * steps_per_epoch))
   else:
     warmup = int(config.get("warmup_steps", 0) or 0)
-  require(total >= 1, "num_epochs", f"resolves to {total} steps (dataset of {dataset_size}, batch "
-          f"{config.batch_size}); train longer or use a smaller batch")
+  require(
+    total >= 1,
+    "num_epochs",
+    f"resolves to {total} steps (dataset of {dataset_size}, batch "
+    f"{config.batch_size}); train longer or use a smaller batch",
+  )
   warmup = min(warmup, total)
   return Durations(total_steps=total, warmup_steps=warmup, steps_per_epoch=steps_per_epoch)
 
@@ -207,30 +231,30 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   """
   none_int = lambda: ml_collections.FieldReference(None, field_type=int)
   c = ml_collections.ConfigDict(
-      dict(
-          variant="B/16",
-          patch_size=none_int(),
-          embed_dim=none_int(),
-          depth=none_int(),
-          num_heads=none_int(),
-          decoder_embed_dim=none_int(),
-          decoder_depth=none_int(),
-          decoder_num_heads=none_int(),
-          projector_hidden_dim=none_int(),
-          projector_out_dim=none_int(),
-          mlp_ratio=4.0,
-          dtype="float32",  # compute dtype of matmuls: "bfloat16" on accelerators
-          param_dtype="float32",
-          remat="none",  # "none" | "full" | "dots": rematerialization of blocks
-          scan_layers=False,  # stack blocks and run them with a scan (large variants)
-          drop_path_rate=0.0,
-          attention_impl=ml_collections.FieldReference(None, field_type=str),  # None|"xla"|"cudnn"
-          mask_ratio=0.5,
-          temperature=0.1,
-          weight_recon=0.97,
-          weight_contrast=0.03,
-          norm_pix_loss=True,
-      )
+    dict(
+      variant="B/16",
+      patch_size=none_int(),
+      embed_dim=none_int(),
+      depth=none_int(),
+      num_heads=none_int(),
+      decoder_embed_dim=none_int(),
+      decoder_depth=none_int(),
+      decoder_num_heads=none_int(),
+      projector_hidden_dim=none_int(),
+      projector_out_dim=none_int(),
+      mlp_ratio=4.0,
+      dtype="float32",  # compute dtype of matmuls: "bfloat16" on accelerators
+      param_dtype="float32",
+      remat="none",  # "none" | "full" | "dots": rematerialization of blocks
+      scan_layers=False,  # stack blocks and run them with a scan (large variants)
+      drop_path_rate=0.0,
+      attention_impl=ml_collections.FieldReference(None, field_type=str),  # None|"xla"|"cudnn"
+      mask_ratio=0.5,
+      temperature=0.1,
+      weight_recon=0.97,
+      weight_contrast=0.03,
+      norm_pix_loss=True,
+    )
   )
   c.update(overrides)
   return c
@@ -264,8 +288,10 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     key, eq, value = item.partition("=")
     key = key.strip()
     if key not in defaults:
-      raise ConfigError(f"<arg>.{key}", f"unknown config option{suggest(key, defaults)}; "
-                        f"options are {', '.join(sorted(defaults))}")
+      raise ConfigError(
+        f"<arg>.{key}",
+        f"unknown config option{suggest(key, defaults)}; options are {', '.join(sorted(defaults))}",
+      )
     default = defaults[key]
     if not eq:
       parsed = True

@@ -26,6 +26,7 @@ CLI:
 Without --variant the architecture is read off the checkpoint (head counts from the published variant with the
 same encoder); with it, the checkpoint must fit that variant (and the --set overrides) exactly.
 """
+
 from __future__ import annotations
 
 import collections
@@ -50,16 +51,16 @@ def _bfloat16_dtype():
 
 # torch's typed storage classes -> numpy dtype (little-endian unless the archive says otherwise).
 _STORAGE_DTYPES = {
-    "DoubleStorage": "f8",
-    "FloatStorage": "f4",
-    "HalfStorage": "f2",
-    "BFloat16Storage": "bfloat16",
-    "LongStorage": "i8",
-    "IntStorage": "i4",
-    "ShortStorage": "i2",
-    "CharStorage": "i1",
-    "ByteStorage": "u1",
-    "BoolStorage": "?",
+  "DoubleStorage": "f8",
+  "FloatStorage": "f4",
+  "HalfStorage": "f2",
+  "BFloat16Storage": "bfloat16",
+  "LongStorage": "i8",
+  "IntStorage": "i4",
+  "ShortStorage": "i2",
+  "CharStorage": "i1",
+  "ByteStorage": "u1",
+  "BoolStorage": "?",
 }
 
 
@@ -109,15 +110,17 @@ class _StorageType:
     self.name = name
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                       metadata=None):
+def _rebuild_tensor_v2(
+  storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+):
   del requires_grad, backward_hooks, metadata
   size = tuple(int(s) for s in size)
   if not size:
     return np.array(storage[storage_offset])
   itemsize = storage.dtype.itemsize
   view = np.lib.stride_tricks.as_strided(
-      storage[storage_offset:], shape=size, strides=tuple(int(s) * itemsize for s in stride))
+    storage[storage_offset:], shape=size, strides=tuple(int(s) * itemsize for s in stride)
+  )
   # A copy detaches the tensor from the (possibly shared) storage buffer and makes it contiguous.
   return np.array(view)
 
@@ -129,16 +132,15 @@ def _rebuild_parameter(data, requires_grad=True, backward_hooks=None, *state):
 
 # The only callables a checkpoint may reach. Everything else becomes an OpaqueObject.
 _SAFE_GLOBALS = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch", "Size"): tuple,
+  ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+  ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+  ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+  ("collections", "OrderedDict"): collections.OrderedDict,
+  ("torch", "Size"): tuple,
 }
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-
   def __init__(self, data: bytes, read_storage):
     super().__init__(io.BytesIO(data))
     self._read_storage = read_storage
@@ -177,8 +179,9 @@ def load_pth(path: str, *, backend: str = "numpy") -> Any:
     raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
   if not zipfile.is_zipfile(path):
     raise PthFormatError(
-        f"{path}: not a zip-format PyTorch file (legacy torch < 1.6 serialization?). Re-save it with a recent "
-        "torch, or install torch and pass backend='torch'.")
+      f"{path}: not a zip-format PyTorch file (legacy torch < 1.6 serialization?). Re-save it with a recent "
+      "torch, or install torch and pass backend='torch'."
+    )
   with zipfile.ZipFile(path) as archive:
     names = archive.namelist()
     pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
@@ -199,7 +202,8 @@ def load_pth(path: str, *, backend: str = "numpy") -> Any:
         buffer = archive.read(record)
         if len(buffer) < numel * dtype.itemsize:
           raise PthFormatError(
-              f"{path}: storage {record!r} has {len(buffer)} bytes, expected {numel * dtype.itemsize}")
+            f"{path}: storage {record!r} has {len(buffer)} bytes, expected {numel * dtype.itemsize}"
+          )
         storages[key] = np.frombuffer(buffer, dtype=dtype, count=numel)
       return storages[key]
 
@@ -210,7 +214,9 @@ def _load_pth_with_torch(path: str) -> Any:
   try:
     import torch
   except ImportError as e:
-    raise ImportError("backend='torch' needs torch installed; the default backend='numpy' does not") from e
+    raise ImportError(
+      "backend='torch' needs torch installed; the default backend='numpy' does not"
+    ) from e
   import argparse
 
   # The official training scripts pickle their argparse.Namespace next to the weights; it only holds values.
@@ -336,7 +342,9 @@ class _PickleWriter:
     elif hasattr(obj, "__array__"):  # jax arrays and other array-likes
       self._tensor(np.asarray(obj))
     else:
-      raise TypeError(f"cannot write {type(obj).__name__} to a .pth file (dicts, lists, scalars, arrays only)")
+      raise TypeError(
+        f"cannot write {type(obj).__name__} to a .pth file (dicts, lists, scalars, arrays only)"
+      )
 
 
 def _storage_name(dtype: np.dtype) -> str:
@@ -362,7 +370,9 @@ def save_pth(obj: Any, path: str, *, archive_name: str = "archive") -> None:
     _write_record(archive, f"{archive_name}/data.pkl", writer.out.getvalue())
     _write_record(archive, f"{archive_name}/byteorder", b"little")
     for key, array in enumerate(writer.storages):
-      _write_record(archive, f"{archive_name}/data/{key}", array.reshape(-1).view(np.uint8), align=True)
+      _write_record(
+        archive, f"{archive_name}/data/{key}", array.reshape(-1).view(np.uint8), align=True
+      )
     _write_record(archive, f"{archive_name}/version", b"3\n")
 
 
@@ -414,23 +424,41 @@ class _Entry:
 
 def _block_entries(official_prefix: str, our_prefix: tuple[str, ...]) -> list[_Entry]:
   out = []
-  for official, ours in (("norm1", ("norm1",)), ("attn.qkv", ("attn", "qkv")), ("attn.proj", ("attn", "proj")),
-                         ("norm2", ("norm2",)), ("mlp.fc1", ("mlp", "fc1")), ("mlp.fc2", ("mlp", "fc2"))):
+  for official, ours in (
+    ("norm1", ("norm1",)),
+    ("attn.qkv", ("attn", "qkv")),
+    ("attn.proj", ("attn", "proj")),
+    ("norm2", ("norm2",)),
+    ("mlp.fc1", ("mlp", "fc1")),
+    ("mlp.fc2", ("mlp", "fc2")),
+  ):
     is_norm = official.startswith("norm")
-    out.append(_Entry(f"{official_prefix}.{official}.weight", "params",
-                      our_prefix + ours + (("scale",) if is_norm else ("kernel",)), "copy" if is_norm else "linear"))
-    out.append(_Entry(f"{official_prefix}.{official}.bias", "params", our_prefix + ours + ("bias",), "copy"))
+    out.append(
+      _Entry(
+        f"{official_prefix}.{official}.weight",
+        "params",
+        our_prefix + ours + (("scale",) if is_norm else ("kernel",)),
+        "copy" if is_norm else "linear",
+      )
+    )
+    out.append(
+      _Entry(f"{official_prefix}.{official}.bias", "params", our_prefix + ours + ("bias",), "copy")
+    )
   return out
 
 
 def _linear(official: str, path: tuple[str, ...]) -> list[_Entry]:
-  return [_Entry(f"{official}.weight", "params", path + ("kernel",), "linear"),
-          _Entry(f"{official}.bias", "params", path + ("bias",), "copy")]
+  return [
+    _Entry(f"{official}.weight", "params", path + ("kernel",), "linear"),
+    _Entry(f"{official}.bias", "params", path + ("bias",), "copy"),
+  ]
 
 
 def _norm(official: str, path: tuple[str, ...]) -> list[_Entry]:
-  return [_Entry(f"{official}.weight", "params", path + ("scale",), "copy"),
-          _Entry(f"{official}.bias", "params", path + ("bias",), "copy")]
+  return [
+    _Entry(f"{official}.weight", "params", path + ("scale",), "copy"),
+    _Entry(f"{official}.bias", "params", path + ("bias",), "copy"),
+  ]
 
 
 def official_entries(depth: int, decoder_depth: int, kind: str) -> list[_Entry]:
@@ -444,8 +472,10 @@ def official_entries(depth: int, decoder_depth: int, kind: str) -> list[_Entry]:
   entries = [_Entry("cls_token", "params", ("encoder", "cls_token"), "copy")]
   if with_decoder:
     entries.append(_Entry("mask_token", "params", ("decoder", "mask_token"), "copy"))
-  entries += [_Entry("patch_embed.proj.weight", "params", ("encoder", "patch_embed", "kernel"), "patch"),
-              _Entry("patch_embed.proj.bias", "params", ("encoder", "patch_embed", "bias"), "copy")]
+  entries += [
+    _Entry("patch_embed.proj.weight", "params", ("encoder", "patch_embed", "kernel"), "patch"),
+    _Entry("patch_embed.proj.bias", "params", ("encoder", "patch_embed", "bias"), "copy"),
+  ]
   for i in range(depth):
     entries += _block_entries(f"blocks.{i}", ("encoder", "blocks", str(i)))
   entries += _norm("norm", ("encoder", "norm"))
@@ -461,15 +491,23 @@ def official_entries(depth: int, decoder_depth: int, kind: str) -> list[_Entry]:
       if index < 6:
         bn_index, bn = index + 1, f"bn{index // 3 + 1}"
         entries += _norm(f"projector.{bn_index}", ("projector", bn))
-        entries += [_Entry(f"projector.{bn_index}.running_mean", "batch_stats", ("projector", bn, "mean"), "copy"),
-                    _Entry(f"projector.{bn_index}.running_var", "batch_stats", ("projector", bn, "var"), "copy")]
+        entries += [
+          _Entry(
+            f"projector.{bn_index}.running_mean", "batch_stats", ("projector", bn, "mean"), "copy"
+          ),
+          _Entry(
+            f"projector.{bn_index}.running_var", "batch_stats", ("projector", bn, "var"), "copy"
+          ),
+        ]
   return entries
 
 
 def _official_order(entries: list[_Entry], kind: str) -> list[str]:
   """Official state_dict key order: module-level tensors first (incl. position tables), then submodules."""
   names = [e.official for e in entries]
-  tokens = ["cls_token", "pos_embed"] + (["mask_token", "decoder_pos_embed"] if kind != "encoder" else [])
+  tokens = ["cls_token", "pos_embed"] + (
+    ["mask_token", "decoder_pos_embed"] if kind != "encoder" else []
+  )
   rest = [n for n in names if n not in tokens]
   out = []
   for name in rest:
@@ -590,25 +628,34 @@ def extract_state_dict(checkpoint: Any) -> dict[str, np.ndarray]:
   """
   obj = checkpoint
   if isinstance(obj, Mapping):
-    for key in ("model", "state_dict", "model_state", "module"):  # "module": DeepSpeed's model states file
+    for key in (
+      "model",
+      "state_dict",
+      "model_state",
+      "module",
+    ):  # "module": DeepSpeed's model states file
       if key in obj and isinstance(obj[key], Mapping):
         obj = obj[key]
         break
   if not isinstance(obj, Mapping) or not obj:
-    raise PthFormatError(f"no state dict found in the checkpoint (top-level: {type(checkpoint).__name__})")
+    raise PthFormatError(
+      f"no state dict found in the checkpoint (top-level: {type(checkpoint).__name__})"
+    )
   non_arrays = sorted(k for k, v in obj.items() if not isinstance(v, np.ndarray))
   if non_arrays:
     keys = sorted(checkpoint) if isinstance(checkpoint, Mapping) else []
-    raise PthFormatError(f"entries that are not tensors in the state dict: {non_arrays[:10]} "
-                         f"(checkpoint top-level keys: {keys})")
+    raise PthFormatError(
+      f"entries that are not tensors in the state dict: {non_arrays[:10]} "
+      f"(checkpoint top-level keys: {keys})"
+    )
   state = {str(k): v for k, v in obj.items()}
   if all(k.startswith("module.") for k in state):
-    state = {k[len("module."):]: v for k, v in state.items()}
+    state = {k[len("module.") :]: v for k, v in state.items()}
   return state
 
 
 def detect_kind(state_dict: Mapping[str, np.ndarray]) -> str:
-  """"vicmae" (has the projector), "mae" (decoder, no projector) or "encoder" (encoder only)."""
+  """ "vicmae" (has the projector), "mae" (decoder, no projector) or "encoder" (encoder only)."""
   if any(k.startswith("projector.") for k in state_dict):
     return "vicmae"
   if "decoder_embed.weight" in state_dict:
@@ -617,11 +664,17 @@ def detect_kind(state_dict: Mapping[str, np.ndarray]) -> str:
 
 
 def _count_blocks(state_dict: Mapping[str, np.ndarray], prefix: str) -> int:
-  indices = {int(k.split(".")[1]) for k in state_dict if k.startswith(prefix + ".") and k.split(".")[1].isdigit()}
+  indices = {
+    int(k.split(".")[1])
+    for k in state_dict
+    if k.startswith(prefix + ".") and k.split(".")[1].isdigit()
+  }
   return max(indices) + 1 if indices else 0
 
 
-def infer_model_config(state_dict: Mapping[str, np.ndarray], *, kind: str | None = None) -> dict[str, Any]:
+def infer_model_config(
+  state_dict: Mapping[str, np.ndarray], *, kind: str | None = None
+) -> dict[str, Any]:
   """Architecture fields read off an official state dict (input for `resolve_model_config`).
 
   Head counts are not stored in a checkpoint: they come from the published variant with the same encoder
@@ -634,11 +687,17 @@ def infer_model_config(state_dict: Mapping[str, np.ndarray], *, kind: str | None
 
   kind = kind or detect_kind(state_dict)
   if "patch_embed.proj.weight" not in state_dict:
-    raise ConversionError("cannot read the architecture: 'patch_embed.proj.weight' is missing",
-                          missing=["patch_embed.proj.weight"])
+    raise ConversionError(
+      "cannot read the architecture: 'patch_embed.proj.weight' is missing",
+      missing=["patch_embed.proj.weight"],
+    )
   width, in_channels, patch, _ = state_dict["patch_embed.proj.weight"].shape
-  cfg: dict[str, Any] = {"patch_size": int(patch), "embed_dim": int(width), "in_channels": int(in_channels),
-                         "depth": _count_blocks(state_dict, "blocks")}
+  cfg: dict[str, Any] = {
+    "patch_size": int(patch),
+    "embed_dim": int(width),
+    "in_channels": int(in_channels),
+    "depth": _count_blocks(state_dict, "blocks"),
+  }
   if "blocks.0.mlp.fc1.weight" in state_dict:
     cfg["mlp_ratio"] = state_dict["blocks.0.mlp.fc1.weight"].shape[0] / width
   if kind in ("vicmae", "mae") and "decoder_embed.weight" in state_dict:
@@ -647,12 +706,16 @@ def infer_model_config(state_dict: Mapping[str, np.ndarray], *, kind: str | None
   if kind == "vicmae" and "projector.0.weight" in state_dict and "projector.6.weight" in state_dict:
     cfg["projector_hidden_dim"] = int(state_dict["projector.0.weight"].shape[0])
     cfg["projector_out_dim"] = int(state_dict["projector.6.weight"].shape[0])
-  matches = [name for name, v in vicmae_model.VARIANTS.items()
-             if (v["patch_size"], v["embed_dim"], v["depth"]) == (cfg["patch_size"], width, cfg["depth"])]
+  matches = [
+    name
+    for name, v in vicmae_model.VARIANTS.items()
+    if (v["patch_size"], v["embed_dim"], v["depth"]) == (cfg["patch_size"], width, cfg["depth"])
+  ]
   if not matches:
     raise ValueError(
-        f"no known variant has patch {cfg['patch_size']}, width {width}, depth {cfg['depth']}: the head counts "
-        "cannot be read from a checkpoint; give them (e.g. --set num_heads=12 --set decoder_num_heads=16)")
+      f"no known variant has patch {cfg['patch_size']}, width {width}, depth {cfg['depth']}: the head counts "
+      "cannot be read from a checkpoint; give them (e.g. --set num_heads=12 --set decoder_num_heads=16)"
+    )
   variant = dict(vicmae_model.VARIANTS[matches[0]])
   cfg["num_heads"] = variant["num_heads"]
   for field in ("decoder_embed_dim", "decoder_depth", "projector_hidden_dim", "projector_out_dim"):
@@ -680,8 +743,10 @@ def _check_pos_embed(state_dict, name: str, width: int) -> str | None:
   diff = float(np.max(np.abs(value[0].astype(np.float32) - table)))
   # The official table is computed in float32; ours in float64 then rounded. They agree to ~1e-6.
   if diff > 1e-4:
-    return (f"{name}: not the fixed 2-D sin-cos table (max |difference| {diff:.3g}); it was learned or "
-            "interpolated, and the model here always uses the fixed table")
+    return (
+      f"{name}: not the fixed 2-D sin-cos table (max |difference| {diff:.3g}); it was learned or "
+      "interpolated, and the model here always uses the fixed table"
+    )
   return None
 
 
@@ -692,8 +757,10 @@ def abstract_tree(model_cfg: Mapping[str, Any]) -> dict:
   from vicmae_jax.models import vicmae as vicmae_model
 
   model = nnx.eval_shape(lambda: vicmae_model.build_model(model_cfg, rngs=nnx.Rngs(0)))
-  return {"params": _unstack_blocks(_stringify(nnx.to_pure_dict(nnx.state(model, nnx.Param)))),
-          "batch_stats": _unstack_blocks(_stringify(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))))}
+  return {
+    "params": _unstack_blocks(_stringify(nnx.to_pure_dict(nnx.state(model, nnx.Param)))),
+    "batch_stats": _unstack_blocks(_stringify(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))),
+  }
 
 
 def initial_tree(model_cfg: Mapping[str, Any], seed: int = 0) -> dict:
@@ -704,7 +771,10 @@ def initial_tree(model_cfg: Mapping[str, Any], seed: int = 0) -> dict:
 
   model = vicmae_model.build_model(model_cfg, rngs=nnx.Rngs(seed))
   to_numpy = lambda tree: _unstack_blocks(_stringify(_tree_to_numpy(nnx.to_pure_dict(tree))))
-  return {"params": to_numpy(nnx.state(model, nnx.Param)), "batch_stats": to_numpy(nnx.state(model, nnx.BatchStat))}
+  return {
+    "params": to_numpy(nnx.state(model, nnx.Param)),
+    "batch_stats": to_numpy(nnx.state(model, nnx.BatchStat)),
+  }
 
 
 def _tree_to_numpy(tree):
@@ -719,8 +789,14 @@ def _stringify(tree):
   return tree
 
 
-def official_to_ours(state_dict: Mapping[str, np.ndarray], model_cfg: Mapping[str, Any], *,
-                     kind: str | None = None, strict: bool = True, seed: int = 0) -> tuple[dict, dict]:
+def official_to_ours(
+  state_dict: Mapping[str, np.ndarray],
+  model_cfg: Mapping[str, Any],
+  *,
+  kind: str | None = None,
+  strict: bool = True,
+  seed: int = 0,
+) -> tuple[dict, dict]:
   """Maps an official state dict onto our parameters.
 
   Args:
@@ -755,18 +831,28 @@ def official_to_ours(state_dict: Mapping[str, np.ndarray], model_cfg: Mapping[st
       continue
     got = tuple(state_dict[entry.official].shape)
     if got != want:
-      mismatched.append(f"{entry.official}: checkpoint {list(got)} vs model {list(want)} "
-                        f"({entry.collection}/{'/'.join(entry.path)})")
+      mismatched.append(
+        f"{entry.official}: checkpoint {list(got)} vs model {list(want)} "
+        f"({entry.collection}/{'/'.join(entry.path)})"
+      )
       continue
-    values[(entry.collection, entry.path)] = np.asarray(_to_ours(entry, state_dict[entry.official]),
-                                                        dtype=leaf.dtype)
+    values[(entry.collection, entry.path)] = np.asarray(
+      _to_ours(entry, state_dict[entry.official]), dtype=leaf.dtype
+    )
     loaded.append(entry.official)
 
   known = {e.official for e in entries}
-  ignored = [k for k in state_dict if k.endswith("num_batches_tracked") and k[: -len("num_batches_tracked")]
-             + "running_var" in known]
-  positions = [name for name in _POS_EMBEDS if name in state_dict
-               and (name == "pos_embed" or kind != "encoder")]
+  ignored = [
+    k
+    for k in state_dict
+    if k.endswith("num_batches_tracked")
+    and k[: -len("num_batches_tracked")] + "running_var" in known
+  ]
+  positions = [
+    name
+    for name in _POS_EMBEDS
+    if name in state_dict and (name == "pos_embed" or kind != "encoder")
+  ]
   ignored += positions
   warnings_list = []
   for name in positions:
@@ -777,17 +863,21 @@ def official_to_ours(state_dict: Mapping[str, np.ndarray], model_cfg: Mapping[st
   unexpected = [k for k in state_dict if k not in known and k not in ignored]
   hints = []
   if any(k.startswith(_CLASSIFIER_PREFIXES) for k in state_dict):
-    hints.append("this looks like a fine-tuned classifier (official models_vit: 'head.*' / 'fc_norm.*'); only "
-                 "pretraining checkpoints map onto ViC-MAE. strict=False (CLI: --no-strict) takes its encoder "
-                 "blocks and leaves the rest initialized")
+    hints.append(
+      "this looks like a fine-tuned classifier (official models_vit: 'head.*' / 'fc_norm.*'); only "
+      "pretraining checkpoints map onto ViC-MAE. strict=False (CLI: --no-strict) takes its encoder "
+      "blocks and leaves the rest initialized"
+    )
   if kind != "vicmae" and any(k.startswith("projector.") for k in state_dict):
     hints.append(f"kind={kind!r} but the checkpoint has a projector: use kind='vicmae'")
   if kind == "encoder" and "decoder_embed.weight" in state_dict:
     hints.append("kind='encoder' but the checkpoint has a decoder: use kind='mae' or 'vicmae'")
 
   if missing or unexpected or mismatched:
-    lines = [f"official {kind} checkpoint does not fit the model "
-             f"(variant={cfg.get('variant')!r}, embed_dim={cfg['embed_dim']}, depth={cfg['depth']}):"]
+    lines = [
+      f"official {kind} checkpoint does not fit the model "
+      f"(variant={cfg.get('variant')!r}, embed_dim={cfg['embed_dim']}, depth={cfg['depth']}):"
+    ]
     if missing:
       lines.append(f"  missing ({len(missing)}): {', '.join(missing)}")
     if unexpected:
@@ -798,23 +888,36 @@ def official_to_ours(state_dict: Mapping[str, np.ndarray], model_cfg: Mapping[st
     message = "\n".join(lines)
     if strict:
       raise ConversionError(message, missing=missing, unexpected=unexpected, mismatched=mismatched)
-    warnings.warn(message + "\n  (strict=False: those tensors keep their fresh initialization)", stacklevel=2)
+    warnings.warn(
+      message + "\n  (strict=False: those tensors keep their fresh initialization)", stacklevel=2
+    )
     warnings_list.append(message)
 
-  target_flat = {(collection, path): leaf for collection in ("params", "batch_stats")
-                 for path, leaf in _flatten(target[collection]).items()}
+  target_flat = {
+    (collection, path): leaf
+    for collection in ("params", "batch_stats")
+    for path, leaf in _flatten(target[collection]).items()
+  }
   initialized = [f"{c}/{'/'.join(p)}" for (c, p) in target_flat if (c, p) not in values]
   fresh = initial_tree(cfg, seed) if initialized else None
   tree: dict = {"params": {}, "batch_stats": {}}
-  for (collection, path) in target_flat:
+  for collection, path in target_flat:
     value = values.get((collection, path))
     if value is None:
       value = _get(fresh[collection], path)
     _set(tree[collection], path, value)
   if cfg["scan_layers"]:
     tree = {name: _stack_blocks(sub) for name, sub in tree.items()}
-  report = {"kind": kind, "loaded": loaded, "initialized": initialized, "ignored": ignored, "missing": missing,
-            "unexpected": unexpected, "mismatched": mismatched, "warnings": warnings_list}
+  report = {
+    "kind": kind,
+    "loaded": loaded,
+    "initialized": initialized,
+    "ignored": ignored,
+    "missing": missing,
+    "unexpected": unexpected,
+    "mismatched": mismatched,
+    "warnings": warnings_list,
+  }
   return tree, report
 
 
@@ -833,8 +936,9 @@ def tree_kind(tree: Mapping) -> str:
   return "encoder"
 
 
-def ours_to_official(tree: Mapping, *, image_size: int, kind: str | None = None,
-                     in_channels: int = 3) -> "collections.OrderedDict[str, np.ndarray]":
+def ours_to_official(
+  tree: Mapping, *, image_size: int, kind: str | None = None, in_channels: int = 3
+) -> "collections.OrderedDict[str, np.ndarray]":
   """Our {"params", "batch_stats"} tree (list or scan layout) -> an official state dict, in official order.
 
   Args:
@@ -873,9 +977,13 @@ def ours_to_official(tree: Mapping, *, image_size: int, kind: str | None = None,
       try:
         value = _get(collections_[entry.collection], entry.path)
       except KeyError:
-        raise ConversionError(f"the tree has no {entry.collection}/{'/'.join(entry.path)} (needed for {name})",
-                              missing=[name]) from None
-      out[name] = np.ascontiguousarray(_to_official(entry, np.asarray(value, dtype=np.float32), in_channels))
+        raise ConversionError(
+          f"the tree has no {entry.collection}/{'/'.join(entry.path)} (needed for {name})",
+          missing=[name],
+        ) from None
+      out[name] = np.ascontiguousarray(
+        _to_official(entry, np.asarray(value, dtype=np.float32), in_channels)
+      )
   return out
 
 
@@ -893,14 +1001,18 @@ def load_into_model(model, tree: Mapping) -> None:
     stacked = _flatten(_stringify(current))
     source = _stringify(tree.get(collection, {}))
     # Bring the source to the model's block layout.
-    source_flat = _flatten(_stack_blocks(source) if _model_is_stacked(current) else _unstack_blocks(source))
+    source_flat = _flatten(
+      _stack_blocks(source) if _model_is_stacked(current) else _unstack_blocks(source)
+    )
     problems = []
     for path, leaf in stacked.items():
       if path not in source_flat:
         problems.append(f"{collection}/{'/'.join(path)}: missing")
       elif tuple(np.shape(source_flat[path])) != tuple(leaf.shape):
-        problems.append(f"{collection}/{'/'.join(path)}: tree {list(np.shape(source_flat[path]))} vs model "
-                        f"{list(leaf.shape)}")
+        problems.append(
+          f"{collection}/{'/'.join(path)}: tree {list(np.shape(source_flat[path]))} vs model "
+          f"{list(leaf.shape)}"
+        )
     if problems:
       raise ValueError("cannot load the tree into the model: " + "; ".join(problems))
 
@@ -926,13 +1038,31 @@ def _model_is_stacked(pure: Mapping) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 
 SIDECAR = "conversion.json"
-_ARCH_FIELDS = ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
-                "decoder_num_heads", "mlp_ratio", "in_channels", "projector_hidden_dim", "projector_out_dim",
-                "scan_layers")
+_ARCH_FIELDS = (
+  "patch_size",
+  "embed_dim",
+  "depth",
+  "num_heads",
+  "decoder_embed_dim",
+  "decoder_depth",
+  "decoder_num_heads",
+  "mlp_ratio",
+  "in_channels",
+  "projector_hidden_dim",
+  "projector_out_dim",
+  "scan_layers",
+)
 
 
-def convert_checkpoint(input_path: str, output_dir: str, *, model_cfg: Mapping[str, Any] | None = None,
-                       kind: str | None = None, strict: bool = True, seed: int = 0) -> dict:
+def convert_checkpoint(
+  input_path: str,
+  output_dir: str,
+  *,
+  model_cfg: Mapping[str, Any] | None = None,
+  kind: str | None = None,
+  strict: bool = True,
+  seed: int = 0,
+) -> dict:
   """Official `.pth` -> orbax directory `output_dir` (+ conversion.json). Returns the sidecar's contents.
 
   Args:
@@ -962,23 +1092,24 @@ def convert_checkpoint(input_path: str, output_dir: str, *, model_cfg: Mapping[s
   checkpointer.wait_until_finished()
   resolved = vicmae_model.resolve_model_config(cfg)
   sidecar = {
-      "source": os.path.abspath(input_path),
-      "kind": kind,
-      "model": {field: resolved[field] for field in _ARCH_FIELDS},
-      "variant": resolved.get("variant"),
-      "image_size": image_size,
-      "loaded": len(report["loaded"]),
-      "initialized": report["initialized"],
-      "ignored": report["ignored"],
-      "warnings": report["warnings"],
+    "source": os.path.abspath(input_path),
+    "kind": kind,
+    "model": {field: resolved[field] for field in _ARCH_FIELDS},
+    "variant": resolved.get("variant"),
+    "image_size": image_size,
+    "loaded": len(report["loaded"]),
+    "initialized": report["initialized"],
+    "ignored": report["ignored"],
+    "warnings": report["warnings"],
   }
   with open(os.path.join(output_dir, SIDECAR), "w") as f:
     json.dump(sidecar, f, indent=2)
   return sidecar
 
 
-def export_checkpoint(input_path: str, output_path: str, *, kind: str | None = None,
-                      image_size: int | None = None) -> dict:
+def export_checkpoint(
+  input_path: str, output_path: str, *, kind: str | None = None, image_size: int | None = None
+) -> dict:
   """Our parameters (a converted directory, a training workdir or step) -> an official `.pth`.
 
   The file holds {"model": state_dict}, which the official fine-tuning and pretraining code read with
@@ -999,8 +1130,12 @@ def export_checkpoint(input_path: str, output_path: str, *, kind: str | None = N
   in_channels = int(sidecar.get("model", {}).get("in_channels", 3))
   state_dict = ours_to_official(tree, image_size=image_size, kind=kind, in_channels=in_channels)
   save_pth({"model": state_dict}, output_path)
-  return {"kind": kind or tree_kind(tree), "image_size": image_size, "num_tensors": len(state_dict),
-          "source": os.path.abspath(input_path)}
+  return {
+    "kind": kind or tree_kind(tree),
+    "image_size": image_size,
+    "num_tensors": len(state_dict),
+    "source": os.path.abspath(input_path),
+  }
 
 
 def _parse_value(text: str):
@@ -1017,20 +1152,46 @@ def main(argv: list[str] | None = None) -> int:
   import json
 
   parser = argparse.ArgumentParser(
-      prog="python -m vicmae_jax.convert",
-      description="Official PyTorch ViC-MAE / MAE checkpoints <-> vicmae_jax parameters.")
-  parser.add_argument("--input", required=True, help=".pth to convert, or (with --export) our checkpoint dir")
-  parser.add_argument("--output", required=True, help="new directory, or (with --export) the .pth to write")
-  parser.add_argument("--export", action="store_true", help="write an official .pth from our parameters")
-  parser.add_argument("--kind", choices=KINDS, default=None, help="default: detected from the keys / the tree")
-  parser.add_argument("--variant", default=None, help="our model variant, e.g. B/16 (default: read off the file)")
-  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                      help="model config override, repeatable, e.g. --set decoder_depth=2")
-  parser.add_argument("--scan_layers", action="store_true", help="write blocks stacked (for scan_layers=True)")
-  parser.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
-                      help="fail on missing/unexpected/mis-shaped tensors (default); --no-strict warns instead")
-  parser.add_argument("--seed", type=int, default=0, help="init seed for parts the checkpoint lacks")
-  parser.add_argument("--image_size", type=int, default=None, help="export: size of the position tables")
+    prog="python -m vicmae_jax.convert",
+    description="Official PyTorch ViC-MAE / MAE checkpoints <-> vicmae_jax parameters.",
+  )
+  parser.add_argument(
+    "--input", required=True, help=".pth to convert, or (with --export) our checkpoint dir"
+  )
+  parser.add_argument(
+    "--output", required=True, help="new directory, or (with --export) the .pth to write"
+  )
+  parser.add_argument(
+    "--export", action="store_true", help="write an official .pth from our parameters"
+  )
+  parser.add_argument(
+    "--kind", choices=KINDS, default=None, help="default: detected from the keys / the tree"
+  )
+  parser.add_argument(
+    "--variant", default=None, help="our model variant, e.g. B/16 (default: read off the file)"
+  )
+  parser.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="FIELD=VALUE",
+    help="model config override, repeatable, e.g. --set decoder_depth=2",
+  )
+  parser.add_argument(
+    "--scan_layers", action="store_true", help="write blocks stacked (for scan_layers=True)"
+  )
+  parser.add_argument(
+    "--strict",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="fail on missing/unexpected/mis-shaped tensors (default); --no-strict warns instead",
+  )
+  parser.add_argument(
+    "--seed", type=int, default=0, help="init seed for parts the checkpoint lacks"
+  )
+  parser.add_argument(
+    "--image_size", type=int, default=None, help="export: size of the position tables"
+  )
   args = parser.parse_args(argv)
 
   if args.export:
@@ -1048,9 +1209,14 @@ def main(argv: list[str] | None = None) -> int:
   if args.scan_layers:
     cfg["scan_layers"] = True
   try:
-    summary = convert_checkpoint(args.input, args.output, model_cfg=cfg, kind=args.kind, strict=args.strict,
-                                 seed=args.seed)
-  except (ValueError, FileExistsError, FileNotFoundError) as e:  # ConversionError, PthFormatError, bad --set
+    summary = convert_checkpoint(
+      args.input, args.output, model_cfg=cfg, kind=args.kind, strict=args.strict, seed=args.seed
+    )
+  except (
+    ValueError,
+    FileExistsError,
+    FileNotFoundError,
+  ) as e:  # ConversionError, PthFormatError, bad --set
     print(f"error: {e}")
     return 1
   print(json.dumps({k: v for k, v in summary.items() if k != "ignored"}, indent=2))

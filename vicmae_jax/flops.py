@@ -18,6 +18,7 @@ Per view, with L = (image_size / p)^2 patches and K = int(L * (1 - mask_ratio)) 
 plus the contrastive similarity matrix of the batch, 2 * (2B)^2 * P, once per step.
 One transformer block over n tokens of width W with MLP width M: 2n(4 W^2 + 2 W M) + 4 n^2 W.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -25,18 +26,29 @@ from typing import Any, Mapping
 import numpy as np
 
 # Model dimension names this module reads (as produced by `vicmae_jax.models.vicmae.resolve_model_config`).
-_REQUIRED = ("patch_size", "embed_dim", "depth", "decoder_embed_dim", "decoder_depth", "projector_hidden_dim",
-             "projector_out_dim")
+_REQUIRED = (
+  "patch_size",
+  "embed_dim",
+  "depth",
+  "decoder_embed_dim",
+  "decoder_depth",
+  "projector_hidden_dim",
+  "projector_out_dim",
+)
 
 
 def _dims(model_dims: Mapping[str, Any]) -> dict:
   missing = [name for name in _REQUIRED if name not in model_dims]
   if missing:
-    raise ValueError(f"model_dims is missing field(s) {missing}; pass resolve_model_config(...) output")
+    raise ValueError(
+      f"model_dims is missing field(s) {missing}; pass resolve_model_config(...) output"
+    )
   dims = {name: int(model_dims[name]) for name in _REQUIRED}
   mlp_ratio = float(model_dims.get("mlp_ratio", 4.0))
   dims["mlp_dim"] = int(model_dims.get("mlp_dim") or round(mlp_ratio * dims["embed_dim"]))
-  dims["decoder_mlp_dim"] = int(model_dims.get("decoder_mlp_dim") or round(mlp_ratio * dims["decoder_embed_dim"]))
+  dims["decoder_mlp_dim"] = int(
+    model_dims.get("decoder_mlp_dim") or round(mlp_ratio * dims["decoder_embed_dim"])
+  )
   dims["in_channels"] = int(model_dims.get("in_channels", 3))
   return dims
 
@@ -62,7 +74,9 @@ def num_kept(num_patches_: int, mask_ratio: float) -> int:
   return int(num_patches_ * (1 - mask_ratio))
 
 
-def vicmae_forward_flops_per_view(model_dims: Mapping[str, Any], image_size: int, mask_ratio: float) -> dict:
+def vicmae_forward_flops_per_view(
+  model_dims: Mapping[str, Any], image_size: int, mask_ratio: float
+) -> dict:
   """Forward matmul FLOPs of one view of one example, by part (see the module docstring)."""
   d = _dims(model_dims)
   p, width, dec_width = d["patch_size"], d["embed_dim"], d["decoder_embed_dim"]
@@ -71,23 +85,28 @@ def vicmae_forward_flops_per_view(model_dims: Mapping[str, Any], image_size: int
   kept = num_kept(length, mask_ratio)
   hidden, out = d["projector_hidden_dim"], d["projector_out_dim"]
   return {
-      "patch_embed": 2.0 * length * patch_dim * width,
-      "encoder": d["depth"] * transformer_block_flops(1 + kept, width, d["mlp_dim"]),
-      "decoder_embed": 2.0 * (1 + kept) * width * dec_width,
-      "decoder": d["decoder_depth"] * transformer_block_flops(1 + length, dec_width, d["decoder_mlp_dim"]),
-      "decoder_pred": 2.0 * (1 + length) * dec_width * patch_dim,
-      "projector": 2.0 * (width * hidden + hidden * hidden + hidden * out),
+    "patch_embed": 2.0 * length * patch_dim * width,
+    "encoder": d["depth"] * transformer_block_flops(1 + kept, width, d["mlp_dim"]),
+    "decoder_embed": 2.0 * (1 + kept) * width * dec_width,
+    "decoder": d["decoder_depth"]
+    * transformer_block_flops(1 + length, dec_width, d["decoder_mlp_dim"]),
+    "decoder_pred": 2.0 * (1 + length) * dec_width * patch_dim,
+    "projector": 2.0 * (width * hidden + hidden * hidden + hidden * out),
   }
 
 
-def vicmae_forward_flops(model_dims: Mapping[str, Any], image_size: int, mask_ratio: float, batch: int) -> float:
+def vicmae_forward_flops(
+  model_dims: Mapping[str, Any], image_size: int, mask_ratio: float, batch: int
+) -> float:
   """Forward matmul FLOPs of a batch of `batch` image pairs (both views, plus the contrastive similarities)."""
   per_view = sum(vicmae_forward_flops_per_view(model_dims, image_size, mask_ratio).values())
   similarities = 2.0 * (2 * batch) ** 2 * int(model_dims["projector_out_dim"])
   return 2 * batch * per_view + similarities
 
 
-def vicmae_train_flops(model_dims: Mapping[str, Any], image_size: int, mask_ratio: float, batch: int) -> float:
+def vicmae_train_flops(
+  model_dims: Mapping[str, Any], image_size: int, mask_ratio: float, batch: int
+) -> float:
   """FLOPs of one train step on `batch` pairs: 3x the forward matmul FLOPs (forward + backward)."""
   return 3.0 * vicmae_forward_flops(model_dims, image_size, mask_ratio, batch)
 
@@ -97,20 +116,31 @@ def vicmae_train_flops(model_dims: Mapping[str, Any], image_size: int, mask_rati
 # (the bfloat16 peak); on NVIDIA GPUs the plain FP32 (non tensor core) rate. "tfloat32" is the TF32 tensor core
 # rate, which XLA uses for float32 matmuls under precision="tensorfloat32".
 _PEAK_FLOPS = {
-    "h100_sxm": {"bfloat16": 989.4e12, "float16": 989.4e12, "tfloat32": 494.7e12, "float32": 66.9e12},
-    "h100_pcie": {"bfloat16": 756.5e12, "float16": 756.5e12, "tfloat32": 378.0e12, "float32": 51.2e12},
-    "h100_nvl": {"bfloat16": 835.5e12, "float16": 835.5e12, "tfloat32": 417.5e12, "float32": 60.0e12},
-    "h200": {"bfloat16": 989.4e12, "float16": 989.4e12, "tfloat32": 494.7e12, "float32": 66.9e12},
-    "a100": {"bfloat16": 312e12, "float16": 312e12, "tfloat32": 156e12, "float32": 19.5e12},
-    "tpu_v4": {"bfloat16": 275e12, "float32": 275e12},
-    "tpu_v5e": {"bfloat16": 197e12, "float32": 197e12},
-    "tpu_v5p": {"bfloat16": 459e12, "float32": 459e12},
-    "tpu_v6e": {"bfloat16": 918e12, "float32": 918e12},
+  "h100_sxm": {"bfloat16": 989.4e12, "float16": 989.4e12, "tfloat32": 494.7e12, "float32": 66.9e12},
+  "h100_pcie": {
+    "bfloat16": 756.5e12,
+    "float16": 756.5e12,
+    "tfloat32": 378.0e12,
+    "float32": 51.2e12,
+  },
+  "h100_nvl": {"bfloat16": 835.5e12, "float16": 835.5e12, "tfloat32": 417.5e12, "float32": 60.0e12},
+  "h200": {"bfloat16": 989.4e12, "float16": 989.4e12, "tfloat32": 494.7e12, "float32": 66.9e12},
+  "a100": {"bfloat16": 312e12, "float16": 312e12, "tfloat32": 156e12, "float32": 19.5e12},
+  "tpu_v4": {"bfloat16": 275e12, "float32": 275e12},
+  "tpu_v5e": {"bfloat16": 197e12, "float32": 197e12},
+  "tpu_v5p": {"bfloat16": 459e12, "float32": 459e12},
+  "tpu_v6e": {"bfloat16": 918e12, "float32": 918e12},
 }
 
 
-_DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "f16": "float16", "f32": "float32", "fp32": "float32",
-                  "tf32": "tfloat32"}
+_DTYPE_ALIASES = {
+  "bf16": "bfloat16",
+  "fp16": "float16",
+  "f16": "float16",
+  "f32": "float32",
+  "fp32": "float32",
+  "tf32": "tfloat32",
+}
 
 
 def _chip_family(device_kind: str) -> str | None:

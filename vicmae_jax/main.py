@@ -26,8 +26,11 @@ from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/demo.py or configs/pretrain_k400.py:variant=B/16.",
-    lock_config=True)
+  "config",
+  None,
+  "Config file, e.g. configs/demo.py or configs/pretrain_k400.py:variant=B/16.",
+  lock_config=True,
+)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and logs.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
@@ -40,16 +43,22 @@ def get_trainer(name: str):
   """Imports the trainer lazily so a config error never waits on heavy imports."""
   if name == "pretrain":
     from vicmae_jax.trainers import pretrain
+
     return pretrain.train
   if name == "linear_probe":
     from vicmae_jax.trainers import linear_probe
+
     return linear_probe.train
   if name == "finetune":
     from vicmae_jax.trainers import finetune
+
     return finetune.train
   from vicmae_jax.config_lib import ConfigError, suggest
-  raise ConfigError("trainer", f"unknown trainer {name!r}{suggest(name, TRAINERS)}; "
-                    f"choose one of {', '.join(TRAINERS)}")
+
+  raise ConfigError(
+    "trainer",
+    f"unknown trainer {name!r}{suggest(name, TRAINERS)}; choose one of {', '.join(TRAINERS)}",
+  )
 
 
 def run(config, workdir: str) -> dict:
@@ -68,6 +77,7 @@ def ensure_demo_data(config) -> None:
     return
   import jax
   from vicmae_jax.data import demo
+
   spec = config.demo_data
   root = os.path.expanduser(spec.root)
   if jax.process_index() == 0:
@@ -76,13 +86,16 @@ def ensure_demo_data(config) -> None:
     demo.ensure_demo_dataset(root, **kwargs)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices("demo_data_ready")
 
 
 def _enable_compilation_cache(workdir: str):
   import jax
-  cache = os.environ.get("VICMAE_COMPILE_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
-                                                               "vicmae_jax", "xla"))
+
+  cache = os.environ.get(
+    "VICMAE_COMPILE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vicmae_jax", "xla")
+  )
   try:
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
@@ -110,13 +123,16 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   _quiet_library_logs()
   from vicmae_jax import distributed
+
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
   import jax
+
   _enable_compilation_cache(FLAGS.workdir)
   logging.info("JAX %s: %s", jax.__version__, distributed.describe())
   config = FLAGS.config
   from vicmae_jax.config_lib import ConfigError
+
   try:
     summary = run(config, FLAGS.workdir)
   except ConfigError as e:
@@ -142,16 +158,24 @@ def parse_flags(argv: list[str]) -> list[str]:
     _fail(str(e))
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     key = str(e).strip("\"' ")
-    culprits = [a for a in argv[1:] if a.startswith("--config.")
-                and key in a.split("=", 1)[0][len("--config."):].split(".")]
+    culprits = [
+      a
+      for a in argv[1:]
+      if a.startswith("--config.") and key in a.split("=", 1)[0][len("--config.") :].split(".")
+    ]
     where = f" in {' '.join(culprits)}" if culprits else ""
-    _fail(f"bad config override{where}: unknown field or value {key!r}; check the spelling "
-          "against the config file")
+    _fail(
+      f"bad config override{where}: unknown field or value {key!r}; check the spelling "
+      "against the config file"
+    )
   config = FLAGS["config"].value
   if config is None or type(config).__name__ == "_ErrorConfig":
     path = FLAGS["config"].config_filename if FLAGS["config"].present else None
-    _fail(f"could not load config file {path!r}" if path else "--config is required, e.g. "
-          "--config=configs/demo.py")
+    _fail(
+      f"could not load config file {path!r}"
+      if path
+      else "--config is required, e.g. --config=configs/demo.py"
+    )
   if not FLAGS.workdir:
     _fail("--workdir is required")
   return rest

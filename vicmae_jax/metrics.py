@@ -30,13 +30,22 @@ def _fmt_duration(seconds: float) -> str:
 class TrainLogger:
   """Accumulates per-step host metrics and writes averages every `every_steps` steps."""
 
-  def __init__(self, workdir: str, *, total_steps: int, global_batch: int, unit: str = "pairs",
-               flops_per_step: float | None = None, peak_flops_total: float | None = None,
-               prefix: str = "train"):
+  def __init__(
+    self,
+    workdir: str,
+    *,
+    total_steps: int,
+    global_batch: int,
+    unit: str = "pairs",
+    flops_per_step: float | None = None,
+    peak_flops_total: float | None = None,
+    prefix: str = "train",
+  ):
     from clu import metric_writers  # imports TensorFlow: only when a run starts writing
 
     self.writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+      workdir, just_logging=jax.process_index() > 0, asynchronous=True
+    )
     self.total_steps = total_steps
     self.global_batch = global_batch
     self.unit = unit
@@ -49,8 +58,9 @@ class TrainLogger:
     self._window_steps = 0
     self.history: list[dict] = []
     # A JSON-lines copy of every written scalar: easy to read back for scripts and tests.
-    self._jsonl = (open(os.path.join(workdir, "metrics.jsonl"), "a")
-                   if jax.process_index() == 0 else None)
+    self._jsonl = (
+      open(os.path.join(workdir, "metrics.jsonl"), "a") if jax.process_index() == 0 else None
+    )
 
   def write_hparams(self, hparams: Mapping):
     flat = {}
@@ -64,6 +74,7 @@ class TrainLogger:
           flat[key] = v
         else:
           flat[key] = str(v)
+
     rec("", hparams)
     self.writer.write_hparams(flat)
 
@@ -86,15 +97,25 @@ class TrainLogger:
     elapsed = time.perf_counter() - self._window_start
     step_time = elapsed / max(self._window_steps, 1)
     avg[f"{self.prefix}/step_time_s"] = step_time
-    avg[f"{self.prefix}/{self.unit}_per_s"] = self.global_batch / step_time if step_time > 0 else 0.0
+    avg[f"{self.prefix}/{self.unit}_per_s"] = (
+      self.global_batch / step_time if step_time > 0 else 0.0
+    )
     if self.flops_per_step and self.peak_flops_total:
       avg[f"{self.prefix}/mfu"] = self.flops_per_step / step_time / self.peak_flops_total
     self.writer.write_scalars(step, avg)
     self._append(step, avg)
     eta = (self.total_steps - step) * step_time
     parts = [f"step {step}/{self.total_steps}"]
-    for key in ("loss", "loss_recon", "loss_contrast", "accuracy", "lr", "grad_norm",
-                "param_norm", "update_norm"):
+    for key in (
+      "loss",
+      "loss_recon",
+      "loss_contrast",
+      "accuracy",
+      "lr",
+      "grad_norm",
+      "param_norm",
+      "update_norm",
+    ):
       full = f"{self.prefix}/{key}"
       if full in avg:
         parts.append(f"{key} {avg[full]:.4g}")
@@ -117,8 +138,9 @@ class TrainLogger:
 
   def _append(self, step: int, scalars: Mapping[str, float]):
     if self._jsonl is not None:
-      self._jsonl.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
-                        + "\n")
+      self._jsonl.write(
+        json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n"
+      )
       self._jsonl.flush()
 
   def write_images(self, step: int, images: Mapping[str, np.ndarray]):
@@ -136,6 +158,7 @@ def global_norm(tree) -> jax.Array:
   if not leaves:
     return 0.0
   import jax.numpy as jnp
+
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
@@ -144,7 +167,8 @@ def check_finite(metrics: Mapping[str, float], step: int) -> None:
   bad = {k: v for k, v in metrics.items() if not math.isfinite(float(v))}
   if bad:
     raise FloatingPointError(
-        f"non-finite training metrics at step {step}: "
-        + ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
-        + ". Stopping without saving this state; the last good checkpoint is kept. "
-        "Lower the learning rate, enable optim.clip_grad_norm, or check the input data.")
+      f"non-finite training metrics at step {step}: "
+      + ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+      + ". Stopping without saving this state; the last good checkpoint is kept. "
+      "Lower the learning rate, enable optim.clip_grad_norm, or check the input data."
+    )

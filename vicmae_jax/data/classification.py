@@ -28,6 +28,7 @@ Evaluation loaders are the pipeline's padded, finite ones (`valid` marks real ro
 Cached features (linear probe): `make_feature_loader` streams rows of an in-memory [N, D] array
 the same way: {"features": float32 [b, D], "label": int32 [b]}.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -51,290 +52,384 @@ _MIX_STREAM = 7
 
 
 def augment_config(**overrides) -> ml_collections.ConfigDict:
-    """Per-image training augmentation (`config.augment`).
+  """Per-image training augmentation (`config.augment`).
 
-    train_augmentation   crop/flip spec (augment.py); `crop_scale` of the data config fills its scale
-    rand_augment_ops     RandAugment ops per image (0 = off); official 2
-    magnitude, magnitude_std   RandAugment magnitude ~ N(9, 0.5)
-    erase_prob           random erasing probability (0 = off); official 0.25
-    """
-    c = ml_collections.ConfigDict(dict(train_augmentation=TRAIN_IMAGE_SPEC, rand_augment_ops=0, magnitude=9.0,
-                                       magnitude_std=0.5, erase_prob=0.0))
-    c.update(overrides)
-    return c
+  train_augmentation   crop/flip spec (augment.py); `crop_scale` of the data config fills its scale
+  rand_augment_ops     RandAugment ops per image (0 = off); official 2
+  magnitude, magnitude_std   RandAugment magnitude ~ N(9, 0.5)
+  erase_prob           random erasing probability (0 = off); official 0.25
+  """
+  c = ml_collections.ConfigDict(
+    dict(
+      train_augmentation=TRAIN_IMAGE_SPEC,
+      rand_augment_ops=0,
+      magnitude=9.0,
+      magnitude_std=0.5,
+      erase_prob=0.0,
+    )
+  )
+  c.update(overrides)
+  return c
 
 
 def mixup_config(**overrides) -> ml_collections.ConfigDict:
-    """Batch mixing and targets (`config.mixup`); alphas of 0 turn mixup / cutmix off.
+  """Batch mixing and targets (`config.mixup`); alphas of 0 turn mixup / cutmix off.
 
-    mixup_alpha, cutmix_alpha   Beta parameters (official fine-tuning 0.8, 1.0)
-    prob                        probability that a batch is mixed at all
-    switch_prob                 probability of cutmix when both are on
-    label_smoothing             target smoothing (official 0.1)
-    """
-    c = ml_collections.ConfigDict(dict(mixup_alpha=0.0, cutmix_alpha=0.0, prob=1.0, switch_prob=0.5,
-                                       label_smoothing=0.0))
-    c.update(overrides)
-    return c
+  mixup_alpha, cutmix_alpha   Beta parameters (official fine-tuning 0.8, 1.0)
+  prob                        probability that a batch is mixed at all
+  switch_prob                 probability of cutmix when both are on
+  label_smoothing             target smoothing (official 0.1)
+  """
+  c = ml_collections.ConfigDict(
+    dict(mixup_alpha=0.0, cutmix_alpha=0.0, prob=1.0, switch_prob=0.5, label_smoothing=0.0)
+  )
+  c.update(overrides)
+  return c
 
 
 def mixing_enabled(mixup_cfg: Mapping[str, Any]) -> bool:
-    return float(mixup_cfg.get("mixup_alpha", 0)) > 0 or float(mixup_cfg.get("cutmix_alpha", 0)) > 0
+  return float(mixup_cfg.get("mixup_alpha", 0)) > 0 or float(mixup_cfg.get("cutmix_alpha", 0)) > 0
 
 
 def validate_augment_config(cfg: Mapping[str, Any]) -> None:
-    """Raises ValueError starting with `augment.<field>:`."""
-    try:
-        augment.build(cfg.get("train_augmentation", TRAIN_IMAGE_SPEC), image_size=224)
-    except ValueError as error:
-        raise ValueError(f"augment.train_augmentation: {error}") from None
-    if int(cfg.get("rand_augment_ops", 0)) < 0:
-        raise ValueError(f"augment.rand_augment_ops: must be >= 0, got {cfg.get('rand_augment_ops')}")
-    if not 0.0 <= float(cfg.get("magnitude", 9.0)) <= finetune_augment.MAX_MAGNITUDE:
-        raise ValueError(f"augment.magnitude: must be in [0, 10], got {cfg.get('magnitude')}")
-    if not 0.0 <= float(cfg.get("erase_prob", 0.0)) <= 1.0:
-        raise ValueError(f"augment.erase_prob: must be in [0, 1], got {cfg.get('erase_prob')}")
+  """Raises ValueError starting with `augment.<field>:`."""
+  try:
+    augment.build(cfg.get("train_augmentation", TRAIN_IMAGE_SPEC), image_size=224)
+  except ValueError as error:
+    raise ValueError(f"augment.train_augmentation: {error}") from None
+  if int(cfg.get("rand_augment_ops", 0)) < 0:
+    raise ValueError(f"augment.rand_augment_ops: must be >= 0, got {cfg.get('rand_augment_ops')}")
+  if not 0.0 <= float(cfg.get("magnitude", 9.0)) <= finetune_augment.MAX_MAGNITUDE:
+    raise ValueError(f"augment.magnitude: must be in [0, 10], got {cfg.get('magnitude')}")
+  if not 0.0 <= float(cfg.get("erase_prob", 0.0)) <= 1.0:
+    raise ValueError(f"augment.erase_prob: must be in [0, 1], got {cfg.get('erase_prob')}")
 
 
 def validate_mixup_config(cfg: Mapping[str, Any]) -> None:
-    """Raises ValueError starting with `mixup.<field>:`."""
-    for field in ("mixup_alpha", "cutmix_alpha"):
-        if float(cfg.get(field, 0.0)) < 0:
-            raise ValueError(f"mixup.{field}: must be >= 0, got {cfg.get(field)}")
-    for field in ("prob", "switch_prob", "label_smoothing"):
-        value = float(cfg.get(field, 0.0))
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"mixup.{field}: must be in [0, 1], got {value}")
+  """Raises ValueError starting with `mixup.<field>:`."""
+  for field in ("mixup_alpha", "cutmix_alpha"):
+    if float(cfg.get(field, 0.0)) < 0:
+      raise ValueError(f"mixup.{field}: must be >= 0, got {cfg.get(field)}")
+  for field in ("prob", "switch_prob", "label_smoothing"):
+    value = float(cfg.get(field, 0.0))
+    if not 0.0 <= value <= 1.0:
+      raise ValueError(f"mixup.{field}: must be in [0, 1], got {value}")
 
 
 def label_names(data_cfg: Mapping[str, Any]) -> tuple[str, ...]:
-    """Class names of the sources (the first source that states them; all that state them must agree)."""
-    names: tuple[str, ...] = ()
-    for source_name, _, source in pipeline.build_sources(data_cfg):
-        current = tuple(source.label_names)
-        if not current:
-            continue
-        if names and current != names:
-            raise ValueError(f"data.sources.{source_name}: its {len(current)} class names differ from another "
-                             f"source's {len(names)}; mixed sources must share one label set")
-        names = current
-    return names
+  """Class names of the sources (the first source that states them; all that state them must agree)."""
+  names: tuple[str, ...] = ()
+  for source_name, _, source in pipeline.build_sources(data_cfg):
+    current = tuple(source.label_names)
+    if not current:
+      continue
+    if names and current != names:
+      raise ValueError(
+        f"data.sources.{source_name}: its {len(current)} class names differ from another "
+        f"source's {len(names)}; mixed sources must share one label set"
+      )
+    names = current
+  return names
 
 
 def num_classes(data_cfg: Mapping[str, Any]) -> int:
-    """Number of classes from the sources' label names, else 1 + the largest label of the data."""
-    names = label_names(data_cfg)
-    if names:
-        return len(names)
-    largest = -1
-    for _, _, source in pipeline.build_sources(data_cfg):
-        labels = getattr(source, "labels", None)
-        if labels is None:
-            raise ValueError("data.sources: the source states no class names; set config.num_classes")
-        largest = max(largest, int(np.max(labels)))
-    return largest + 1
+  """Number of classes from the sources' label names, else 1 + the largest label of the data."""
+  names = label_names(data_cfg)
+  if names:
+    return len(names)
+  largest = -1
+  for _, _, source in pipeline.build_sources(data_cfg):
+    labels = getattr(source, "labels", None)
+    if labels is None:
+      raise ValueError("data.sources: the source states no class names; set config.num_classes")
+    largest = max(largest, int(np.max(labels)))
+  return largest + 1
 
 
 class ImageMaker(pipeline.LazyAugmentation):
-    """(record index, epoch) -> {"image": uint8 [S, S, 3], "label": int32} or a Skipped marker."""
+  """(record index, epoch) -> {"image": uint8 [S, S, 3], "label": int32} or a Skipped marker."""
 
-    def __init__(self, source, *, spec: str, image_size: int, crop_scale, augment_cfg: Mapping[str, Any], seed: int):
-        self.source, self.spec, self.image_size = source, spec, int(image_size)
-        self.crop_scale = tuple(crop_scale)
-        self.rand_augment_ops = int(augment_cfg.get("rand_augment_ops", 0))
-        self.magnitude = float(augment_cfg.get("magnitude", 9.0))
-        self.magnitude_std = float(augment_cfg.get("magnitude_std", 0.5))
-        self.erase_prob = float(augment_cfg.get("erase_prob", 0.0))
-        self.seed = int(seed)
-        self.source_key = sampling.source_key(source.name)
+  def __init__(
+    self,
+    source,
+    *,
+    spec: str,
+    image_size: int,
+    crop_scale,
+    augment_cfg: Mapping[str, Any],
+    seed: int,
+  ):
+    self.source, self.spec, self.image_size = source, spec, int(image_size)
+    self.crop_scale = tuple(crop_scale)
+    self.rand_augment_ops = int(augment_cfg.get("rand_augment_ops", 0))
+    self.magnitude = float(augment_cfg.get("magnitude", 9.0))
+    self.magnitude_std = float(augment_cfg.get("magnitude_std", 0.5))
+    self.erase_prob = float(augment_cfg.get("erase_prob", 0.0))
+    self.seed = int(seed)
+    self.source_key = sampling.source_key(source.name)
 
-    def frame(self, example: Mapping[str, Any], rng: np.random.Generator) -> Any:
-        """The record's image: the image itself, a random stored frame, or a raw video frame at a random time."""
-        kind = example["kind"]
-        if kind == "image":
-            return example["image"]
-        if kind == "clip":
-            return example["frames"][int(rng.integers(len(example["frames"])))]
-        decoded = self.source.decode(example, [float(rng.uniform(0.0, example["duration_s"]))])
-        return decoded if isinstance(decoded, sources_lib.Skipped) else decoded[0]
+  def frame(self, example: Mapping[str, Any], rng: np.random.Generator) -> Any:
+    """The record's image: the image itself, a random stored frame, or a raw video frame at a random time."""
+    kind = example["kind"]
+    if kind == "image":
+      return example["image"]
+    if kind == "clip":
+      return example["frames"][int(rng.integers(len(example["frames"])))]
+    decoded = self.source.decode(example, [float(rng.uniform(0.0, example["duration_s"]))])
+    return decoded if isinstance(decoded, sources_lib.Skipped) else decoded[0]
 
-    def __call__(self, item: tuple[int, int]) -> dict[str, np.ndarray] | sources_lib.Skipped:
-        record_index, epoch = item
-        example = self.source[record_index]
-        if isinstance(example, sources_lib.Skipped):
-            return example
-        frame = self.frame(example, sampling.example_rng(self.seed, self.source_key, record_index, epoch,
-                                                         sampling.STREAM_SAMPLING))
-        if isinstance(frame, sources_lib.Skipped):
-            return frame
-        rng = sampling.example_rng(self.seed, self.source_key, record_index, epoch, sampling.STREAM_VIEW)
-        try:
-            image = self.augmentation()(frame, rng)
-        except pipeline._DECODE_ERRORS as error:
-            return self.source.skip(example.get("clip_id") or f"record {record_index}", "undecodable image", str(error))
-        if self.rand_augment_ops > 0:
-            image = finetune_augment.rand_augment(image, rng, num_ops=self.rand_augment_ops, magnitude=self.magnitude,
-                                                  magnitude_std=self.magnitude_std)
-        if self.erase_prob > 0:
-            image = finetune_augment.random_erasing(image, rng, prob=self.erase_prob)
-        return {"image": np.ascontiguousarray(image, np.uint8), "label": np.int32(example["label"])}
+  def __call__(self, item: tuple[int, int]) -> dict[str, np.ndarray] | sources_lib.Skipped:
+    record_index, epoch = item
+    example = self.source[record_index]
+    if isinstance(example, sources_lib.Skipped):
+      return example
+    frame = self.frame(
+      example,
+      sampling.example_rng(
+        self.seed, self.source_key, record_index, epoch, sampling.STREAM_SAMPLING
+      ),
+    )
+    if isinstance(frame, sources_lib.Skipped):
+      return frame
+    rng = sampling.example_rng(
+      self.seed, self.source_key, record_index, epoch, sampling.STREAM_VIEW
+    )
+    try:
+      image = self.augmentation()(frame, rng)
+    except pipeline._DECODE_ERRORS as error:
+      return self.source.skip(
+        example.get("clip_id") or f"record {record_index}", "undecodable image", str(error)
+      )
+    if self.rand_augment_ops > 0:
+      image = finetune_augment.rand_augment(
+        image,
+        rng,
+        num_ops=self.rand_augment_ops,
+        magnitude=self.magnitude,
+        magnitude_std=self.magnitude_std,
+      )
+    if self.erase_prob > 0:
+      image = finetune_augment.random_erasing(image, rng, prob=self.erase_prob)
+    return {"image": np.ascontiguousarray(image, np.uint8), "label": np.int32(example["label"])}
 
 
 class BatchMixing:
-    """Adds the batch's mixup / cutmix draw ("mix_lam", "mix_box") to a host batch (grain random_map)."""
+  """Adds the batch's mixup / cutmix draw ("mix_lam", "mix_box") to a host batch (grain random_map)."""
 
-    def __init__(self, mixup_cfg: Mapping[str, Any], pixel_key: str):
-        self.mixup_alpha = float(mixup_cfg.get("mixup_alpha", 0.0))
-        self.cutmix_alpha = float(mixup_cfg.get("cutmix_alpha", 0.0))
-        self.switch_prob = float(mixup_cfg.get("switch_prob", 0.5))
-        self.prob = float(mixup_cfg.get("prob", 1.0))
-        self.pixel_key = pixel_key
+  def __init__(self, mixup_cfg: Mapping[str, Any], pixel_key: str):
+    self.mixup_alpha = float(mixup_cfg.get("mixup_alpha", 0.0))
+    self.cutmix_alpha = float(mixup_cfg.get("cutmix_alpha", 0.0))
+    self.switch_prob = float(mixup_cfg.get("switch_prob", 0.5))
+    self.prob = float(mixup_cfg.get("prob", 1.0))
+    self.pixel_key = pixel_key
 
-    def __call__(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-        pixels = batch[self.pixel_key]
-        rows = pixels.shape[0]
-        params = finetune_augment.sample_mix(rng, pixels.shape[-3], pixels.shape[-2], mixup_alpha=self.mixup_alpha,
-                                             cutmix_alpha=self.cutmix_alpha, switch_prob=self.switch_prob,
-                                             prob=self.prob)
-        box = params.box if params.use_cutmix else (0, 0, 0, 0)
-        out = {k: v for k, v in batch.items() if k != "valid"}
-        out["mix_lam"] = np.full((rows,), params.lam, np.float32)
-        out["mix_box"] = np.tile(np.asarray(box, np.int32), (rows, 1))
-        return out
+  def __call__(
+    self, batch: dict[str, np.ndarray], rng: np.random.Generator
+  ) -> dict[str, np.ndarray]:
+    pixels = batch[self.pixel_key]
+    rows = pixels.shape[0]
+    params = finetune_augment.sample_mix(
+      rng,
+      pixels.shape[-3],
+      pixels.shape[-2],
+      mixup_alpha=self.mixup_alpha,
+      cutmix_alpha=self.cutmix_alpha,
+      switch_prob=self.switch_prob,
+      prob=self.prob,
+    )
+    box = params.box if params.use_cutmix else (0, 0, 0, 0)
+    out = {k: v for k, v in batch.items() if k != "valid"}
+    out["mix_lam"] = np.full((rows,), params.lam, np.float32)
+    out["mix_box"] = np.tile(np.asarray(box, np.int32), (rows, 1))
+    return out
 
 
 def _drop_valid(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: v for k, v in batch.items() if k != "valid"}
+  return {k: v for k, v in batch.items() if k != "valid"}
 
 
 def make_train_loader(
-    data_cfg: Mapping[str, Any],
-    *,
-    input_kind: str,
-    global_batch_size: int,
-    image_size: int,
-    seed: int,
-    augment_cfg: Mapping[str, Any] | None = None,
-    mixup_cfg: Mapping[str, Any] | None = None,
-    process_index: int | None = None,
-    process_count: int | None = None,
+  data_cfg: Mapping[str, Any],
+  *,
+  input_kind: str,
+  global_batch_size: int,
+  image_size: int,
+  seed: int,
+  augment_cfg: Mapping[str, Any] | None = None,
+  mixup_cfg: Mapping[str, Any] | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
 ) -> pipeline.Loader:
-    """The training stream of one process (see the module docstring for what a batch holds).
+  """The training stream of one process (see the module docstring for what a batch holds).
 
-    Clips take `clip_num_frames`, `clip_stride`, `clip_augmentation` and `crop_scale` from the data
-    config; images take `augment_cfg` (RandAugment and erasing apply to images only).
-    Raises ValueError naming the field for a bad input kind or batch size.
-    """
-    if input_kind not in INPUT_KINDS:
-        raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
-    augment_cfg = augment_cfg if augment_cfg is not None else augment_config()
-    process_index, process_count = pipeline._processes(process_index, process_count)
-    if input_kind == "clip":
-        loader = pipeline.make_clip_loader(data_cfg, batch_size=global_batch_size, image_size=image_size, train=True,
-                                           seed=seed, process_index=process_index, process_count=process_count)
-        dataset = loader.dataset.map(_drop_valid)
-        pixel_key = "video"
-    else:
-        pipeline.validate_data_config(data_cfg, frame_pairs=False)
-        host_batch = pipeline._host_batch(int(global_batch_size), process_count)
-        skip_log = sources_lib.SkipLog()
-        built = pipeline.build_sources(data_cfg, skip_log)
-        run_seed = pipeline._run_seed(data_cfg, seed)
-        spec = augment_cfg.get("train_augmentation", TRAIN_IMAGE_SPEC)
+  Clips take `clip_num_frames`, `clip_stride`, `clip_augmentation` and `crop_scale` from the data
+  config; images take `augment_cfg` (RandAugment and erasing apply to images only).
+  Raises ValueError naming the field for a bad input kind or batch size.
+  """
+  if input_kind not in INPUT_KINDS:
+    raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
+  augment_cfg = augment_cfg if augment_cfg is not None else augment_config()
+  process_index, process_count = pipeline._processes(process_index, process_count)
+  if input_kind == "clip":
+    loader = pipeline.make_clip_loader(
+      data_cfg,
+      batch_size=global_batch_size,
+      image_size=image_size,
+      train=True,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+    )
+    dataset = loader.dataset.map(_drop_valid)
+    pixel_key = "video"
+  else:
+    pipeline.validate_data_config(data_cfg, frame_pairs=False)
+    host_batch = pipeline._host_batch(int(global_batch_size), process_count)
+    skip_log = sources_lib.SkipLog()
+    built = pipeline.build_sources(data_cfg, skip_log)
+    run_seed = pipeline._run_seed(data_cfg, seed)
+    spec = augment_cfg.get("train_augmentation", TRAIN_IMAGE_SPEC)
 
-        def make_example(source, source_index):
-            del source_index
-            return ImageMaker(source, spec=spec, image_size=image_size,
-                              crop_scale=data_cfg.get("crop_scale", (0.08, 1.0)), augment_cfg=augment_cfg,
-                              seed=run_seed)
+    def make_example(source, source_index):
+      del source_index
+      return ImageMaker(
+        source,
+        spec=spec,
+        image_size=image_size,
+        crop_scale=data_cfg.get("crop_scale", (0.08, 1.0)),
+        augment_cfg=augment_cfg,
+        seed=run_seed,
+      )
 
-        mixed = pipeline._training_mixture(data_cfg, built, seed=run_seed, process_index=process_index,
-                                           process_count=process_count, make_example=make_example,
-                                           host_batch_size=host_batch)
-        dataset = pipeline._finish(mixed, data_cfg, host_batch, drop_remainder=True)
-        names = tuple(built[0][2].label_names) if len(built) == 1 else ()
-        loader = pipeline.Loader(dataset, skip_log, tuple(n for n, _, _ in built), host_batch, None, names)
-        pixel_key = "image"
-    if mixup_cfg is not None and mixing_enabled(mixup_cfg):
-        mix_seed = pipeline._seed32(pipeline._run_seed(data_cfg, seed), _MIX_STREAM, process_index)
-        dataset = dataset.random_map(BatchMixing(mixup_cfg, pixel_key), seed=mix_seed)
-    return pipeline.Loader(dataset, loader.skip_log, loader.source_names, loader.host_batch_size, None,
-                           loader.label_names)
+    mixed = pipeline._training_mixture(
+      data_cfg,
+      built,
+      seed=run_seed,
+      process_index=process_index,
+      process_count=process_count,
+      make_example=make_example,
+      host_batch_size=host_batch,
+    )
+    dataset = pipeline._finish(mixed, data_cfg, host_batch, drop_remainder=True)
+    names = tuple(built[0][2].label_names) if len(built) == 1 else ()
+    loader = pipeline.Loader(
+      dataset, skip_log, tuple(n for n, _, _ in built), host_batch, None, names
+    )
+    pixel_key = "image"
+  if mixup_cfg is not None and mixing_enabled(mixup_cfg):
+    mix_seed = pipeline._seed32(pipeline._run_seed(data_cfg, seed), _MIX_STREAM, process_index)
+    dataset = dataset.random_map(BatchMixing(mixup_cfg, pixel_key), seed=mix_seed)
+  return pipeline.Loader(
+    dataset, loader.skip_log, loader.source_names, loader.host_batch_size, None, loader.label_names
+  )
 
 
 def make_eval_loader(
-    data_cfg: Mapping[str, Any],
-    *,
-    input_kind: str,
-    batch_size: int,
-    image_size: int,
-    process_index: int | None = None,
-    process_count: int | None = None,
+  data_cfg: Mapping[str, Any],
+  *,
+  input_kind: str,
+  batch_size: int,
+  image_size: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
 ) -> pipeline.Loader:
-    """One padded pass over the evaluation source (images, or clips with the config's views)."""
-    if input_kind not in INPUT_KINDS:
-        raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
-    if input_kind == "image":
-        return pipeline.make_eval_loader(data_cfg, batch_size=batch_size, image_size=image_size,
-                                         process_index=process_index, process_count=process_count)
-    return pipeline.make_clip_loader(data_cfg, batch_size=batch_size, image_size=image_size, train=False,
-                                     process_index=process_index, process_count=process_count)
+  """One padded pass over the evaluation source (images, or clips with the config's views)."""
+  if input_kind not in INPUT_KINDS:
+    raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
+  if input_kind == "image":
+    return pipeline.make_eval_loader(
+      data_cfg,
+      batch_size=batch_size,
+      image_size=image_size,
+      process_index=process_index,
+      process_count=process_count,
+    )
+  return pipeline.make_clip_loader(
+    data_cfg,
+    batch_size=batch_size,
+    image_size=image_size,
+    train=False,
+    process_index=process_index,
+    process_count=process_count,
+  )
 
 
 class _FeatureRows:
-    """Random access to (features [D], label) rows; what grain shuffles for the cached-feature probe."""
+  """Random access to (features [D], label) rows; what grain shuffles for the cached-feature probe."""
 
-    def __init__(self, features: np.ndarray, labels: np.ndarray):
-        self.features, self.labels = features, labels
+  def __init__(self, features: np.ndarray, labels: np.ndarray):
+    self.features, self.labels = features, labels
 
-    def __len__(self) -> int:
-        return len(self.labels)
+  def __len__(self) -> int:
+    return len(self.labels)
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        return {"features": self.features[index], "label": np.int32(self.labels[index])}
-
-
-def make_feature_loader(features: np.ndarray, labels: np.ndarray, *, global_batch_size: int, seed: int,
-                        process_index: int | None = None, process_count: int | None = None) -> pipeline.Loader:
-    """Infinite shuffled stream of cached features: {"features": float32 [b, D], "label": int32 [b]}.
-
-    `features` [N, D] / `labels` [N] are the whole set (the same on every process); each process
-    reads its rows [process_index::process_count], reshuffled every epoch.
-    """
-    features = np.asarray(features, np.float32)
-    labels = np.asarray(labels)
-    if features.ndim != 2 or labels.shape != features.shape[:1]:
-        raise ValueError(f"features must be [N, D] with labels [N], got {features.shape} and {labels.shape}")
-    process_index, process_count = pipeline._processes(process_index, process_count)
-    host_batch = pipeline._host_batch(int(global_batch_size), process_count)
-    mine = np.arange(len(labels))[process_index::process_count]
-    if len(mine) < host_batch:
-        raise ValueError(f"batch_size: {len(labels)} cached examples give process {process_index} {len(mine)} rows, "
-                         f"fewer than its batch of {host_batch}")
-    rows = _FeatureRows(features[mine], labels[mine])
-    dataset = (grain.MapDataset.source(rows).shuffle(seed=pipeline._seed32(seed, _MIX_STREAM + 1)).repeat()
-               .to_iter_dataset().batch(host_batch, drop_remainder=True))
-    return pipeline.Loader(dataset, sources_lib.SkipLog(), ("features",), host_batch)
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return {"features": self.features[index], "label": np.int32(self.labels[index])}
 
 
-def feature_eval_batches(features: np.ndarray, labels: np.ndarray, *, batch_size: int,
-                         process_index: int | None = None, process_count: int | None = None):
-    """This process's rows of cached features in padded batches (same batch count on every process).
+def make_feature_loader(
+  features: np.ndarray,
+  labels: np.ndarray,
+  *,
+  global_batch_size: int,
+  seed: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> pipeline.Loader:
+  """Infinite shuffled stream of cached features: {"features": float32 [b, D], "label": int32 [b]}.
 
-    Yields {"features": float32 [b, D], "label": int32 [b], "valid": bool [b]}.
-    """
-    process_index, process_count = pipeline._processes(process_index, process_count)
-    host_batch = pipeline._host_batch(int(batch_size), process_count)
-    mine = np.arange(len(labels))[process_index::process_count]
-    largest_share = -(-len(labels) // process_count)
-    num_batches = -(-largest_share // host_batch)
-    dim = features.shape[1]
-    for start in range(0, num_batches * host_batch, host_batch):
-        rows = mine[start:start + host_batch]
-        valid = np.zeros((host_batch,), bool)
-        valid[:len(rows)] = True
-        feats = np.zeros((host_batch, dim), np.float32)
-        labs = np.full((host_batch,), -1, np.int32)
-        feats[:len(rows)] = features[rows]
-        labs[:len(rows)] = labels[rows]
-        yield {"features": feats, "label": labs, "valid": valid}
+  `features` [N, D] / `labels` [N] are the whole set (the same on every process); each process
+  reads its rows [process_index::process_count], reshuffled every epoch.
+  """
+  features = np.asarray(features, np.float32)
+  labels = np.asarray(labels)
+  if features.ndim != 2 or labels.shape != features.shape[:1]:
+    raise ValueError(
+      f"features must be [N, D] with labels [N], got {features.shape} and {labels.shape}"
+    )
+  process_index, process_count = pipeline._processes(process_index, process_count)
+  host_batch = pipeline._host_batch(int(global_batch_size), process_count)
+  mine = np.arange(len(labels))[process_index::process_count]
+  if len(mine) < host_batch:
+    raise ValueError(
+      f"batch_size: {len(labels)} cached examples give process {process_index} {len(mine)} rows, "
+      f"fewer than its batch of {host_batch}"
+    )
+  rows = _FeatureRows(features[mine], labels[mine])
+  dataset = (
+    grain.MapDataset.source(rows)
+    .shuffle(seed=pipeline._seed32(seed, _MIX_STREAM + 1))
+    .repeat()
+    .to_iter_dataset()
+    .batch(host_batch, drop_remainder=True)
+  )
+  return pipeline.Loader(dataset, sources_lib.SkipLog(), ("features",), host_batch)
+
+
+def feature_eval_batches(
+  features: np.ndarray,
+  labels: np.ndarray,
+  *,
+  batch_size: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+):
+  """This process's rows of cached features in padded batches (same batch count on every process).
+
+  Yields {"features": float32 [b, D], "label": int32 [b], "valid": bool [b]}.
+  """
+  process_index, process_count = pipeline._processes(process_index, process_count)
+  host_batch = pipeline._host_batch(int(batch_size), process_count)
+  mine = np.arange(len(labels))[process_index::process_count]
+  largest_share = -(-len(labels) // process_count)
+  num_batches = -(-largest_share // host_batch)
+  dim = features.shape[1]
+  for start in range(0, num_batches * host_batch, host_batch):
+    rows = mine[start : start + host_batch]
+    valid = np.zeros((host_batch,), bool)
+    valid[: len(rows)] = True
+    feats = np.zeros((host_batch, dim), np.float32)
+    labs = np.full((host_batch,), -1, np.int32)
+    feats[: len(rows)] = features[rows]
+    labs[: len(rows)] = labels[rows]
+    yield {"features": feats, "label": labs, "valid": valid}

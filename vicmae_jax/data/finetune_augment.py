@@ -18,6 +18,7 @@ The recipe is the MAE / ViC-MAE fine-tuning one (timm `rand-m9-mstd0.5-inc1`, `r
   batch reversed, targets are smoothed one-hot vectors mixed with the same lambda; for cutmix
   lambda is recomputed from the box actually pasted (clipped at the border).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,300 +35,398 @@ IMAGENET_FILL = tuple(int(round(255 * m)) for m in IMAGENET_MEAN)
 MAX_MAGNITUDE = 10.0
 # The timm "increasing" RandAugment set (`inc1`): every op gets stronger as magnitude grows.
 RAND_AUGMENT_OPS = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd",
-    "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel",
-    "TranslateYRel",
+  "AutoContrast",
+  "Equalize",
+  "Invert",
+  "Rotate",
+  "Posterize",
+  "Solarize",
+  "SolarizeAdd",
+  "Color",
+  "Contrast",
+  "Brightness",
+  "Sharpness",
+  "ShearX",
+  "ShearY",
+  "TranslateXRel",
+  "TranslateYRel",
 )
 # Ops whose argument gets a random sign.
-SIGNED_OPS = frozenset({"Rotate", "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY",
-                        "TranslateXRel", "TranslateYRel"})
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-             "nearest": Image.Resampling.NEAREST}
+SIGNED_OPS = frozenset(
+  {
+    "Rotate",
+    "Color",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
+  }
+)
+_RESAMPLE = {
+  "bicubic": Image.Resampling.BICUBIC,
+  "bilinear": Image.Resampling.BILINEAR,
+  "nearest": Image.Resampling.NEAREST,
+}
 ERASE_MODES = ("pixel", "rand", "const")
 
 
 def _check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"{name} must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
-    return image
+  image = np.asarray(image)
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f"{name} must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+  return image
 
 
 # ----------------------------------------------------------------------------------------------
 # RandAugment
 # ----------------------------------------------------------------------------------------------
 
+
 def op_argument(name: str, magnitude: float, negate: bool = False):
-    """The argument an op gets at `magnitude` in [0, 10] (timm's increasing level functions).
+  """The argument an op gets at `magnitude` in [0, 10] (timm's increasing level functions).
 
-    Returns None for the ops without argument, degrees for Rotate, a shear factor, a fraction of
-    the image size for translations, kept bits for Posterize, a threshold for Solarize, the
-    added value for SolarizeAdd and an enhancement factor (1 = identity) for the rest.
-    """
-    level = magnitude / MAX_MAGNITUDE
-    sign = -1.0 if negate else 1.0
-    if name in ("AutoContrast", "Equalize", "Invert"):
-        return None
-    if name == "Rotate":
-        return sign * level * 30.0
-    if name in ("ShearX", "ShearY"):
-        return sign * level * 0.3
-    if name in ("TranslateXRel", "TranslateYRel"):
-        return sign * level * 0.45
-    if name == "Posterize":
-        return 4 - int(level * 4)
-    if name == "Solarize":
-        return 256 - min(256, int(level * 256))
-    if name == "SolarizeAdd":
-        return min(128, int(level * 110))
-    if name in ("Color", "Contrast", "Brightness", "Sharpness"):
-        return max(0.1, 1.0 + sign * level * 0.9)
-    raise ValueError(f"unknown RandAugment op {name!r}; known: {', '.join(RAND_AUGMENT_OPS)}")
-
-
-def apply_op(image: np.ndarray, name: str, magnitude: float, *, negate: bool = False,
-             fill: tuple[int, int, int] = IMAGENET_FILL, resample: str = "bicubic") -> np.ndarray:
-    """One RandAugment op at a fixed magnitude. image: uint8 [H, W, 3] -> uint8 [H, W, 3]."""
-    image = _check_image(image)
-    if resample not in _RESAMPLE:
-        raise ValueError(f"resample must be one of {tuple(_RESAMPLE)}, got {resample!r}")
-    arg = op_argument(name, magnitude, negate)
-    pil = Image.fromarray(image)
-    width, height = pil.size
-    affine = dict(resample=_RESAMPLE[resample], fillcolor=tuple(fill))
-    if name == "AutoContrast":
-        out = ImageOps.autocontrast(pil)
-    elif name == "Equalize":
-        out = ImageOps.equalize(pil)
-    elif name == "Invert":
-        out = ImageOps.invert(pil)
-    elif name == "Rotate":
-        out = pil.rotate(arg, **affine)
-    elif name == "Posterize":
-        if arg >= 8:
-            out = pil
-        elif arg <= 0:  # keeping 0 bits leaves black (what older PIL returned; newer PIL refuses 0)
-            out = Image.new(pil.mode, pil.size)
-        else:
-            out = ImageOps.posterize(pil, arg)
-    elif name == "Solarize":
-        out = ImageOps.solarize(pil, arg)
-    elif name == "SolarizeAdd":
-        lut = [min(255, i + arg) if i < 128 else i for i in range(256)]
-        out = pil.point(lut * 3)
-    elif name == "Color":
-        out = ImageEnhance.Color(pil).enhance(arg)
-    elif name == "Contrast":
-        out = ImageEnhance.Contrast(pil).enhance(arg)
-    elif name == "Brightness":
-        out = ImageEnhance.Brightness(pil).enhance(arg)
-    elif name == "Sharpness":
-        out = ImageEnhance.Sharpness(pil).enhance(arg)
-    # Affine data maps output (x, y) to input (a x + b y + c, d x + e y + f).
-    elif name == "ShearX":
-        out = pil.transform(pil.size, Image.Transform.AFFINE, (1, arg, 0, 0, 1, 0), **affine)
-    elif name == "ShearY":
-        out = pil.transform(pil.size, Image.Transform.AFFINE, (1, 0, 0, arg, 1, 0), **affine)
-    elif name == "TranslateXRel":
-        out = pil.transform(pil.size, Image.Transform.AFFINE, (1, 0, arg * width, 0, 1, 0), **affine)
-    else:  # TranslateYRel
-        out = pil.transform(pil.size, Image.Transform.AFFINE, (1, 0, 0, 0, 1, arg * height), **affine)
-    return np.asarray(out, np.uint8)
+  Returns None for the ops without argument, degrees for Rotate, a shear factor, a fraction of
+  the image size for translations, kept bits for Posterize, a threshold for Solarize, the
+  added value for SolarizeAdd and an enhancement factor (1 = identity) for the rest.
+  """
+  level = magnitude / MAX_MAGNITUDE
+  sign = -1.0 if negate else 1.0
+  if name in ("AutoContrast", "Equalize", "Invert"):
+    return None
+  if name == "Rotate":
+    return sign * level * 30.0
+  if name in ("ShearX", "ShearY"):
+    return sign * level * 0.3
+  if name in ("TranslateXRel", "TranslateYRel"):
+    return sign * level * 0.45
+  if name == "Posterize":
+    return 4 - int(level * 4)
+  if name == "Solarize":
+    return 256 - min(256, int(level * 256))
+  if name == "SolarizeAdd":
+    return min(128, int(level * 110))
+  if name in ("Color", "Contrast", "Brightness", "Sharpness"):
+    return max(0.1, 1.0 + sign * level * 0.9)
+  raise ValueError(f"unknown RandAugment op {name!r}; known: {', '.join(RAND_AUGMENT_OPS)}")
 
 
-def rand_augment(image: np.ndarray, rng: np.random.Generator, *, num_ops: int = 2,
-                 magnitude: float = 9.0, magnitude_std: float = 0.5, prob: float = 0.5,
-                 ops: tuple[str, ...] = RAND_AUGMENT_OPS, fill: tuple[int, int, int] = IMAGENET_FILL,
-                 resample: str = "bicubic") -> np.ndarray:
-    """RandAugment: `num_ops` ops drawn with replacement, each applied with probability `prob`.
+def apply_op(
+  image: np.ndarray,
+  name: str,
+  magnitude: float,
+  *,
+  negate: bool = False,
+  fill: tuple[int, int, int] = IMAGENET_FILL,
+  resample: str = "bicubic",
+) -> np.ndarray:
+  """One RandAugment op at a fixed magnitude. image: uint8 [H, W, 3] -> uint8 [H, W, 3]."""
+  image = _check_image(image)
+  if resample not in _RESAMPLE:
+    raise ValueError(f"resample must be one of {tuple(_RESAMPLE)}, got {resample!r}")
+  arg = op_argument(name, magnitude, negate)
+  pil = Image.fromarray(image)
+  width, height = pil.size
+  affine = dict(resample=_RESAMPLE[resample], fillcolor=tuple(fill))
+  if name == "AutoContrast":
+    out = ImageOps.autocontrast(pil)
+  elif name == "Equalize":
+    out = ImageOps.equalize(pil)
+  elif name == "Invert":
+    out = ImageOps.invert(pil)
+  elif name == "Rotate":
+    out = pil.rotate(arg, **affine)
+  elif name == "Posterize":
+    if arg >= 8:
+      out = pil
+    elif arg <= 0:  # keeping 0 bits leaves black (what older PIL returned; newer PIL refuses 0)
+      out = Image.new(pil.mode, pil.size)
+    else:
+      out = ImageOps.posterize(pil, arg)
+  elif name == "Solarize":
+    out = ImageOps.solarize(pil, arg)
+  elif name == "SolarizeAdd":
+    lut = [min(255, i + arg) if i < 128 else i for i in range(256)]
+    out = pil.point(lut * 3)
+  elif name == "Color":
+    out = ImageEnhance.Color(pil).enhance(arg)
+  elif name == "Contrast":
+    out = ImageEnhance.Contrast(pil).enhance(arg)
+  elif name == "Brightness":
+    out = ImageEnhance.Brightness(pil).enhance(arg)
+  elif name == "Sharpness":
+    out = ImageEnhance.Sharpness(pil).enhance(arg)
+  # Affine data maps output (x, y) to input (a x + b y + c, d x + e y + f).
+  elif name == "ShearX":
+    out = pil.transform(pil.size, Image.Transform.AFFINE, (1, arg, 0, 0, 1, 0), **affine)
+  elif name == "ShearY":
+    out = pil.transform(pil.size, Image.Transform.AFFINE, (1, 0, 0, arg, 1, 0), **affine)
+  elif name == "TranslateXRel":
+    out = pil.transform(pil.size, Image.Transform.AFFINE, (1, 0, arg * width, 0, 1, 0), **affine)
+  else:  # TranslateYRel
+    out = pil.transform(pil.size, Image.Transform.AFFINE, (1, 0, 0, 0, 1, arg * height), **affine)
+  return np.asarray(out, np.uint8)
 
-    Each applied op draws its magnitude from N(magnitude, magnitude_std) (uniform on
-    [0, magnitude] if magnitude_std is inf) clipped to [0, 10], and a random sign if signed.
-    image: uint8 [H, W, 3] -> uint8 [H, W, 3].
-    """
-    image = _check_image(image)
-    for name in ops:
-        op_argument(name, 0.0)  # rejects unknown names before any draw
-    for index in rng.integers(0, len(ops), size=num_ops):
-        if rng.random() >= prob:
-            continue
-        if math.isinf(magnitude_std):
-            level = rng.uniform(0.0, magnitude)
-        elif magnitude_std > 0:
-            level = rng.normal(magnitude, magnitude_std)
-        else:
-            level = magnitude
-        level = float(np.clip(level, 0.0, MAX_MAGNITUDE))
-        name = ops[index]
-        negate = bool(rng.random() < 0.5) if name in SIGNED_OPS else False
-        image = apply_op(image, name, level, negate=negate, fill=fill, resample=resample)
-    return image
+
+def rand_augment(
+  image: np.ndarray,
+  rng: np.random.Generator,
+  *,
+  num_ops: int = 2,
+  magnitude: float = 9.0,
+  magnitude_std: float = 0.5,
+  prob: float = 0.5,
+  ops: tuple[str, ...] = RAND_AUGMENT_OPS,
+  fill: tuple[int, int, int] = IMAGENET_FILL,
+  resample: str = "bicubic",
+) -> np.ndarray:
+  """RandAugment: `num_ops` ops drawn with replacement, each applied with probability `prob`.
+
+  Each applied op draws its magnitude from N(magnitude, magnitude_std) (uniform on
+  [0, magnitude] if magnitude_std is inf) clipped to [0, 10], and a random sign if signed.
+  image: uint8 [H, W, 3] -> uint8 [H, W, 3].
+  """
+  image = _check_image(image)
+  for name in ops:
+    op_argument(name, 0.0)  # rejects unknown names before any draw
+  for index in rng.integers(0, len(ops), size=num_ops):
+    if rng.random() >= prob:
+      continue
+    if math.isinf(magnitude_std):
+      level = rng.uniform(0.0, magnitude)
+    elif magnitude_std > 0:
+      level = rng.normal(magnitude, magnitude_std)
+    else:
+      level = magnitude
+    level = float(np.clip(level, 0.0, MAX_MAGNITUDE))
+    name = ops[index]
+    negate = bool(rng.random() < 0.5) if name in SIGNED_OPS else False
+    image = apply_op(image, name, level, negate=negate, fill=fill, resample=resample)
+  return image
 
 
 # ----------------------------------------------------------------------------------------------
 # Random erasing
 # ----------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class Box:
-    """A rectangle of rows [top, top + height) and columns [left, left + width)."""
+  """A rectangle of rows [top, top + height) and columns [left, left + width)."""
 
-    top: int
-    left: int
-    height: int
-    width: int
+  top: int
+  left: int
+  height: int
+  width: int
 
-    @property
-    def area(self) -> int:
-        return self.height * self.width
-
-
-def sample_erasing_box(rng: np.random.Generator, height: int, width: int, *, min_area: float = 0.02,
-                       max_area: float = 1 / 3, min_aspect: float = 0.3, max_aspect: float | None = None,
-                       attempts: int = 10) -> Box | None:
-    """timm's box: area ~ U(min_area, max_area) * H * W, log-uniform aspect (h / w); None if no
-    box fits strictly inside the image in `attempts` tries."""
-    if not 0 < min_area <= max_area <= 1:
-        raise ValueError(f"need 0 < min_area <= max_area <= 1, got {min_area}, {max_area}")
-    max_aspect = max_aspect or 1.0 / min_aspect
-    log_aspect = (math.log(min_aspect), math.log(max_aspect))
-    for _ in range(attempts):
-        target_area = rng.uniform(min_area, max_area) * height * width
-        aspect = math.exp(rng.uniform(*log_aspect))
-        box_h = int(round(math.sqrt(target_area * aspect)))
-        box_w = int(round(math.sqrt(target_area / aspect)))
-        if box_w < width and box_h < height:
-            top = int(rng.integers(0, height - box_h + 1))
-            left = int(rng.integers(0, width - box_w + 1))
-            return Box(top, left, box_h, box_w)
-    return None
+  @property
+  def area(self) -> int:
+    return self.height * self.width
 
 
-def erasing_fill(rng: np.random.Generator, shape: tuple[int, ...], mode: str = "pixel") -> np.ndarray:
-    """uint8 fill of `shape` [h, w, 3]: normalized-space N(0, 1) noise mapped to pixels.
-
-    pixel: a draw per pixel and channel; rand: one draw per channel; const: z = 0 (mean colour).
-    """
-    if mode not in ERASE_MODES:
-        raise ValueError(f"erasing mode must be one of {ERASE_MODES}, got {mode!r}")
-    if mode == "pixel":
-        z = rng.standard_normal(shape)
-    elif mode == "rand":
-        z = np.broadcast_to(rng.standard_normal((1,) * (len(shape) - 1) + (shape[-1],)), shape)
-    else:
-        z = np.zeros(shape)
-    return np.clip(np.round(255.0 * (IMAGENET_MEAN + IMAGENET_STD * z)), 0, 255).astype(np.uint8)
-
-
-def random_erasing(image: np.ndarray, rng: np.random.Generator, *, prob: float = 0.25,
-                   mode: str = "pixel", min_area: float = 0.02, max_area: float = 1 / 3,
-                   min_aspect: float = 0.3) -> np.ndarray:
-    """With probability `prob` erase one box (see module doc). uint8 [H, W, 3] -> a new array."""
-    image = _check_image(image)
-    if mode not in ERASE_MODES:
-        raise ValueError(f"erasing mode must be one of {ERASE_MODES}, got {mode!r}")
-    if rng.random() >= prob:
-        return image.copy()
-    box = sample_erasing_box(rng, image.shape[0], image.shape[1], min_area=min_area,
-                             max_area=max_area, min_aspect=min_aspect)
-    out = image.copy()
-    if box is not None:
-        out[box.top:box.top + box.height, box.left:box.left + box.width] = erasing_fill(
-            rng, (box.height, box.width, image.shape[-1]), mode)
-    return out
+def sample_erasing_box(
+  rng: np.random.Generator,
+  height: int,
+  width: int,
+  *,
+  min_area: float = 0.02,
+  max_area: float = 1 / 3,
+  min_aspect: float = 0.3,
+  max_aspect: float | None = None,
+  attempts: int = 10,
+) -> Box | None:
+  """timm's box: area ~ U(min_area, max_area) * H * W, log-uniform aspect (h / w); None if no
+  box fits strictly inside the image in `attempts` tries."""
+  if not 0 < min_area <= max_area <= 1:
+    raise ValueError(f"need 0 < min_area <= max_area <= 1, got {min_area}, {max_area}")
+  max_aspect = max_aspect or 1.0 / min_aspect
+  log_aspect = (math.log(min_aspect), math.log(max_aspect))
+  for _ in range(attempts):
+    target_area = rng.uniform(min_area, max_area) * height * width
+    aspect = math.exp(rng.uniform(*log_aspect))
+    box_h = int(round(math.sqrt(target_area * aspect)))
+    box_w = int(round(math.sqrt(target_area / aspect)))
+    if box_w < width and box_h < height:
+      top = int(rng.integers(0, height - box_h + 1))
+      left = int(rng.integers(0, width - box_w + 1))
+      return Box(top, left, box_h, box_w)
+  return None
 
 
-def augment_for_finetune(image: np.ndarray, rng: np.random.Generator, *, num_ops: int = 2,
-                         magnitude: float = 9.0, magnitude_std: float = 0.5,
-                         erase_prob: float = 0.25) -> np.ndarray:
-    """Per-image part of the recipe, after crop and flip: RandAugment, then random erasing.
-    uint8 [H, W, 3] -> uint8 [H, W, 3]."""
-    image = rand_augment(image, rng, num_ops=num_ops, magnitude=magnitude, magnitude_std=magnitude_std)
-    return random_erasing(image, rng, prob=erase_prob)
+def erasing_fill(
+  rng: np.random.Generator, shape: tuple[int, ...], mode: str = "pixel"
+) -> np.ndarray:
+  """uint8 fill of `shape` [h, w, 3]: normalized-space N(0, 1) noise mapped to pixels.
+
+  pixel: a draw per pixel and channel; rand: one draw per channel; const: z = 0 (mean colour).
+  """
+  if mode not in ERASE_MODES:
+    raise ValueError(f"erasing mode must be one of {ERASE_MODES}, got {mode!r}")
+  if mode == "pixel":
+    z = rng.standard_normal(shape)
+  elif mode == "rand":
+    z = np.broadcast_to(rng.standard_normal((1,) * (len(shape) - 1) + (shape[-1],)), shape)
+  else:
+    z = np.zeros(shape)
+  return np.clip(np.round(255.0 * (IMAGENET_MEAN + IMAGENET_STD * z)), 0, 255).astype(np.uint8)
+
+
+def random_erasing(
+  image: np.ndarray,
+  rng: np.random.Generator,
+  *,
+  prob: float = 0.25,
+  mode: str = "pixel",
+  min_area: float = 0.02,
+  max_area: float = 1 / 3,
+  min_aspect: float = 0.3,
+) -> np.ndarray:
+  """With probability `prob` erase one box (see module doc). uint8 [H, W, 3] -> a new array."""
+  image = _check_image(image)
+  if mode not in ERASE_MODES:
+    raise ValueError(f"erasing mode must be one of {ERASE_MODES}, got {mode!r}")
+  if rng.random() >= prob:
+    return image.copy()
+  box = sample_erasing_box(
+    rng, image.shape[0], image.shape[1], min_area=min_area, max_area=max_area, min_aspect=min_aspect
+  )
+  out = image.copy()
+  if box is not None:
+    out[box.top : box.top + box.height, box.left : box.left + box.width] = erasing_fill(
+      rng, (box.height, box.width, image.shape[-1]), mode
+    )
+  return out
+
+
+def augment_for_finetune(
+  image: np.ndarray,
+  rng: np.random.Generator,
+  *,
+  num_ops: int = 2,
+  magnitude: float = 9.0,
+  magnitude_std: float = 0.5,
+  erase_prob: float = 0.25,
+) -> np.ndarray:
+  """Per-image part of the recipe, after crop and flip: RandAugment, then random erasing.
+  uint8 [H, W, 3] -> uint8 [H, W, 3]."""
+  image = rand_augment(
+    image, rng, num_ops=num_ops, magnitude=magnitude, magnitude_std=magnitude_std
+  )
+  return random_erasing(image, rng, prob=erase_prob)
 
 
 # ----------------------------------------------------------------------------------------------
 # Mixup / cutmix
 # ----------------------------------------------------------------------------------------------
 
+
 def smooth_one_hot(labels: np.ndarray, num_classes: int, smoothing: float = 0.1) -> np.ndarray:
-    """int [B] -> float32 [B, num_classes]: 1 - smoothing + smoothing / C on the label,
-    smoothing / C elsewhere (rows sum to 1)."""
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be int [B], got {labels.dtype} {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must be in [0, num_classes={num_classes}), got range "
-                         f"[{labels.min()}, {labels.max()}]")
-    off = smoothing / num_classes
-    targets = np.full((labels.shape[0], num_classes), off, np.float64)
-    targets[np.arange(labels.shape[0]), labels] = 1.0 - smoothing + off
-    return targets.astype(np.float32)
+  """int [B] -> float32 [B, num_classes]: 1 - smoothing + smoothing / C on the label,
+  smoothing / C elsewhere (rows sum to 1)."""
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be int [B], got {labels.dtype} {labels.shape}")
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(
+      f"labels must be in [0, num_classes={num_classes}), got range "
+      f"[{labels.min()}, {labels.max()}]"
+    )
+  off = smoothing / num_classes
+  targets = np.full((labels.shape[0], num_classes), off, np.float64)
+  targets[np.arange(labels.shape[0]), labels] = 1.0 - smoothing + off
+  return targets.astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
 class MixParams:
-    """lam: weight of the original sample (1 = untouched); box: the cutmix region pasted from
-    the partner (rows [top, bottom), columns [left, right)), None for mixup or no mixing."""
+  """lam: weight of the original sample (1 = untouched); box: the cutmix region pasted from
+  the partner (rows [top, bottom), columns [left, right)), None for mixup or no mixing."""
 
-    lam: float
-    use_cutmix: bool
-    box: tuple[int, int, int, int] | None = None
-
-
-def sample_mix(rng: np.random.Generator, height: int, width: int, *, mixup_alpha: float = 0.8,
-               cutmix_alpha: float = 1.0, switch_prob: float = 0.5, prob: float = 1.0) -> MixParams:
-    """Draws the batch's mixing (timm 'batch' mode) and, for cutmix, the box and corrected lam."""
-    if mixup_alpha <= 0 and cutmix_alpha <= 0:
-        raise ValueError("at least one of mixup_alpha and cutmix_alpha must be > 0")
-    if rng.random() >= prob:
-        return MixParams(1.0, False)
-    if mixup_alpha > 0 and cutmix_alpha > 0:
-        use_cutmix = bool(rng.random() < switch_prob)
-    else:
-        use_cutmix = cutmix_alpha > 0
-    alpha = cutmix_alpha if use_cutmix else mixup_alpha
-    lam = float(rng.beta(alpha, alpha))
-    if not use_cutmix:
-        return MixParams(lam, False)
-    ratio = math.sqrt(1.0 - lam)
-    cut_h, cut_w = int(height * ratio), int(width * ratio)
-    center_y, center_x = int(rng.integers(0, height)), int(rng.integers(0, width))
-    top, bottom = np.clip([center_y - cut_h // 2, center_y + (cut_h + 1) // 2], 0, height)
-    left, right = np.clip([center_x - cut_w // 2, center_x + (cut_w + 1) // 2], 0, width)
-    area = (bottom - top) * (right - left)
-    return MixParams(1.0 - area / float(height * width), True, (int(top), int(bottom), int(left), int(right)))
+  lam: float
+  use_cutmix: bool
+  box: tuple[int, int, int, int] | None = None
 
 
-def mixup_cutmix(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, *, num_classes: int,
-                 mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, switch_prob: float = 0.5,
-                 prob: float = 1.0, label_smoothing: float = 0.1
-                 ) -> tuple[np.ndarray, np.ndarray, MixParams]:
-    """Mixes a batch with its reverse.
+def sample_mix(
+  rng: np.random.Generator,
+  height: int,
+  width: int,
+  *,
+  mixup_alpha: float = 0.8,
+  cutmix_alpha: float = 1.0,
+  switch_prob: float = 0.5,
+  prob: float = 1.0,
+) -> MixParams:
+  """Draws the batch's mixing (timm 'batch' mode) and, for cutmix, the box and corrected lam."""
+  if mixup_alpha <= 0 and cutmix_alpha <= 0:
+    raise ValueError("at least one of mixup_alpha and cutmix_alpha must be > 0")
+  if rng.random() >= prob:
+    return MixParams(1.0, False)
+  if mixup_alpha > 0 and cutmix_alpha > 0:
+    use_cutmix = bool(rng.random() < switch_prob)
+  else:
+    use_cutmix = cutmix_alpha > 0
+  alpha = cutmix_alpha if use_cutmix else mixup_alpha
+  lam = float(rng.beta(alpha, alpha))
+  if not use_cutmix:
+    return MixParams(lam, False)
+  ratio = math.sqrt(1.0 - lam)
+  cut_h, cut_w = int(height * ratio), int(width * ratio)
+  center_y, center_x = int(rng.integers(0, height)), int(rng.integers(0, width))
+  top, bottom = np.clip([center_y - cut_h // 2, center_y + (cut_h + 1) // 2], 0, height)
+  left, right = np.clip([center_x - cut_w // 2, center_x + (cut_w + 1) // 2], 0, width)
+  area = (bottom - top) * (right - left)
+  return MixParams(
+    1.0 - area / float(height * width), True, (int(top), int(bottom), int(left), int(right))
+  )
 
-    images: [B, ..., H, W, C] (uint8 or float; images or clips, the box covers H and W of every
-      frame). labels: int [B].
-    Returns images float32 (same shape, pixel scale kept: normalization is affine, so mixing
-    raw pixels then normalizing equals mixing normalized inputs), targets float32
-    [B, num_classes] = lam * smooth(y) + (1 - lam) * smooth(y reversed), and the MixParams.
-    """
-    images = np.asarray(images)
-    if images.ndim < 4:
-        raise ValueError(f"images must be [B, ..., H, W, C], got shape {images.shape}")
-    labels = np.asarray(labels)
-    if labels.shape != images.shape[:1]:
-        raise ValueError(f"labels must be [B={images.shape[0]}], got shape {labels.shape}")
-    targets = smooth_one_hot(labels, num_classes, label_smoothing)
-    params = sample_mix(rng, images.shape[-3], images.shape[-2], mixup_alpha=mixup_alpha,
-                        cutmix_alpha=cutmix_alpha, switch_prob=switch_prob, prob=prob)
-    mixed = images.astype(np.float32)
-    if params.lam == 1.0:
-        return mixed, targets, params
-    partner = images[::-1].astype(np.float32)
-    if params.use_cutmix:
-        top, bottom, left, right = params.box
-        mixed[..., top:bottom, left:right, :] = partner[..., top:bottom, left:right, :]
-    else:
-        mixed = params.lam * mixed + (1.0 - params.lam) * partner
-    targets = (params.lam * targets + (1.0 - params.lam) * targets[::-1]).astype(np.float32)
-    return mixed.astype(np.float32), targets, params
+
+def mixup_cutmix(
+  images: np.ndarray,
+  labels: np.ndarray,
+  rng: np.random.Generator,
+  *,
+  num_classes: int,
+  mixup_alpha: float = 0.8,
+  cutmix_alpha: float = 1.0,
+  switch_prob: float = 0.5,
+  prob: float = 1.0,
+  label_smoothing: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray, MixParams]:
+  """Mixes a batch with its reverse.
+
+  images: [B, ..., H, W, C] (uint8 or float; images or clips, the box covers H and W of every
+    frame). labels: int [B].
+  Returns images float32 (same shape, pixel scale kept: normalization is affine, so mixing
+  raw pixels then normalizing equals mixing normalized inputs), targets float32
+  [B, num_classes] = lam * smooth(y) + (1 - lam) * smooth(y reversed), and the MixParams.
+  """
+  images = np.asarray(images)
+  if images.ndim < 4:
+    raise ValueError(f"images must be [B, ..., H, W, C], got shape {images.shape}")
+  labels = np.asarray(labels)
+  if labels.shape != images.shape[:1]:
+    raise ValueError(f"labels must be [B={images.shape[0]}], got shape {labels.shape}")
+  targets = smooth_one_hot(labels, num_classes, label_smoothing)
+  params = sample_mix(
+    rng,
+    images.shape[-3],
+    images.shape[-2],
+    mixup_alpha=mixup_alpha,
+    cutmix_alpha=cutmix_alpha,
+    switch_prob=switch_prob,
+    prob=prob,
+  )
+  mixed = images.astype(np.float32)
+  if params.lam == 1.0:
+    return mixed, targets, params
+  partner = images[::-1].astype(np.float32)
+  if params.use_cutmix:
+    top, bottom, left, right = params.box
+    mixed[..., top:bottom, left:right, :] = partner[..., top:bottom, left:right, :]
+  else:
+    mixed = params.lam * mixed + (1.0 - params.lam) * partner
+  targets = (params.lam * targets + (1.0 - params.lam) * targets[::-1]).astype(np.float32)
+  return mixed.astype(np.float32), targets, params

@@ -17,6 +17,7 @@ stopped: a rerun skips the completed shards (and refuses to mix shards made with
 Shards of the earlier whole-clip format (no index file) are prepared again, with a warning.
 Bad videos (corrupt, truncated, empty, audio-only, too short) are skipped and counted, never fatal.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,330 +49,393 @@ _SHOWN_SKIPS = 5
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
-    return f"{split}-{index:05d}-of-{num_shards:05d}.array_record"
+  return f"{split}-{index:05d}-of-{num_shards:05d}.array_record"
 
 
 def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
-    """uint8 [H, W, 3] -> JPEG bytes."""
-    buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
+  """uint8 [H, W, 3] -> JPEG bytes."""
+  buffer = io.BytesIO()
+  Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
+  return buffer.getvalue()
 
 
 def read_clip(entry: formats.VideoEntry, settings: dict[str, Any]) -> tuple[dict[str, Any], float]:
-    """Decodes one video into (clip dict as in records.py, duration in seconds). Raises VideoDecodeError."""
-    frames, timestamps, source_fps = video_io.read_frames(
-        entry.path,
-        target_fps=settings["fps"],
-        short_side=settings["short_side"],
-        max_frames=settings["max_frames"],
+  """Decodes one video into (clip dict as in records.py, duration in seconds). Raises VideoDecodeError."""
+  frames, timestamps, source_fps = video_io.read_frames(
+    entry.path,
+    target_fps=settings["fps"],
+    short_side=settings["short_side"],
+    max_frames=settings["max_frames"],
+  )
+  if len(frames) < 2:
+    raise video_io.VideoDecodeError(
+      entry.path, video_io.REASON_TOO_SHORT, f"{len(frames)} frame(s)"
     )
-    if len(frames) < 2:
-        raise video_io.VideoDecodeError(entry.path, video_io.REASON_TOO_SHORT, f"{len(frames)} frame(s)")
-    # The time the kept frames cover: each lasts one interval of the stored rate (or of the source,
-    # when that is slower and every source frame was kept).
-    stored_fps = min(settings["fps"], source_fps) if source_fps > 0 else settings["fps"]
-    duration = float(timestamps[-1] - timestamps[0]) + 1.0 / stored_fps
-    if duration < settings["min_duration"] - 1e-6:
-        raise video_io.VideoDecodeError(
-            entry.path, video_io.REASON_TOO_SHORT, f"{duration:.2f} s < min_duration {settings['min_duration']} s"
-        )
-    clip = {
-        "clip_id": entry.clip_id,
-        "label": entry.label,
-        "label_name": entry.label_name,
-        "source_fps": source_fps,
-        "timestamps": timestamps.astype(np.float32),
-        "frames": [encode_jpeg(frame, settings["jpeg_quality"]) for frame in frames],
-        "height": frames.shape[1],
-        "width": frames.shape[2],
-    }
-    return clip, duration
+  # The time the kept frames cover: each lasts one interval of the stored rate (or of the source,
+  # when that is slower and every source frame was kept).
+  stored_fps = min(settings["fps"], source_fps) if source_fps > 0 else settings["fps"]
+  duration = float(timestamps[-1] - timestamps[0]) + 1.0 / stored_fps
+  if duration < settings["min_duration"] - 1e-6:
+    raise video_io.VideoDecodeError(
+      entry.path,
+      video_io.REASON_TOO_SHORT,
+      f"{duration:.2f} s < min_duration {settings['min_duration']} s",
+    )
+  clip = {
+    "clip_id": entry.clip_id,
+    "label": entry.label,
+    "label_name": entry.label_name,
+    "source_fps": source_fps,
+    "timestamps": timestamps.astype(np.float32),
+    "frames": [encode_jpeg(frame, settings["jpeg_quality"]) for frame in frames],
+    "height": frames.shape[1],
+    "width": frames.shape[2],
+  }
+  return clip, duration
 
 
 def _entries_digest(entries: Sequence[formats.VideoEntry]) -> str:
-    digest = hashlib.sha256()
-    for entry in entries:
-        digest.update(f"{entry.path}\0{entry.label}\0{entry.clip_id}\n".encode())
-    return digest.hexdigest()[:16]
+  digest = hashlib.sha256()
+  for entry in entries:
+    digest.update(f"{entry.path}\0{entry.label}\0{entry.clip_id}\n".encode())
+  return digest.hexdigest()[:16]
 
 
 def _state_path(output: str, name: str) -> str:
-    return os.path.join(output, f".{name}.json")
+  return os.path.join(output, f".{name}.json")
 
 
 def _write_shard(task: dict[str, Any], on_clip=None) -> dict[str, Any]:
-    """Writes one shard and its index; returns its state (counts, skips, longest clip, settings)."""
-    output, name, entries, settings = task["output"], task["name"], task["entries"], task["settings"]
-    final_path = os.path.join(output, name)
-    writer = records.ShardWriter(final_path + ".incomplete", records.index_path(final_path) + ".incomplete")
-    num_clips = num_frames = 0
-    max_clip_seconds = 0.0
-    skipped = []
-    try:
-        for entry in entries:
-            try:
-                clip, duration = read_clip(entry, settings)
-            except video_io.VideoDecodeError as error:
-                skipped.append({"path": entry.path, "reason": error.reason, "detail": error.detail or ""})
-            except Exception as error:  # noqa: BLE001 - one odd file must not stop a day-long job
-                detail = f"{type(error).__name__}: {error}"
-                skipped.append({"path": entry.path, "reason": REASON_UNEXPECTED, "detail": detail})
-            else:
-                writer.write(clip)
-                num_clips += 1
-                num_frames += len(clip["frames"])
-                max_clip_seconds = max(max_clip_seconds, duration)
-            if on_clip is not None:
-                on_clip()
-    finally:
-        writer.close()
-    state = {
-        "name": name,
-        "format_version": records.FORMAT_VERSION,
-        "num_clips": num_clips,
-        "num_frames": num_frames,
-        "max_clip_seconds": max_clip_seconds,
-        "skipped": skipped,
-        "settings": settings,
-        "entries_digest": task["entries_digest"],
-    }
-    # State first, the shard itself last: a shard file present means its index and state are complete.
-    with open(_state_path(output, name), "w") as file:
-        json.dump(state, file)
-    os.replace(writer.index_file, records.index_path(final_path))
-    os.replace(writer.shard_path, final_path)
-    return state
+  """Writes one shard and its index; returns its state (counts, skips, longest clip, settings)."""
+  output, name, entries, settings = task["output"], task["name"], task["entries"], task["settings"]
+  final_path = os.path.join(output, name)
+  writer = records.ShardWriter(
+    final_path + ".incomplete", records.index_path(final_path) + ".incomplete"
+  )
+  num_clips = num_frames = 0
+  max_clip_seconds = 0.0
+  skipped = []
+  try:
+    for entry in entries:
+      try:
+        clip, duration = read_clip(entry, settings)
+      except video_io.VideoDecodeError as error:
+        skipped.append({"path": entry.path, "reason": error.reason, "detail": error.detail or ""})
+      except Exception as error:  # noqa: BLE001 - one odd file must not stop a day-long job
+        detail = f"{type(error).__name__}: {error}"
+        skipped.append({"path": entry.path, "reason": REASON_UNEXPECTED, "detail": detail})
+      else:
+        writer.write(clip)
+        num_clips += 1
+        num_frames += len(clip["frames"])
+        max_clip_seconds = max(max_clip_seconds, duration)
+      if on_clip is not None:
+        on_clip()
+  finally:
+    writer.close()
+  state = {
+    "name": name,
+    "format_version": records.FORMAT_VERSION,
+    "num_clips": num_clips,
+    "num_frames": num_frames,
+    "max_clip_seconds": max_clip_seconds,
+    "skipped": skipped,
+    "settings": settings,
+    "entries_digest": task["entries_digest"],
+  }
+  # State first, the shard itself last: a shard file present means its index and state are complete.
+  with open(_state_path(output, name), "w") as file:
+    json.dump(state, file)
+  os.replace(writer.index_file, records.index_path(final_path))
+  os.replace(writer.shard_path, final_path)
+  return state
 
 
 _OLD_FORMAT = "old format"
 
 
-def _completed_state(output: str, name: str, settings: dict[str, Any], entries_digest: str) -> dict[str, Any] | str | None:
-    """The state of an already written shard; None if absent; _OLD_FORMAT if it must be written again.
+def _completed_state(
+  output: str, name: str, settings: dict[str, Any], entries_digest: str
+) -> dict[str, Any] | str | None:
+  """The state of an already written shard; None if absent; _OLD_FORMAT if it must be written again.
 
-    Raises if the shard was made with other settings or from other videos.
-    """
-    if not os.path.isfile(os.path.join(output, name)) or not os.path.isfile(_state_path(output, name)):
-        return None
-    with open(_state_path(output, name)) as file:
-        state = json.load(file)
-    for key, value in settings.items():
-        if state["settings"].get(key) != value:
-            raise ValueError(
-                f"{os.path.join(output, name)} was prepared with {key}={state['settings'].get(key)!r}, "
-                f"this run asks for {key}={value!r}: use another --output or delete the old shards"
-            )
-    if state["entries_digest"] != entries_digest:
-        raise ValueError(
-            f"{os.path.join(output, name)} was prepared from a different list of videos: "
-            "use another --output or delete the old shards"
-        )
-    if state.get("format_version") != records.FORMAT_VERSION or not os.path.isfile(
-            records.index_path(os.path.join(output, name))):
-        return _OLD_FORMAT
-    return state
+  Raises if the shard was made with other settings or from other videos.
+  """
+  if not os.path.isfile(os.path.join(output, name)) or not os.path.isfile(
+    _state_path(output, name)
+  ):
+    return None
+  with open(_state_path(output, name)) as file:
+    state = json.load(file)
+  for key, value in settings.items():
+    if state["settings"].get(key) != value:
+      raise ValueError(
+        f"{os.path.join(output, name)} was prepared with {key}={state['settings'].get(key)!r}, "
+        f"this run asks for {key}={value!r}: use another --output or delete the old shards"
+      )
+  if state["entries_digest"] != entries_digest:
+    raise ValueError(
+      f"{os.path.join(output, name)} was prepared from a different list of videos: "
+      "use another --output or delete the old shards"
+    )
+  if state.get("format_version") != records.FORMAT_VERSION or not os.path.isfile(
+    records.index_path(os.path.join(output, name))
+  ):
+    return _OLD_FORMAT
+  return state
 
 
 def prepare_entries(
-    entries: Sequence[formats.VideoEntry],
-    label_names: Sequence[str],
-    output: str | os.PathLike,
-    *,
-    split: str = "train",
-    missing: Sequence[formats.VideoEntry] = (),
-    fps: float = 8.0,
-    short_side: int | None = 256,
-    jpeg_quality: int = 90,
-    min_duration: float = 0.0,
-    max_frames: int | None = None,
-    num_shards: int | None = None,
-    workers: int = 1,
-    progress: bool = True,
-    extra_meta: dict[str, Any] | None = None,
+  entries: Sequence[formats.VideoEntry],
+  label_names: Sequence[str],
+  output: str | os.PathLike,
+  *,
+  split: str = "train",
+  missing: Sequence[formats.VideoEntry] = (),
+  fps: float = 8.0,
+  short_side: int | None = 256,
+  jpeg_quality: int = 90,
+  min_duration: float = 0.0,
+  max_frames: int | None = None,
+  num_shards: int | None = None,
+  workers: int = 1,
+  progress: bool = True,
+  extra_meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Writes `entries` into `num_shards` shards under `output`; returns the summary (also the meta json).
+  """Writes `entries` into `num_shards` shards under `output`; returns the summary (also the meta json).
 
-    num_shards: default ceil(len(entries) / 256); capped at len(entries).
-    workers: processes (1 runs in this process). Frames are decoded at `fps` with the shorter side
-      resized to `short_side` (None keeps the size).
-    min_duration: seconds; a clip whose kept frames cover less time (last - first timestamp plus one
-      frame interval; with `max_frames`, only the kept frames count) is skipped as too short. Clips
-      always need at least 2 frames.
-    """
-    if not entries:
-        raise ValueError(f"no video files to prepare for split {split!r} ({len(missing)} annotated but missing)")
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
-    if not 1 <= jpeg_quality <= 100:
-        raise ValueError(f"jpeg_quality must be in [1, 100], got {jpeg_quality}")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    output = os.fspath(output)
-    os.makedirs(output, exist_ok=True)
-    num_shards = num_shards or math.ceil(len(entries) / DEFAULT_CLIPS_PER_SHARD)
-    num_shards = max(1, min(num_shards, len(entries)))
-    settings = {
-        "fps": float(fps),
-        "short_side": short_side,
-        "jpeg_quality": int(jpeg_quality),
-        "min_duration": float(min_duration),
-        "max_frames": max_frames,
-        "label_names": list(label_names),
-    }
-    started = time.time()
+  num_shards: default ceil(len(entries) / 256); capped at len(entries).
+  workers: processes (1 runs in this process). Frames are decoded at `fps` with the shorter side
+    resized to `short_side` (None keeps the size).
+  min_duration: seconds; a clip whose kept frames cover less time (last - first timestamp plus one
+    frame interval; with `max_frames`, only the kept frames count) is skipped as too short. Clips
+    always need at least 2 frames.
+  """
+  if not entries:
+    raise ValueError(
+      f"no video files to prepare for split {split!r} ({len(missing)} annotated but missing)"
+    )
+  if fps <= 0:
+    raise ValueError(f"fps must be positive, got {fps}")
+  if not 1 <= jpeg_quality <= 100:
+    raise ValueError(f"jpeg_quality must be in [1, 100], got {jpeg_quality}")
+  if workers < 1:
+    raise ValueError(f"workers must be >= 1, got {workers}")
+  output = os.fspath(output)
+  os.makedirs(output, exist_ok=True)
+  num_shards = num_shards or math.ceil(len(entries) / DEFAULT_CLIPS_PER_SHARD)
+  num_shards = max(1, min(num_shards, len(entries)))
+  settings = {
+    "fps": float(fps),
+    "short_side": short_side,
+    "jpeg_quality": int(jpeg_quality),
+    "min_duration": float(min_duration),
+    "max_frames": max_frames,
+    "label_names": list(label_names),
+  }
+  started = time.time()
 
-    tasks, states, old_format = [], {}, []
-    for index, shard_entries in enumerate(np.array_split(np.arange(len(entries)), num_shards)):
-        name = shard_name(split, index, num_shards)
-        shard_entries = [entries[i] for i in shard_entries]
-        digest = _entries_digest(shard_entries)
-        state = _completed_state(output, name, settings, digest)
-        if isinstance(state, dict):
-            states[name] = state
-        else:
-            if state == _OLD_FORMAT:
-                old_format.append(name)
-            tasks.append({"output": output, "name": name, "entries": shard_entries,
-                          "settings": settings, "entries_digest": digest})
-    if states:
-        logger.warning("%s: %d of %d shards already complete, skipping them", output, len(states), num_shards)
-    if old_format:
-        logger.warning("%s: %d shard(s) hold whole-clip records (format %d, one record per clip); preparing them "
-                       "again as frame records with a clip index (format %d): %s", output, len(old_format),
-                       records.CLIP_RECORD_VERSION, records.FORMAT_VERSION, ", ".join(old_format))
+  tasks, states, old_format = [], {}, []
+  for index, shard_entries in enumerate(np.array_split(np.arange(len(entries)), num_shards)):
+    name = shard_name(split, index, num_shards)
+    shard_entries = [entries[i] for i in shard_entries]
+    digest = _entries_digest(shard_entries)
+    state = _completed_state(output, name, settings, digest)
+    if isinstance(state, dict):
+      states[name] = state
+    else:
+      if state == _OLD_FORMAT:
+        old_format.append(name)
+      tasks.append(
+        {
+          "output": output,
+          "name": name,
+          "entries": shard_entries,
+          "settings": settings,
+          "entries_digest": digest,
+        }
+      )
+  if states:
+    logger.warning(
+      "%s: %d of %d shards already complete, skipping them", output, len(states), num_shards
+    )
+  if old_format:
+    logger.warning(
+      "%s: %d shard(s) hold whole-clip records (format %d, one record per clip); preparing them "
+      "again as frame records with a clip index (format %d): %s",
+      output,
+      len(old_format),
+      records.CLIP_RECORD_VERSION,
+      records.FORMAT_VERSION,
+      ", ".join(old_format),
+    )
 
-    total_clips = sum(len(task["entries"]) for task in tasks)
-    with tqdm(total=total_clips, unit="clip", desc=f"prepare {split}", disable=not progress) as bar:
-        if workers == 1 or len(tasks) <= 1:
-            for task in tasks:
-                states[task["name"]] = _write_shard(task, on_clip=lambda: bar.update(1))
-        else:
-            # spawn: the caller may hold JAX / threads, which do not survive fork.
-            context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
-                futures = {pool.submit(_write_shard, task): task for task in tasks}
-                for future in concurrent.futures.as_completed(futures):
-                    state = future.result()
-                    states[state["name"]] = state
-                    bar.update(len(futures[future]["entries"]))
+  total_clips = sum(len(task["entries"]) for task in tasks)
+  with tqdm(total=total_clips, unit="clip", desc=f"prepare {split}", disable=not progress) as bar:
+    if workers == 1 or len(tasks) <= 1:
+      for task in tasks:
+        states[task["name"]] = _write_shard(task, on_clip=lambda: bar.update(1))
+    else:
+      # spawn: the caller may hold JAX / threads, which do not survive fork.
+      context = multiprocessing.get_context("spawn")
+      with concurrent.futures.ProcessPoolExecutor(
+        min(workers, len(tasks)), mp_context=context
+      ) as pool:
+        futures = {pool.submit(_write_shard, task): task for task in tasks}
+        for future in concurrent.futures.as_completed(futures):
+          state = future.result()
+          states[state["name"]] = state
+          bar.update(len(futures[future]["entries"]))
 
-    names = [shard_name(split, index, num_shards) for index in range(num_shards)]
-    skipped = [{"path": entry.path, "reason": video_io.REASON_NOT_FOUND, "detail": "listed in the annotations"}
-               for entry in missing]
-    for name in names:
-        skipped.extend(states[name]["skipped"])
-    skipped_by_reason = dict(collections.Counter(item["reason"] for item in skipped))
-    meta = {
-        "split": split,
-        "num_clips": sum(states[name]["num_clips"] for name in names),
-        "label_names": list(label_names),
-        "fps": float(fps),
-        "short_side": short_side,
-        "jpeg_quality": int(jpeg_quality),
-        "min_duration": float(min_duration),
-        "num_shards": num_shards,
-        "shards": names,
-        "shard_num_clips": [states[name]["num_clips"] for name in names],
-        "num_frames": sum(states[name]["num_frames"] for name in names),
-        "shard_max_clip_seconds": [states[name]["max_clip_seconds"] for name in names],
-        "max_clip_seconds": max(states[name]["max_clip_seconds"] for name in names),
-        "skipped_by_reason": skipped_by_reason,
-        "skipped": skipped,
-        "record_version": records.FORMAT_VERSION,
-        **(extra_meta or {}),
-    }
-    meta_path = os.path.join(output, f"{split}_meta.json")
-    with open(meta_path + ".incomplete", "w") as file:
-        json.dump(meta, file, indent=1)
-    os.replace(meta_path + ".incomplete", meta_path)
+  names = [shard_name(split, index, num_shards) for index in range(num_shards)]
+  skipped = [
+    {"path": entry.path, "reason": video_io.REASON_NOT_FOUND, "detail": "listed in the annotations"}
+    for entry in missing
+  ]
+  for name in names:
+    skipped.extend(states[name]["skipped"])
+  skipped_by_reason = dict(collections.Counter(item["reason"] for item in skipped))
+  meta = {
+    "split": split,
+    "num_clips": sum(states[name]["num_clips"] for name in names),
+    "label_names": list(label_names),
+    "fps": float(fps),
+    "short_side": short_side,
+    "jpeg_quality": int(jpeg_quality),
+    "min_duration": float(min_duration),
+    "num_shards": num_shards,
+    "shards": names,
+    "shard_num_clips": [states[name]["num_clips"] for name in names],
+    "num_frames": sum(states[name]["num_frames"] for name in names),
+    "shard_max_clip_seconds": [states[name]["max_clip_seconds"] for name in names],
+    "max_clip_seconds": max(states[name]["max_clip_seconds"] for name in names),
+    "skipped_by_reason": skipped_by_reason,
+    "skipped": skipped,
+    "record_version": records.FORMAT_VERSION,
+    **(extra_meta or {}),
+  }
+  meta_path = os.path.join(output, f"{split}_meta.json")
+  with open(meta_path + ".incomplete", "w") as file:
+    json.dump(meta, file, indent=1)
+  os.replace(meta_path + ".incomplete", meta_path)
 
-    seconds = time.time() - started
-    lines = [f"{split}: {meta['num_clips']} clips in {num_shards} shard(s) under {output} ({seconds:.1f} s); "
-             f"{len(skipped)} skipped"]
-    for reason, count in sorted(skipped_by_reason.items(), key=lambda item: -item[1]):
-        lines.append(f"  {count} x {reason}")
-    for item in skipped[:_SHOWN_SKIPS]:
-        lines.append(f"    {item['path']}: {item['reason']}" + (f" ({item['detail']})" if item["detail"] else ""))
-    if len(skipped) > _SHOWN_SKIPS:
-        lines.append(f"    ... all in {meta_path}")
-    logger.info("\n".join(lines))
-    return {**meta, "meta_path": meta_path, "shard_paths": [os.path.join(output, name) for name in names],
-            "resumed_shards": num_shards - len(tasks), "rewritten_old_format": old_format, "seconds": seconds}
+  seconds = time.time() - started
+  lines = [
+    f"{split}: {meta['num_clips']} clips in {num_shards} shard(s) under {output} ({seconds:.1f} s); "
+    f"{len(skipped)} skipped"
+  ]
+  for reason, count in sorted(skipped_by_reason.items(), key=lambda item: -item[1]):
+    lines.append(f"  {count} x {reason}")
+  for item in skipped[:_SHOWN_SKIPS]:
+    lines.append(
+      f"    {item['path']}: {item['reason']}" + (f" ({item['detail']})" if item["detail"] else "")
+    )
+  if len(skipped) > _SHOWN_SKIPS:
+    lines.append(f"    ... all in {meta_path}")
+  logger.info("\n".join(lines))
+  return {
+    **meta,
+    "meta_path": meta_path,
+    "shard_paths": [os.path.join(output, name) for name in names],
+    "resumed_shards": num_shards - len(tasks),
+    "rewritten_old_format": old_format,
+    "seconds": seconds,
+  }
 
 
 def prepare_dataset(
-    format: str,
-    root: str | os.PathLike,
-    output: str | os.PathLike,
-    *,
-    annotations: str | os.PathLike | None = None,
-    split: str = "train",
-    labels: str | os.PathLike | None = None,
-    label_names: Sequence[str] | None = None,
-    **options,
+  format: str,
+  root: str | os.PathLike,
+  output: str | os.PathLike,
+  *,
+  annotations: str | os.PathLike | None = None,
+  split: str = "train",
+  labels: str | os.PathLike | None = None,
+  label_names: Sequence[str] | None = None,
+  **options,
 ) -> dict[str, Any]:
-    """Lists a dataset in one of `formats.FORMATS` and prepares it; options as in `prepare_entries`."""
-    listing = formats.list_dataset(format, root, annotations=annotations, split=split, labels=labels,
-                                   label_names=label_names)
-    return prepare_entries(listing.entries, listing.label_names, output, split=split, missing=listing.missing,
-                           extra_meta={"format": format, "root": os.fspath(root)}, **options)
+  """Lists a dataset in one of `formats.FORMATS` and prepares it; options as in `prepare_entries`."""
+  listing = formats.list_dataset(
+    format, root, annotations=annotations, split=split, labels=labels, label_names=label_names
+  )
+  return prepare_entries(
+    listing.entries,
+    listing.label_names,
+    output,
+    split=split,
+    missing=listing.missing,
+    extra_meta={"format": format, "root": os.fspath(root)},
+    **options,
+  )
 
 
 def _label_names_from(path: str) -> list[str]:
-    """A `_meta.json` (its label_names) or a text file with one class name per line."""
-    if path.endswith(".json"):
-        with open(path) as file:
-            return list(json.load(file)["label_names"])
+  """A `_meta.json` (its label_names) or a text file with one class name per line."""
+  if path.endswith(".json"):
     with open(path) as file:
-        return [line.rstrip("\n") for line in file if line.strip()]
+      return list(json.load(file)["label_names"])
+  with open(path) as file:
+    return [line.rstrip("\n") for line in file if line.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vicmae_jax.data.prepare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--format", required=True, choices=formats.FORMATS)
-    parser.add_argument("--root", required=True, help="directory holding the videos")
-    parser.add_argument("--annotations", help="Kinetics / MiT csv, or the SSv2 split json")
-    parser.add_argument("--labels", help="SSv2 labels.json (default: beside --annotations) or MiT categories txt")
-    parser.add_argument("--label_names_from", help="class list to index by: a *_meta.json or one name per line")
-    parser.add_argument("--split", default="train", help="split name: filters Kinetics rows, names the output")
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--fps", type=float, default=8.0)
-    parser.add_argument("--short_side", type=int, default=256, help="0 keeps the source size")
-    parser.add_argument("--jpeg_quality", type=int, default=90)
-    parser.add_argument("--min_duration", type=float, default=0.0, help="seconds; shorter videos are skipped")
-    parser.add_argument("--max_frames", type=int, default=None, help="keep at most this many frames per clip")
-    parser.add_argument("--num_shards", type=int, default=None,
-                        help=f"default: one per {DEFAULT_CLIPS_PER_SHARD} clips")
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
-    parser.add_argument("--no_progress", action="store_true")
-    return parser
+  parser = argparse.ArgumentParser(
+    prog="python -m vicmae_jax.data.prepare", description=__doc__.split("\n\n")[0]
+  )
+  parser.add_argument("--format", required=True, choices=formats.FORMATS)
+  parser.add_argument("--root", required=True, help="directory holding the videos")
+  parser.add_argument("--annotations", help="Kinetics / MiT csv, or the SSv2 split json")
+  parser.add_argument(
+    "--labels", help="SSv2 labels.json (default: beside --annotations) or MiT categories txt"
+  )
+  parser.add_argument(
+    "--label_names_from", help="class list to index by: a *_meta.json or one name per line"
+  )
+  parser.add_argument(
+    "--split", default="train", help="split name: filters Kinetics rows, names the output"
+  )
+  parser.add_argument("--output", required=True)
+  parser.add_argument("--fps", type=float, default=8.0)
+  parser.add_argument("--short_side", type=int, default=256, help="0 keeps the source size")
+  parser.add_argument("--jpeg_quality", type=int, default=90)
+  parser.add_argument(
+    "--min_duration", type=float, default=0.0, help="seconds; shorter videos are skipped"
+  )
+  parser.add_argument(
+    "--max_frames", type=int, default=None, help="keep at most this many frames per clip"
+  )
+  parser.add_argument(
+    "--num_shards", type=int, default=None, help=f"default: one per {DEFAULT_CLIPS_PER_SHARD} clips"
+  )
+  parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
+  parser.add_argument("--no_progress", action="store_true")
+  return parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return prepare_dataset(
-        args.format,
-        args.root,
-        args.output,
-        annotations=args.annotations,
-        split=args.split,
-        labels=args.labels,
-        label_names=_label_names_from(args.label_names_from) if args.label_names_from else None,
-        fps=args.fps,
-        short_side=args.short_side or None,
-        jpeg_quality=args.jpeg_quality,
-        min_duration=args.min_duration,
-        max_frames=args.max_frames,
-        num_shards=args.num_shards,
-        workers=args.workers,
-        progress=not args.no_progress,
-    )
+  args = build_parser().parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  return prepare_dataset(
+    args.format,
+    args.root,
+    args.output,
+    annotations=args.annotations,
+    split=args.split,
+    labels=args.labels,
+    label_names=_label_names_from(args.label_names_from) if args.label_names_from else None,
+    fps=args.fps,
+    short_side=args.short_side or None,
+    jpeg_quality=args.jpeg_quality,
+    min_duration=args.min_duration,
+    max_frames=args.max_frames,
+    num_shards=args.num_shards,
+    workers=args.workers,
+    progress=not args.no_progress,
+  )
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+  try:
+    main()
+  except (ValueError, FileNotFoundError) as error:
+    sys.exit(f"error: {error}")

@@ -17,6 +17,7 @@ recorded once in the source's `SkipLog`; the pipeline drops markers, so bad data
 `build_source(cfg)` makes a source from one entry of the data config's `sources` list; a missing path
 or an empty index raises at construction, naming the path.
 """
+
 from __future__ import annotations
 
 import collections
@@ -46,90 +47,96 @@ _LOGGED_SKIPS_PER_SOURCE = 20
 
 @dataclasses.dataclass(frozen=True)
 class Skipped:
-    """Marker for an example that cannot be used: which source, which record/file, and why."""
+  """Marker for an example that cannot be used: which source, which record/file, and why."""
 
-    source: str
-    key: str
-    reason: str
-    detail: str = ""
+  source: str
+  key: str
+  reason: str
+  detail: str = ""
 
 
 class SkipLog:
-    """Thread-safe record of skipped examples, readable after (or during) a run.
+  """Thread-safe record of skipped examples, readable after (or during) a run.
 
-    `count` is the number of distinct bad records/files; `events` counts every time one was met
-    (a bad file is met again each epoch). Each distinct skip is logged once (the first
-    _LOGGED_SKIPS_PER_SOURCE per source in full, then a running count).
-    With worker processes (worker_count > 0) each process keeps its own log; this one sees only
-    the skips of the process it lives in.
-    """
+  `count` is the number of distinct bad records/files; `events` counts every time one was met
+  (a bad file is met again each epoch). Each distinct skip is logged once (the first
+  _LOGGED_SKIPS_PER_SOURCE per source in full, then a running count).
+  With worker processes (worker_count > 0) each process keeps its own log; this one sees only
+  the skips of the process it lives in.
+  """
 
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._seen: dict[tuple[str, str], Skipped] = {}
-        self.events = 0
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._seen: dict[tuple[str, str], Skipped] = {}
+    self.events = 0
 
-    def record(self, skipped: Skipped) -> Skipped:
-        with self._lock:
-            self.events += 1
-            key = (skipped.source, skipped.key)
-            if key in self._seen:
-                return skipped
-            self._seen[key] = skipped
-            per_source = sum(1 for source, _ in self._seen if source == skipped.source)
-        if per_source <= _LOGGED_SKIPS_PER_SOURCE:
-            logging.warning("Skipping %s in source %r: %s %s", skipped.key, skipped.source, skipped.reason, skipped.detail)
-        elif per_source % 100 == 0:
-            logging.warning("Source %r: %d bad records skipped so far", skipped.source, per_source)
+  def record(self, skipped: Skipped) -> Skipped:
+    with self._lock:
+      self.events += 1
+      key = (skipped.source, skipped.key)
+      if key in self._seen:
         return skipped
+      self._seen[key] = skipped
+      per_source = sum(1 for source, _ in self._seen if source == skipped.source)
+    if per_source <= _LOGGED_SKIPS_PER_SOURCE:
+      logging.warning(
+        "Skipping %s in source %r: %s %s",
+        skipped.key,
+        skipped.source,
+        skipped.reason,
+        skipped.detail,
+      )
+    elif per_source % 100 == 0:
+      logging.warning("Source %r: %d bad records skipped so far", skipped.source, per_source)
+    return skipped
 
-    @property
-    def count(self) -> int:
-        with self._lock:
-            return len(self._seen)
+  @property
+  def count(self) -> int:
+    with self._lock:
+      return len(self._seen)
 
-    def skipped(self) -> list[Skipped]:
-        with self._lock:
-            return list(self._seen.values())
+  def skipped(self) -> list[Skipped]:
+    with self._lock:
+      return list(self._seen.values())
 
-    def by_reason(self) -> dict[str, int]:
-        with self._lock:
-            return dict(collections.Counter(s.reason for s in self._seen.values()))
+  def by_reason(self) -> dict[str, int]:
+    with self._lock:
+      return dict(collections.Counter(s.reason for s in self._seen.values()))
 
-    def __getstate__(self):
-        # Sources travel to worker processes by pickling; the lock cannot, and counts start afresh there.
-        return {"_seen": dict(self._seen), "events": self.events}
+  def __getstate__(self):
+    # Sources travel to worker processes by pickling; the lock cannot, and counts start afresh there.
+    return {"_seen": dict(self._seen), "events": self.events}
 
-    def __setstate__(self, state):
-        self.__init__()
-        self._seen.update(state["_seen"])
-        self.events = state["events"]
+  def __setstate__(self, state):
+    self.__init__()
+    self._seen.update(state["_seen"])
+    self.events = state["events"]
 
 
 class Source:
-    """Shared parts: a name, label names, the skip log, bounds checking."""
+  """Shared parts: a name, label names, the skip log, bounds checking."""
 
-    kind: str = ""
+  kind: str = ""
 
-    def __init__(self, name: str, skip_log: SkipLog | None):
-        self.name = name
-        self.skip_log = skip_log if skip_log is not None else SkipLog()
-        self.label_names: list[str] = []
+  def __init__(self, name: str, skip_log: SkipLog | None):
+    self.name = name
+    self.skip_log = skip_log if skip_log is not None else SkipLog()
+    self.label_names: list[str] = []
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+  def __len__(self) -> int:
+    raise NotImplementedError
 
-    def _check_index(self, index: int) -> int:
-        index = int(index)
-        if not 0 <= index < len(self):
-            raise IndexError(f"source {self.name!r}: index {index} out of range [0, {len(self)})")
-        return index
+  def _check_index(self, index: int) -> int:
+    index = int(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f"source {self.name!r}: index {index} out of range [0, {len(self)})")
+    return index
 
-    def skip(self, key: Any, reason: str, detail: str = "") -> Skipped:
-        return self.skip_log.record(Skipped(self.name, str(key), reason, detail))
+  def skip(self, key: Any, reason: str, detail: str = "") -> Skipped:
+    return self.skip_log.record(Skipped(self.name, str(key), reason, detail))
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, len={len(self)})"
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}(name={self.name!r}, len={len(self)})"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,162 +144,181 @@ class Source:
 
 
 def prepared_shard_paths(path: str, split: str) -> list[str]:
-    """Shard files of a prepared split: `path` is the prepared directory, a glob, or one shard file."""
-    path = os.path.expanduser(str(path))
-    if os.path.isdir(path):
-        pattern = os.path.join(path, f"{split}-*-of-*.array_record")
-    elif glob.has_magic(path):
-        pattern = path
-    elif os.path.isfile(path):
-        return [path]
-    else:
-        raise FileNotFoundError(f"prepared dataset path not found: {path}")
-    shards = sorted(glob.glob(pattern))
-    if not shards:
-        raise FileNotFoundError(f"no ArrayRecord shards match {pattern}")
-    return shards
+  """Shard files of a prepared split: `path` is the prepared directory, a glob, or one shard file."""
+  path = os.path.expanduser(str(path))
+  if os.path.isdir(path):
+    pattern = os.path.join(path, f"{split}-*-of-*.array_record")
+  elif glob.has_magic(path):
+    pattern = path
+  elif os.path.isfile(path):
+    return [path]
+  else:
+    raise FileNotFoundError(f"prepared dataset path not found: {path}")
+  shards = sorted(glob.glob(pattern))
+  if not shards:
+    raise FileNotFoundError(f"no ArrayRecord shards match {pattern}")
+  return shards
 
 
 class RecordReadError(ValueError):
-    """A stored record could not be read."""
+  """A stored record could not be read."""
 
 
 class FrameRecords(Sequence):
-    """The T frames of one prepared clip, read from the shards only when indexed: `frames[i]` -> JPEG bytes.
+  """The T frames of one prepared clip, read from the shards only when indexed: `frames[i]` -> JPEG bytes.
 
-    A frame pair thus reads two records, however long the clip. A record that cannot be read raises
-    RecordReadError (a ValueError), which the pipeline counts as a skipped example.
-    """
+  A frame pair thus reads two records, however long the clip. A record that cannot be read raises
+  RecordReadError (a ValueError), which the pipeline counts as a skipped example.
+  """
 
-    def __init__(self, records_source, first: int, count: int, clip_id: str):
-        self._records, self._first, self._count, self.clip_id = records_source, int(first), int(count), clip_id
+  def __init__(self, records_source, first: int, count: int, clip_id: str):
+    self._records, self._first, self._count, self.clip_id = (
+      records_source,
+      int(first),
+      int(count),
+      clip_id,
+    )
 
-    def __len__(self) -> int:
-        return self._count
+  def __len__(self) -> int:
+    return self._count
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._count))]
-        index = int(index)
-        if index < 0:
-            index += self._count
-        if not 0 <= index < self._count:
-            raise IndexError(f"clip {self.clip_id!r}: frame {index} out of range [0, {self._count})")
-        try:
-            return self._records[self._first + index]
-        except Exception as error:  # the reader raises several types for a damaged chunk
-            raise RecordReadError(f"clip {self.clip_id!r} frame {index}: {type(error).__name__}: {error}") from error
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return [self[i] for i in range(*index.indices(self._count))]
+    index = int(index)
+    if index < 0:
+      index += self._count
+    if not 0 <= index < self._count:
+      raise IndexError(f"clip {self.clip_id!r}: frame {index} out of range [0, {self._count})")
+    try:
+      return self._records[self._first + index]
+    except Exception as error:  # the reader raises several types for a damaged chunk
+      raise RecordReadError(
+        f"clip {self.clip_id!r} frame {index}: {type(error).__name__}: {error}"
+      ) from error
 
 
 def prepared_meta_path(shards: Sequence[str], split: str) -> str:
-    """Where prepare wrote the `<split>_meta.json` of these shards: beside the first one."""
-    return os.path.join(os.path.dirname(shards[0]), f"{split}_meta.json")
+  """Where prepare wrote the `<split>_meta.json` of these shards: beside the first one."""
+  return os.path.join(os.path.dirname(shards[0]), f"{split}_meta.json")
 
 
 def prepared_max_clip_seconds(path: str, split: str = "train") -> float | None:
-    """Duration of the longest clip in the shards that `path` selects, from the meta json; None if unknown.
+  """Duration of the longest clip in the shards that `path` selects, from the meta json; None if unknown.
 
-    Unknown when no shard matches, when there is no meta json, when it predates per-shard durations,
-    or when a selected shard is not listed in it.
-    """
-    try:
-        shards = prepared_shard_paths(path, split)
-    except FileNotFoundError:
-        return None
-    meta_path = prepared_meta_path(shards, split)
-    if not os.path.isfile(meta_path):
-        return None
-    with open(meta_path, encoding="utf-8") as file:
-        meta = json.load(file)
-    if "shard_max_clip_seconds" not in meta or "shards" not in meta:
-        return None
-    per_shard = dict(zip(meta["shards"], meta["shard_max_clip_seconds"]))
-    selected = [per_shard.get(os.path.basename(shard)) for shard in shards]
-    if any(value is None for value in selected):
-        return None
-    return float(max(selected))
+  Unknown when no shard matches, when there is no meta json, when it predates per-shard durations,
+  or when a selected shard is not listed in it.
+  """
+  try:
+    shards = prepared_shard_paths(path, split)
+  except FileNotFoundError:
+    return None
+  meta_path = prepared_meta_path(shards, split)
+  if not os.path.isfile(meta_path):
+    return None
+  with open(meta_path, encoding="utf-8") as file:
+    meta = json.load(file)
+  if "shard_max_clip_seconds" not in meta or "shards" not in meta:
+    return None
+  per_shard = dict(zip(meta["shards"], meta["shard_max_clip_seconds"]))
+  selected = [per_shard.get(os.path.basename(shard)) for shard in shards]
+  if any(value is None for value in selected):
+    return None
+  return float(max(selected))
 
 
 class PreparedClipSource(Source):
-    """Clips from prepared ArrayRecord shards (records.py): the clip index is loaded once, frames on demand.
+  """Clips from prepared ArrayRecord shards (records.py): the clip index is loaded once, frames on demand.
 
-    Shards of the earlier whole-clip format (no index file beside them) are still read, one whole
-    clip record per example, with a warning: prepare them again for speed. All shards of a source
-    must be of one format.
-    """
+  Shards of the earlier whole-clip format (no index file beside them) are still read, one whole
+  clip record per example, with a warning: prepare them again for speed. All shards of a source
+  must be of one format.
+  """
 
-    kind = "prepared"
+  kind = "prepared"
 
-    def __init__(self, path: str, split: str = "train", *, name: str = "prepared", skip_log: SkipLog | None = None):
-        super().__init__(name, skip_log)
-        self.shards = prepared_shard_paths(path, split)
-        self._records = grain.sources.ArrayRecordDataSource(self.shards)
-        index_files = [records.index_path(shard) for shard in self.shards]
-        present = [os.path.isfile(index_file) for index_file in index_files]
-        if any(present) and not all(present):
-            missing = [shard for shard, has_index in zip(self.shards, present) if not has_index]
-            raise ValueError(
-                f"prepared dataset {path} (split {split!r}) mixes shard formats: {len(missing)} shard(s) have no "
-                f"clip index (e.g. {missing[0]}): prepare the split again into one directory"
-            )
-        self.index: records.ClipIndex | None = None
-        if all(present):
-            self.index = records.ClipIndex.concatenate([records.read_index(f) for f in index_files])
-            if self.index.num_records != len(self._records):
-                raise ValueError(
-                    f"prepared dataset {path} (split {split!r}): the clip indexes list {self.index.num_records} frame "
-                    f"records, the shards hold {len(self._records)}: prepare the split again"
-                )
-            size = len(self.index)
-        else:
-            logging.warning(
-                "Source %r: %s holds whole-clip records (format %d): every example reads a whole clip. Prepare it "
-                "again (python -m vicmae_jax.data.prepare) for frame records with a clip index.",
-                name, path, records.CLIP_RECORD_VERSION)
-            size = len(self._records)
-        if size == 0:
-            raise ValueError(f"prepared dataset {path} (split {split!r}) has no records")
-        self._size = size
-        meta_path = prepared_meta_path(self.shards, split)
-        if os.path.isfile(meta_path):
-            with open(meta_path, encoding="utf-8") as file:
-                self.label_names = list(json.load(file).get("label_names", []))
+  def __init__(
+    self,
+    path: str,
+    split: str = "train",
+    *,
+    name: str = "prepared",
+    skip_log: SkipLog | None = None,
+  ):
+    super().__init__(name, skip_log)
+    self.shards = prepared_shard_paths(path, split)
+    self._records = grain.sources.ArrayRecordDataSource(self.shards)
+    index_files = [records.index_path(shard) for shard in self.shards]
+    present = [os.path.isfile(index_file) for index_file in index_files]
+    if any(present) and not all(present):
+      missing = [shard for shard, has_index in zip(self.shards, present) if not has_index]
+      raise ValueError(
+        f"prepared dataset {path} (split {split!r}) mixes shard formats: {len(missing)} shard(s) have no "
+        f"clip index (e.g. {missing[0]}): prepare the split again into one directory"
+      )
+    self.index: records.ClipIndex | None = None
+    if all(present):
+      self.index = records.ClipIndex.concatenate([records.read_index(f) for f in index_files])
+      if self.index.num_records != len(self._records):
+        raise ValueError(
+          f"prepared dataset {path} (split {split!r}): the clip indexes list {self.index.num_records} frame "
+          f"records, the shards hold {len(self._records)}: prepare the split again"
+        )
+      size = len(self.index)
+    else:
+      logging.warning(
+        "Source %r: %s holds whole-clip records (format %d): every example reads a whole clip. Prepare it "
+        "again (python -m vicmae_jax.data.prepare) for frame records with a clip index.",
+        name,
+        path,
+        records.CLIP_RECORD_VERSION,
+      )
+      size = len(self._records)
+    if size == 0:
+      raise ValueError(f"prepared dataset {path} (split {split!r}) has no records")
+    self._size = size
+    meta_path = prepared_meta_path(self.shards, split)
+    if os.path.isfile(meta_path):
+      with open(meta_path, encoding="utf-8") as file:
+        self.label_names = list(json.load(file).get("label_names", []))
 
-    def __len__(self) -> int:
-        return self._size
+  def __len__(self) -> int:
+    return self._size
 
-    def __getitem__(self, index: int) -> dict[str, Any] | Skipped:
-        index = self._check_index(index)
-        if self.index is None:
-            return self._whole_clip(index)
-        clip_id = self.index.clip_id[index]
-        num_frames = int(self.index.num_frames[index])
-        if num_frames < MIN_CLIP_FRAMES:
-            return self.skip(clip_id, video_io.REASON_TOO_SHORT, f"{num_frames} frame(s)")
-        return {
-            "kind": "clip",
-            "record_index": index,
-            "label": int(self.index.label[index]),
-            "clip_id": clip_id,
-            "timestamps": self.index.clip_timestamps(index),
-            "frames": FrameRecords(self._records, self.index.first_frame[index], num_frames, clip_id),
-        }
+  def __getitem__(self, index: int) -> dict[str, Any] | Skipped:
+    index = self._check_index(index)
+    if self.index is None:
+      return self._whole_clip(index)
+    clip_id = self.index.clip_id[index]
+    num_frames = int(self.index.num_frames[index])
+    if num_frames < MIN_CLIP_FRAMES:
+      return self.skip(clip_id, video_io.REASON_TOO_SHORT, f"{num_frames} frame(s)")
+    return {
+      "kind": "clip",
+      "record_index": index,
+      "label": int(self.index.label[index]),
+      "clip_id": clip_id,
+      "timestamps": self.index.clip_timestamps(index),
+      "frames": FrameRecords(self._records, self.index.first_frame[index], num_frames, clip_id),
+    }
 
-    def _whole_clip(self, index: int) -> dict[str, Any] | Skipped:
-        try:
-            clip = records.decode_clip(self._records[index])
-        except (ValueError, KeyError, TypeError) as error:
-            return self.skip(f"record {index}", "corrupt record", str(error))
-        if len(clip["frames"]) < MIN_CLIP_FRAMES:
-            return self.skip(clip["clip_id"], video_io.REASON_TOO_SHORT, f"{len(clip['frames'])} frame(s)")
-        return {
-            "kind": "clip",
-            "record_index": index,
-            "label": clip["label"],
-            "clip_id": clip["clip_id"],
-            "timestamps": clip["timestamps"],
-            "frames": clip["frames"],
-        }
+  def _whole_clip(self, index: int) -> dict[str, Any] | Skipped:
+    try:
+      clip = records.decode_clip(self._records[index])
+    except (ValueError, KeyError, TypeError) as error:
+      return self.skip(f"record {index}", "corrupt record", str(error))
+    if len(clip["frames"]) < MIN_CLIP_FRAMES:
+      return self.skip(
+        clip["clip_id"], video_io.REASON_TOO_SHORT, f"{len(clip['frames'])} frame(s)"
+      )
+    return {
+      "kind": "clip",
+      "record_index": index,
+      "label": clip["label"],
+      "clip_id": clip["clip_id"],
+      "timestamps": clip["timestamps"],
+      "frames": clip["frames"],
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -300,89 +326,93 @@ class PreparedClipSource(Source):
 
 
 class RawVideoSource(Source):
-    """Video files listed by formats.py, decoded on the fly (seek + decode of the frames needed).
+  """Video files listed by formats.py, decoded on the fly (seek + decode of the frames needed).
 
-    The time of the last frame comes from the container header; for containers that do not state a
-    duration (live-recorded webm, some mkv) from the packet timestamps (no decoding); cached per file.
-    """
+  The time of the last frame comes from the container header; for containers that do not state a
+  duration (live-recorded webm, some mkv) from the packet timestamps (no decoding); cached per file.
+  """
 
-    kind = "raw"
+  kind = "raw"
 
-    def __init__(
-        self,
-        format: str,
-        path: str,
-        *,
-        annotations: str | None = None,
-        split: str | None = None,
-        labels: str | None = None,
-        short_side: int | None = 256,
-        name: str = "raw",
-        skip_log: SkipLog | None = None,
-    ):
-        super().__init__(name, skip_log)
-        if not os.path.exists(os.path.expanduser(str(path))):
-            raise FileNotFoundError(f"raw video dataset path not found: {path}")
-        listing = formats.list_dataset(format, os.path.expanduser(str(path)), annotations=annotations, split=split, labels=labels)
-        self.entries = list(listing.entries)
-        if not self.entries:
-            raise ValueError(f"raw video dataset {path} ({format}) lists no video files")
-        if listing.missing:
-            logging.warning("Source %r: %d annotated videos not found under %s", name, len(listing.missing), path)
-        self.label_names = list(listing.label_names)
-        self.short_side = short_side
-        self._last_frame_time: dict[int, float | Skipped] = {}
+  def __init__(
+    self,
+    format: str,
+    path: str,
+    *,
+    annotations: str | None = None,
+    split: str | None = None,
+    labels: str | None = None,
+    short_side: int | None = 256,
+    name: str = "raw",
+    skip_log: SkipLog | None = None,
+  ):
+    super().__init__(name, skip_log)
+    if not os.path.exists(os.path.expanduser(str(path))):
+      raise FileNotFoundError(f"raw video dataset path not found: {path}")
+    listing = formats.list_dataset(
+      format, os.path.expanduser(str(path)), annotations=annotations, split=split, labels=labels
+    )
+    self.entries = list(listing.entries)
+    if not self.entries:
+      raise ValueError(f"raw video dataset {path} ({format}) lists no video files")
+    if listing.missing:
+      logging.warning(
+        "Source %r: %d annotated videos not found under %s", name, len(listing.missing), path
+      )
+    self.label_names = list(listing.label_names)
+    self.short_side = short_side
+    self._last_frame_time: dict[int, float | Skipped] = {}
 
-    def __len__(self) -> int:
-        return len(self.entries)
+  def __len__(self) -> int:
+    return len(self.entries)
 
-    def last_frame_time(self, index: int) -> float | Skipped:
-        """Seconds from the stream start to the last frame of video `index` (cached), or a Skipped marker."""
-        cached = self._last_frame_time.get(index)
-        if cached is not None:
-            return cached
-        path = self.entries[index].path
-        result: float | Skipped
-        try:
-            info = video_io.probe(path)
-            if info.num_frames is not None and info.num_frames < MIN_CLIP_FRAMES:
-                result = Skipped(self.name, path, video_io.REASON_TOO_SHORT, f"{info.num_frames} frame(s)")
-            elif info.duration_s is not None:
-                frame_interval = 1.0 / info.fps if info.fps else 0.0
-                result = max(info.duration_s - frame_interval, 0.0)
-            else:
-                # No duration in the header: read the packet timestamps (no decoding).
-                times = video_io.frame_times(path)
-                result = float(times[-1]) if times.size >= MIN_CLIP_FRAMES else 0.0
-        except video_io.VideoDecodeError as error:
-            result = Skipped(self.name, path, error.reason, error.detail or "")
-        if not isinstance(result, Skipped) and result <= 0.0:
-            result = Skipped(self.name, path, video_io.REASON_TOO_SHORT, "a single frame")
-        self._last_frame_time[index] = result
-        return result
+  def last_frame_time(self, index: int) -> float | Skipped:
+    """Seconds from the stream start to the last frame of video `index` (cached), or a Skipped marker."""
+    cached = self._last_frame_time.get(index)
+    if cached is not None:
+      return cached
+    path = self.entries[index].path
+    result: float | Skipped
+    try:
+      info = video_io.probe(path)
+      if info.num_frames is not None and info.num_frames < MIN_CLIP_FRAMES:
+        result = Skipped(self.name, path, video_io.REASON_TOO_SHORT, f"{info.num_frames} frame(s)")
+      elif info.duration_s is not None:
+        frame_interval = 1.0 / info.fps if info.fps else 0.0
+        result = max(info.duration_s - frame_interval, 0.0)
+      else:
+        # No duration in the header: read the packet timestamps (no decoding).
+        times = video_io.frame_times(path)
+        result = float(times[-1]) if times.size >= MIN_CLIP_FRAMES else 0.0
+    except video_io.VideoDecodeError as error:
+      result = Skipped(self.name, path, error.reason, error.detail or "")
+    if not isinstance(result, Skipped) and result <= 0.0:
+      result = Skipped(self.name, path, video_io.REASON_TOO_SHORT, "a single frame")
+    self._last_frame_time[index] = result
+    return result
 
-    def __getitem__(self, index: int) -> dict[str, Any] | Skipped:
-        index = self._check_index(index)
-        duration = self.last_frame_time(index)
-        if isinstance(duration, Skipped):
-            return self.skip_log.record(duration)
-        entry = self.entries[index]
-        return {
-            "kind": "video",
-            "record_index": index,
-            "label": entry.label,
-            "clip_id": entry.clip_id,
-            "path": entry.path,
-            "duration_s": duration,
-            "short_side": self.short_side,
-        }
+  def __getitem__(self, index: int) -> dict[str, Any] | Skipped:
+    index = self._check_index(index)
+    duration = self.last_frame_time(index)
+    if isinstance(duration, Skipped):
+      return self.skip_log.record(duration)
+    entry = self.entries[index]
+    return {
+      "kind": "video",
+      "record_index": index,
+      "label": entry.label,
+      "clip_id": entry.clip_id,
+      "path": entry.path,
+      "duration_s": duration,
+      "short_side": self.short_side,
+    }
 
-    def decode(self, example: Mapping[str, Any], times_s: Sequence[float]) -> np.ndarray | Skipped:
-        """Frames nearest to `times_s`: uint8 [n, H, W, 3], or a Skipped marker when decoding fails."""
-        try:
-            return video_io.decode_at_times(example["path"], times_s, short_side=example["short_side"])
-        except video_io.VideoDecodeError as error:
-            return self.skip(example["path"], error.reason, error.detail or "")
+  def decode(self, example: Mapping[str, Any], times_s: Sequence[float]) -> np.ndarray | Skipped:
+    """Frames nearest to `times_s`: uint8 [n, H, W, 3], or a Skipped marker when decoding fails."""
+    try:
+      return video_io.decode_at_times(example["path"], times_s, short_side=example["short_side"])
+    except video_io.VideoDecodeError as error:
+      return self.skip(example["path"], error.reason, error.detail or "")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -390,132 +420,158 @@ class RawVideoSource(Source):
 
 
 class TfdsImageSource(Source):
-    """An image dataset prepared by tensorflow-datasets in array_record format (e.g. imagenet2012).
+  """An image dataset prepared by tensorflow-datasets in array_record format (e.g. imagenet2012).
 
-    Images come back still encoded (TFDS SkipDecoding) so the augmentation can decode them once,
-    at reduced scale when the crop allows.
-    """
+  Images come back still encoded (TFDS SkipDecoding) so the augmentation can decode them once,
+  at reduced scale when the crop allows.
+  """
 
-    kind = "tfds"
+  kind = "tfds"
 
-    def __init__(
-        self,
-        dataset: str,
-        split: str = "train",
-        *,
-        data_dir: str | None = None,
-        image_key: str = "image",
-        label_key: str = "label",
-        name: str = "tfds",
-        skip_log: SkipLog | None = None,
-    ):
-        super().__init__(name, skip_log)
-        import tensorflow_datasets as tfds  # heavy (imports TensorFlow): only when a TFDS source is used
+  def __init__(
+    self,
+    dataset: str,
+    split: str = "train",
+    *,
+    data_dir: str | None = None,
+    image_key: str = "image",
+    label_key: str = "label",
+    name: str = "tfds",
+    skip_log: SkipLog | None = None,
+  ):
+    super().__init__(name, skip_log)
+    import tensorflow_datasets as tfds  # heavy (imports TensorFlow): only when a TFDS source is used
 
-        if data_dir is not None and not os.path.isdir(os.path.expanduser(data_dir)):
-            raise FileNotFoundError(f"TFDS data_dir not found: {data_dir}")
-        try:
-            self._data = tfds.data_source(
-                dataset,
-                split=split,
-                data_dir=os.path.expanduser(data_dir) if data_dir else None,
-                download=False,
-                decoders={image_key: tfds.decode.SkipDecoding()},
-            )
-        except Exception as error:  # TFDS raises several types for missing/unprepared datasets
-            where = data_dir or "the default TFDS data_dir"
-            raise FileNotFoundError(
-                f"TFDS dataset {dataset!r} split {split!r} is not available in {where} as array_record "
-                f"(prepare it with tfds build --file_format=array_record): {error}"
-            ) from error
-        if len(self._data) == 0:
-            raise ValueError(f"TFDS dataset {dataset!r} split {split!r} in {data_dir} is empty")
-        self.image_key, self.label_key = image_key, label_key
-        features = getattr(self._data, "dataset_info", None)
-        label_feature = features.features[label_key] if features is not None and label_key in features.features else None
-        self.label_names = list(getattr(label_feature, "names", []) or [])
+    if data_dir is not None and not os.path.isdir(os.path.expanduser(data_dir)):
+      raise FileNotFoundError(f"TFDS data_dir not found: {data_dir}")
+    try:
+      self._data = tfds.data_source(
+        dataset,
+        split=split,
+        data_dir=os.path.expanduser(data_dir) if data_dir else None,
+        download=False,
+        decoders={image_key: tfds.decode.SkipDecoding()},
+      )
+    except Exception as error:  # TFDS raises several types for missing/unprepared datasets
+      where = data_dir or "the default TFDS data_dir"
+      raise FileNotFoundError(
+        f"TFDS dataset {dataset!r} split {split!r} is not available in {where} as array_record "
+        f"(prepare it with tfds build --file_format=array_record): {error}"
+      ) from error
+    if len(self._data) == 0:
+      raise ValueError(f"TFDS dataset {dataset!r} split {split!r} in {data_dir} is empty")
+    self.image_key, self.label_key = image_key, label_key
+    features = getattr(self._data, "dataset_info", None)
+    label_feature = (
+      features.features[label_key]
+      if features is not None and label_key in features.features
+      else None
+    )
+    self.label_names = list(getattr(label_feature, "names", []) or [])
 
-    def __len__(self) -> int:
-        return len(self._data)
+  def __len__(self) -> int:
+    return len(self._data)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | Skipped:
-        index = self._check_index(index)
-        try:
-            example = self._data[index]
-        except Exception as error:  # a damaged record in one shard must not stop the run
-            return self.skip(f"record {index}", "corrupt record", str(error))
-        label = example.get(self.label_key, -1)
-        return {"kind": "image", "record_index": index, "label": int(np.asarray(label)), "image": example[self.image_key]}
+  def __getitem__(self, index: int) -> dict[str, Any] | Skipped:
+    index = self._check_index(index)
+    try:
+      example = self._data[index]
+    except Exception as error:  # a damaged record in one shard must not stop the run
+      return self.skip(f"record {index}", "corrupt record", str(error))
+    label = example.get(self.label_key, -1)
+    return {
+      "kind": "image",
+      "record_index": index,
+      "label": int(np.asarray(label)),
+      "image": example[self.image_key],
+    }
 
 
 class ImageFolderSource(Source):
-    """Images in `<root>/<class>/*.jpg|png|...`; classes are the sorted sub-folder names."""
+  """Images in `<root>/<class>/*.jpg|png|...`; classes are the sorted sub-folder names."""
 
-    kind = "image_folder"
+  kind = "image_folder"
 
-    def __init__(self, path: str, *, name: str = "image_folder", skip_log: SkipLog | None = None):
-        super().__init__(name, skip_log)
-        root = os.path.expanduser(str(path))
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"image folder not found: {path}")
-        files: list[tuple[str, str]] = []
-        for directory, subdirs, names in os.walk(root):
-            subdirs.sort()
-            relative = os.path.relpath(directory, root)
-            if relative == ".":
-                continue  # images must sit in a class folder
-            class_name = relative.split(os.sep)[0]
-            files.extend((os.path.join(directory, n), class_name) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS))
-        if not files:
-            raise ValueError(f"image folder {path} has no images in class sub-folders ({'/'.join(IMAGE_EXTENSIONS)})")
-        self.label_names = sorted({class_name for _, class_name in files})
-        label_of = {class_name: i for i, class_name in enumerate(self.label_names)}
-        self.files = [(file, label_of[class_name]) for file, class_name in files]
+  def __init__(self, path: str, *, name: str = "image_folder", skip_log: SkipLog | None = None):
+    super().__init__(name, skip_log)
+    root = os.path.expanduser(str(path))
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f"image folder not found: {path}")
+    files: list[tuple[str, str]] = []
+    for directory, subdirs, names in os.walk(root):
+      subdirs.sort()
+      relative = os.path.relpath(directory, root)
+      if relative == ".":
+        continue  # images must sit in a class folder
+      class_name = relative.split(os.sep)[0]
+      files.extend(
+        (os.path.join(directory, n), class_name)
+        for n in sorted(names)
+        if n.lower().endswith(IMAGE_EXTENSIONS)
+      )
+    if not files:
+      raise ValueError(
+        f"image folder {path} has no images in class sub-folders ({'/'.join(IMAGE_EXTENSIONS)})"
+      )
+    self.label_names = sorted({class_name for _, class_name in files})
+    label_of = {class_name: i for i, class_name in enumerate(self.label_names)}
+    self.files = [(file, label_of[class_name]) for file, class_name in files]
 
-    def __len__(self) -> int:
-        return len(self.files)
+  def __len__(self) -> int:
+    return len(self.files)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | Skipped:
-        index = self._check_index(index)
-        path, label = self.files[index]
-        try:
-            with open(path, "rb") as file:
-                data = file.read()
-        except OSError as error:
-            return self.skip(path, "unreadable", str(error))
-        if not data:
-            return self.skip(path, "empty file")
-        return {"kind": "image", "record_index": index, "label": label, "image": data}
+  def __getitem__(self, index: int) -> dict[str, Any] | Skipped:
+    index = self._check_index(index)
+    path, label = self.files[index]
+    try:
+      with open(path, "rb") as file:
+        data = file.read()
+    except OSError as error:
+      return self.skip(path, "unreadable", str(error))
+    if not data:
+      return self.skip(path, "empty file")
+    return {"kind": "image", "record_index": index, "label": label, "image": data}
 
 
 class NpzImageSource(Source):
-    """Images held in an .npz file: `images` uint8 [N, H, W, 3] and `labels` int [N] (e.g. the demo's)."""
+  """Images held in an .npz file: `images` uint8 [N, H, W, 3] and `labels` int [N] (e.g. the demo's)."""
 
-    kind = "npz"
+  kind = "npz"
 
-    def __init__(self, path: str, *, name: str = "npz", skip_log: SkipLog | None = None):
-        super().__init__(name, skip_log)
-        path = os.path.expanduser(str(path))
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"npz image file not found: {path}")
-        with np.load(path) as arrays:
-            if "images" not in arrays:
-                raise ValueError(f"{path}: no 'images' array (has {sorted(arrays.files)})")
-            self.images = np.asarray(arrays["images"])
-            self.labels = np.asarray(arrays["labels"]) if "labels" in arrays else np.full(len(self.images), -1)
-        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
-            raise ValueError(f"{path}: 'images' must be uint8 [N, H, W, 3], got {self.images.dtype} {self.images.shape}")
-        if len(self.images) == 0:
-            raise ValueError(f"{path}: 'images' is empty")
-        if self.labels.shape != (len(self.images),):
-            raise ValueError(f"{path}: 'labels' has shape {self.labels.shape}, expected [{len(self.images)}]")
+  def __init__(self, path: str, *, name: str = "npz", skip_log: SkipLog | None = None):
+    super().__init__(name, skip_log)
+    path = os.path.expanduser(str(path))
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"npz image file not found: {path}")
+    with np.load(path) as arrays:
+      if "images" not in arrays:
+        raise ValueError(f"{path}: no 'images' array (has {sorted(arrays.files)})")
+      self.images = np.asarray(arrays["images"])
+      self.labels = (
+        np.asarray(arrays["labels"]) if "labels" in arrays else np.full(len(self.images), -1)
+      )
+    if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
+      raise ValueError(
+        f"{path}: 'images' must be uint8 [N, H, W, 3], got {self.images.dtype} {self.images.shape}"
+      )
+    if len(self.images) == 0:
+      raise ValueError(f"{path}: 'images' is empty")
+    if self.labels.shape != (len(self.images),):
+      raise ValueError(
+        f"{path}: 'labels' has shape {self.labels.shape}, expected [{len(self.images)}]"
+      )
 
-    def __len__(self) -> int:
-        return len(self.images)
+  def __len__(self) -> int:
+    return len(self.images)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        index = self._check_index(index)
-        return {"kind": "image", "record_index": index, "label": int(self.labels[index]), "image": self.images[index]}
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    index = self._check_index(index)
+    return {
+      "kind": "image",
+      "record_index": index,
+      "label": int(self.labels[index]),
+      "image": self.images[index],
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -523,46 +579,46 @@ class NpzImageSource(Source):
 
 
 def build_source(cfg: Mapping[str, Any], *, skip_log: SkipLog | None = None) -> Source:
-    """A source from one `data.sources` entry (see pipeline.default_data_config for the fields)."""
-    kind = cfg.get("kind")
-    name = str(cfg.get("name") or kind)
-    if kind not in KINDS:
-        raise ValueError(f"data.sources[{name}].kind must be one of {KINDS}, got {kind!r}")
-    path = cfg.get("path") or None
-    split = cfg.get("split") or "train"
-    if kind in ("prepared", "raw", "image_folder", "npz") and not path:
-        raise ValueError(f"data.sources[{name}].path is required for kind {kind!r}")
-    if kind == "prepared":
-        return PreparedClipSource(path, split, name=name, skip_log=skip_log)
-    if kind == "raw":
-        short_side = cfg.get("short_side", 256)
-        return RawVideoSource(
-            cfg.get("format") or "folder",
-            path,
-            annotations=cfg.get("annotations") or None,
-            split=cfg.get("split") or None,
-            labels=cfg.get("labels") or None,
-            short_side=int(short_side) if short_side else None,
-            name=name,
-            skip_log=skip_log,
-        )
-    if kind == "tfds":
-        dataset = cfg.get("dataset") or cfg.get("name")
-        return TfdsImageSource(
-            dataset,
-            split,
-            data_dir=cfg.get("data_dir") or path,
-            image_key=cfg.get("image_key") or "image",
-            label_key=cfg.get("label_key") or "label",
-            name=name,
-            skip_log=skip_log,
-        )
-    if kind == "npz":
-        return NpzImageSource(path, name=name, skip_log=skip_log)
-    return ImageFolderSource(path, name=name, skip_log=skip_log)
+  """A source from one `data.sources` entry (see pipeline.default_data_config for the fields)."""
+  kind = cfg.get("kind")
+  name = str(cfg.get("name") or kind)
+  if kind not in KINDS:
+    raise ValueError(f"data.sources[{name}].kind must be one of {KINDS}, got {kind!r}")
+  path = cfg.get("path") or None
+  split = cfg.get("split") or "train"
+  if kind in ("prepared", "raw", "image_folder", "npz") and not path:
+    raise ValueError(f"data.sources[{name}].path is required for kind {kind!r}")
+  if kind == "prepared":
+    return PreparedClipSource(path, split, name=name, skip_log=skip_log)
+  if kind == "raw":
+    short_side = cfg.get("short_side", 256)
+    return RawVideoSource(
+      cfg.get("format") or "folder",
+      path,
+      annotations=cfg.get("annotations") or None,
+      split=cfg.get("split") or None,
+      labels=cfg.get("labels") or None,
+      short_side=int(short_side) if short_side else None,
+      name=name,
+      skip_log=skip_log,
+    )
+  if kind == "tfds":
+    dataset = cfg.get("dataset") or cfg.get("name")
+    return TfdsImageSource(
+      dataset,
+      split,
+      data_dir=cfg.get("data_dir") or path,
+      image_key=cfg.get("image_key") or "image",
+      label_key=cfg.get("label_key") or "label",
+      name=name,
+      skip_log=skip_log,
+    )
+  if kind == "npz":
+    return NpzImageSource(path, name=name, skip_log=skip_log)
+  return ImageFolderSource(path, name=name, skip_log=skip_log)
 
 
 def decode_image(data: Any) -> np.ndarray:
-    """uint8 [H, W, 3] RGB from encoded bytes or an array, decoded as the augmentations decode
-    (augment.to_array: libjpeg-turbo / OpenCV / Pillow); raises ValueError if undecodable."""
-    return augment.to_array(bytes(data) if isinstance(data, memoryview) else data)
+  """uint8 [H, W, 3] RGB from encoded bytes or an array, decoded as the augmentations decode
+  (augment.to_array: libjpeg-turbo / OpenCV / Pillow); raises ValueError if undecodable."""
+  return augment.to_array(bytes(data) if isinstance(data, memoryview) else data)

@@ -26,8 +26,9 @@ import numpy as np
 import optax
 
 
-
-def extract_features(encode_fn: Callable, loader, to_global: Callable) -> tuple[np.ndarray, np.ndarray]:
+def extract_features(
+  encode_fn: Callable, loader, to_global: Callable
+) -> tuple[np.ndarray, np.ndarray]:
   """Runs `encode_fn(images uint8 [B,S,S,3]) -> [B, D]` over an eval loader.
 
   Returns host (features f32 [N, D], labels int [N]) of the whole dataset on every process;
@@ -44,8 +45,11 @@ def extract_features(encode_fn: Callable, loader, to_global: Callable) -> tuple[
   feats, labels, valids = np.concatenate(feats), np.concatenate(labels), np.concatenate(valids)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
-    feats, labels, valids = (np.asarray(multihost_utils.process_allgather(a)).reshape(
-        (-1,) + a.shape[1:]) for a in (feats, labels, valids))
+
+    feats, labels, valids = (
+      np.asarray(multihost_utils.process_allgather(a)).reshape((-1,) + a.shape[1:])
+      for a in (feats, labels, valids)
+    )
   return feats[valids], labels[valids]
 
 
@@ -64,9 +68,17 @@ def _local(x: jax.Array) -> np.ndarray:
   return np.concatenate(rows)
 
 
-def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-                 test_y: np.ndarray, *, k: int = 20, temperature: float = 0.07,
-                 num_classes: int | None = None, chunk: int = 1024) -> float:
+def knn_accuracy(
+  train_x: np.ndarray,
+  train_y: np.ndarray,
+  test_x: np.ndarray,
+  test_y: np.ndarray,
+  *,
+  k: int = 20,
+  temperature: float = 0.07,
+  num_classes: int | None = None,
+  chunk: int = 1024,
+) -> float:
   """Weighted kNN top-1 accuracy (cosine similarity, weights exp(sim / T))."""
   num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
   k = min(k, len(train_x))
@@ -74,18 +86,20 @@ def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
   te = test_x / np.maximum(np.linalg.norm(test_x, axis=1, keepdims=True), 1e-12)
   correct = 0
   for i in range(0, len(te), chunk):
-    sim = te[i:i + chunk] @ tr.T  # [c, N]
+    sim = te[i : i + chunk] @ tr.T  # [c, N]
     idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
     top_sim = np.take_along_axis(sim, idx, axis=1)
     weights = np.exp(top_sim / temperature)
     votes = np.zeros((len(idx), num_classes))
     np.add.at(votes, (np.arange(len(idx))[:, None], train_y[idx]), weights)
-    correct += int(np.sum(votes.argmax(1) == test_y[i:i + chunk]))
+    correct += int(np.sum(votes.argmax(1) == test_y[i : i + chunk]))
   return correct / len(te)
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "learning_rate", "weight_decay"))
-def _fit_linear(params, xtr: jax.Array, ytr: jax.Array, *, steps: int, learning_rate: float, weight_decay: float):
+def _fit_linear(
+  params, xtr: jax.Array, ytr: jax.Array, *, steps: int, learning_rate: float, weight_decay: float
+):
   """Full-batch AdamW on a linear softmax classifier; jitted once per shape and setting, so the
   periodic evals of a run reuse one compilation."""
   tx = optax.adamw(learning_rate, weight_decay=weight_decay)
@@ -104,19 +118,36 @@ def _fit_linear(params, xtr: jax.Array, ytr: jax.Array, *, steps: int, learning_
   return params
 
 
-def linear_probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-                          test_y: np.ndarray, *, steps: int = 500, learning_rate: float = 0.01,
-                          weight_decay: float = 1e-4, num_classes: int | None = None,
-                          seed: int = 0) -> float:
+def linear_probe_accuracy(
+  train_x: np.ndarray,
+  train_y: np.ndarray,
+  test_x: np.ndarray,
+  test_y: np.ndarray,
+  *,
+  steps: int = 500,
+  learning_rate: float = 0.01,
+  weight_decay: float = 1e-4,
+  num_classes: int | None = None,
+  seed: int = 0,
+) -> float:
   """Standardize (train statistics, no affine) + linear softmax classifier, full batch AdamW."""
   num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
   mean = train_x.mean(0, keepdims=True)
   std = train_x.std(0, keepdims=True) + 1e-6
   xtr = jnp.asarray((train_x - mean) / std, jnp.float32)
   xte = jnp.asarray((test_x - mean) / std, jnp.float32)
-  params = {"w": jnp.zeros((xtr.shape[1], num_classes), jnp.float32), "b": jnp.zeros((num_classes,), jnp.float32)}
-  params = _fit_linear(params, xtr, jnp.asarray(train_y), steps=int(steps), learning_rate=float(learning_rate),
-                       weight_decay=float(weight_decay))
+  params = {
+    "w": jnp.zeros((xtr.shape[1], num_classes), jnp.float32),
+    "b": jnp.zeros((num_classes,), jnp.float32),
+  }
+  params = _fit_linear(
+    params,
+    xtr,
+    jnp.asarray(train_y),
+    steps=int(steps),
+    learning_rate=float(learning_rate),
+    weight_decay=float(weight_decay),
+  )
   pred = np.asarray(jnp.argmax(xte @ params["w"] + params["b"], axis=1))
   return float(np.mean(pred == test_y))
 
@@ -139,19 +170,26 @@ class FrozenEvaluator:
 
   def due(self, step: int, total_steps: int) -> list[str]:
     """Evaluators to run at `step`: at 0, every `every_steps` and at the end; never if < 0."""
-    return [name for name, c in self.cfg.items() if int(c.every_steps) >= 0 and (
-        step == 0 or step == total_steps or (c.every_steps and step % c.every_steps == 0))]
+    return [
+      name
+      for name, c in self.cfg.items()
+      if int(c.every_steps) >= 0
+      and (step == 0 or step == total_steps or (c.every_steps and step % c.every_steps == 0))
+    ]
 
-  def run(self, names: list[str], encode_fn: Callable, to_global: Callable,
-          batch_size: int) -> dict[str, float]:
+  def run(
+    self, names: list[str], encode_fn: Callable, to_global: Callable, batch_size: int
+  ) -> dict[str, float]:
     cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def features(data_cfg):
       key = json.dumps(data_cfg.to_dict(), sort_keys=True, default=str)
       if key not in cache:
         from vicmae_jax.data import pipeline as data_pipeline
+
         loader = data_pipeline.make_eval_loader(
-            data_cfg, batch_size=batch_size, image_size=self.image_size)
+          data_cfg, batch_size=batch_size, image_size=self.image_size
+        )
         cache[key] = extract_features(encode_fn, loader, to_global)
       return cache[key]
 
@@ -161,13 +199,22 @@ class FrozenEvaluator:
       xtr, ytr = features(c.train_data)
       xte, yte = features(c.test_data)
       if name == "knn":
-        acc = knn_accuracy(xtr, ytr, xte, yte, k=int(c.get("k", 20)),
-                           temperature=float(c.get("temperature", 0.07)))
+        acc = knn_accuracy(
+          xtr, ytr, xte, yte, k=int(c.get("k", 20)), temperature=float(c.get("temperature", 0.07))
+        )
       else:
         acc = linear_probe_accuracy(
-            xtr, ytr, xte, yte, steps=int(c.get("steps", 500)),
-            learning_rate=float(c.get("learning_rate", 0.01)),
-            weight_decay=float(c.get("weight_decay", 1e-4)), seed=self.seed)
+          xtr,
+          ytr,
+          xte,
+          yte,
+          steps=int(c.get("steps", 500)),
+          learning_rate=float(c.get("learning_rate", 0.01)),
+          weight_decay=float(c.get("weight_decay", 1e-4)),
+          seed=self.seed,
+        )
       results[f"eval/{name}_top1"] = acc
-      logging.info("eval %s: top-1 %.4f (train %d, test %d examples)", name, acc, len(xtr), len(xte))
+      logging.info(
+        "eval %s: top-1 %.4f (train %d, test %d examples)", name, acc, len(xtr), len(xte)
+      )
     return results

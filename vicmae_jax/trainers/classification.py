@@ -55,20 +55,21 @@ PIXEL_KEYS = {"image": "image", "clip": "video"}
 # Config
 # ----------------------------------------------------------------------------------------------
 
+
 def classification_config(trainer: str) -> ml_collections.ConfigDict:
   """Fields shared by the linear-probe and fine-tuning configs (configs/ build on these).
 
-    image_size     crop size S fed to the model
-    num_classes    0 = from the training data's class names
-    input_kind     "image" (one image or one frame per record) | "clip" (frames of a video)
-    model.*        the pretrained encoder's architecture (vicmae.resolve_model_config fields)
-    data.*         training data (pipeline.default_data_config; clip_num_frames, clip_stride,
-                   clip_augmentation and crop_scale for clips)
-    eval_data.*    evaluation data, one source (eval_augmentation; num_temporal_views and
-                   num_spatial_views: multi-view testing of clips)
-    augment.*      per-image training augmentation (data/classification.py augment_config)
-    mixup.*        mixup / cutmix / label smoothing (data/classification.py mixup_config)
-    eval.*         every_steps (0 = only at the end), batch_size (global)
+  image_size     crop size S fed to the model
+  num_classes    0 = from the training data's class names
+  input_kind     "image" (one image or one frame per record) | "clip" (frames of a video)
+  model.*        the pretrained encoder's architecture (vicmae.resolve_model_config fields)
+  data.*         training data (pipeline.default_data_config; clip_num_frames, clip_stride,
+                 clip_augmentation and crop_scale for clips)
+  eval_data.*    evaluation data, one source (eval_augmentation; num_temporal_views and
+                 num_spatial_views: multi-view testing of clips)
+  augment.*      per-image training augmentation (data/classification.py augment_config)
+  mixup.*        mixup / cutmix / label smoothing (data/classification.py mixup_config)
+  eval.*         every_steps (0 = only at the end), batch_size (global)
   """
   c = config_lib.base_config()
   c.trainer = trainer
@@ -92,28 +93,51 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   """Every check that can fail before reading data or compiling. Returns the resolved model dims."""
   num_devices = jax.device_count() if num_devices is None else num_devices
   config_lib.validate_common(config, num_devices)
-  for field in ("model", "optim", "data", "eval_data", "image_size", "num_classes", "input_kind", "augment",
-                "mixup", "eval"):
+  for field in (
+    "model",
+    "optim",
+    "data",
+    "eval_data",
+    "image_size",
+    "num_classes",
+    "input_kind",
+    "augment",
+    "mixup",
+    "eval",
+  ):
     config_lib.require(field in config, field, "missing")
   dims = config_lib.as_config_error("model", lambda: vicmae.resolve_model_config(config.model))
-  config_lib.require(config.input_kind in data_lib.INPUT_KINDS, "input_kind",
-                     f"must be one of {data_lib.INPUT_KINDS}, got {config.input_kind!r}")
+  config_lib.require(
+    config.input_kind in data_lib.INPUT_KINDS,
+    "input_kind",
+    f"must be one of {data_lib.INPUT_KINDS}, got {config.input_kind!r}",
+  )
   image_size, patch = int(config.image_size), int(dims["patch_size"])
-  config_lib.require(image_size > 0 and image_size % patch == 0, "image_size",
-                     f"{image_size} is not a positive multiple of the patch size {patch}")
-  config_lib.require(int(config.num_classes) >= 0, "num_classes", "must be >= 0 (0 = from the data)")
+  config_lib.require(
+    image_size > 0 and image_size % patch == 0,
+    "image_size",
+    f"{image_size} is not a positive multiple of the patch size {patch}",
+  )
+  config_lib.require(
+    int(config.num_classes) >= 0, "num_classes", "must be >= 0 (0 = from the data)"
+  )
   config_lib.as_config_error("optim", lambda: optim.resolve_optim_config(config.optim))
   # Classification reads single images or clips, never frame pairs.
   validate_data = lambda cfg: data_pipeline.validate_data_config(cfg, frame_pairs=False)
   config_lib.as_config_error("data", lambda: validate_data(config.data))
-  config_lib.as_config_error("eval_data", lambda: _renamed_errors(validate_data, config.eval_data, "data.", "eval_data."))
+  config_lib.as_config_error(
+    "eval_data", lambda: _renamed_errors(validate_data, config.eval_data, "data.", "eval_data.")
+  )
   config_lib.as_config_error("augment", lambda: data_lib.validate_augment_config(config.augment))
   config_lib.as_config_error("mixup", lambda: data_lib.validate_mixup_config(config.mixup))
   mesh = config_lib.mesh_shape(config.mesh, num_devices)
   data_parallel = mesh["data"] * mesh["fsdp"]
   eval_batch = int(config.eval.batch_size)
-  config_lib.require(eval_batch > 0 and eval_batch % data_parallel == 0, "eval.batch_size",
-                     f"{eval_batch} is not a positive multiple of the data-parallel size {data_parallel}")
+  config_lib.require(
+    eval_batch > 0 and eval_batch % data_parallel == 0,
+    "eval.batch_size",
+    f"{eval_batch} is not a positive multiple of the data-parallel size {data_parallel}",
+  )
   config_lib.require(int(config.eval.every_steps) >= 0, "eval.every_steps", "must be >= 0")
   return dims
 
@@ -124,7 +148,9 @@ def _renamed_errors(fn, arg, old_prefix: str, new_prefix: str):
     return fn(arg)
   except ValueError as e:
     msg = str(e)
-    raise ValueError(new_prefix + msg[len(old_prefix):] if msg.startswith(old_prefix) else msg) from None
+    raise ValueError(
+      new_prefix + msg[len(old_prefix) :] if msg.startswith(old_prefix) else msg
+    ) from None
 
 
 def resolve_num_classes(config) -> int:
@@ -135,16 +161,26 @@ def resolve_num_classes(config) -> int:
 
 def make_optimizer(config, abstract_params, durations: config_lib.Durations):
   """(tx, lr_fn) from `config.optim` for the trainable params (layer decay counts their blocks)."""
-  tx = optim.make_optimizer(config.optim, durations.total_steps, abstract_params,
-                            warmup_steps=durations.warmup_steps, global_batch_size=config.batch_size)
-  lr_fn = optim.make_lr_fn(config.optim, durations.total_steps, warmup_steps=durations.warmup_steps,
-                           global_batch_size=config.batch_size)
+  tx = optim.make_optimizer(
+    config.optim,
+    durations.total_steps,
+    abstract_params,
+    warmup_steps=durations.warmup_steps,
+    global_batch_size=config.batch_size,
+  )
+  lr_fn = optim.make_lr_fn(
+    config.optim,
+    durations.total_steps,
+    warmup_steps=durations.warmup_steps,
+    global_batch_size=config.batch_size,
+  )
   return tx, lr_fn
 
 
 # ----------------------------------------------------------------------------------------------
 # Targets and mixing (on device)
 # ----------------------------------------------------------------------------------------------
+
 
 def smooth_targets(labels: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
   """int [B] -> float32 [B, K]: 1 - s + s/K on the label, s/K elsewhere."""
@@ -163,8 +199,16 @@ def partner_rows(x: jax.Array, num_blocks: int) -> jax.Array:
   return blocked[:, ::-1].reshape(x.shape)
 
 
-def mix_batch(pixels: jax.Array, labels: jax.Array, lam: jax.Array, box: jax.Array, *, num_classes: int,
-              smoothing: float, num_blocks: int = 1) -> tuple[jax.Array, jax.Array]:
+def mix_batch(
+  pixels: jax.Array,
+  labels: jax.Array,
+  lam: jax.Array,
+  box: jax.Array,
+  *,
+  num_classes: int,
+  smoothing: float,
+  num_blocks: int = 1,
+) -> tuple[jax.Array, jax.Array]:
   """Mixup / cutmix of a batch with its reversed partner rows (finetune_augment.mixup_cutmix on device).
 
   pixels: [B, ..., H, W, C] (uint8 or float; clips mix every frame alike). labels int [B].
@@ -182,7 +226,9 @@ def mix_batch(pixels: jax.Array, labels: jax.Array, lam: jax.Array, box: jax.Arr
   rows = jnp.arange(height).reshape(height, 1, 1)
   cols = jnp.arange(width).reshape(1, width, 1)
   inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
-  is_cutmix = ((box[:, 1] - box[:, 0]) * (box[:, 3] - box[:, 2]) > 0).reshape((-1,) + extra + (1, 1, 1))
+  is_cutmix = ((box[:, 1] - box[:, 0]) * (box[:, 3] - box[:, 2]) > 0).reshape(
+    (-1,) + extra + (1, 1, 1)
+  )
   weight = lam.astype(jnp.float32).reshape((-1,) + extra + (1, 1, 1))
   mixed = jnp.where(is_cutmix, jnp.where(inside, partner, x), weight * x + (1.0 - weight) * partner)
   targets = smooth_targets(labels, num_classes, smoothing)
@@ -194,6 +240,7 @@ def mix_batch(pixels: jax.Array, labels: jax.Array, lam: jax.Array, box: jax.Arr
 # ----------------------------------------------------------------------------------------------
 # Steps
 # ----------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Task:
@@ -235,6 +282,7 @@ class Frozen:
 
 def create_frozen(model_fn: Callable[[], nnx.Module], mesh) -> Frozen:
   """Builds a model's state directly in its shardings (like common.create_state, without an optimizer)."""
+
   def init():
     _, params, batch_stats, rest = common.split_model(model_fn())
     return {"params": params, "batch_stats": batch_stats, "rest": rest}
@@ -243,14 +291,18 @@ def create_frozen(model_fn: Callable[[], nnx.Module], mesh) -> Frozen:
   with jax.set_mesh(mesh):
     abstract = jax.eval_shape(init)
     repl = sharding_lib.replicated(mesh)
-    shardings = {"params": sharding_lib.state_shardings(abstract["params"], mesh),
-                 "batch_stats": jax.tree.map(lambda _: repl, abstract["batch_stats"]),
-                 "rest": jax.tree.map(lambda _: repl, abstract["rest"])}
+    shardings = {
+      "params": sharding_lib.state_shardings(abstract["params"], mesh),
+      "batch_stats": jax.tree.map(lambda _: repl, abstract["batch_stats"]),
+      "rest": jax.tree.map(lambda _: repl, abstract["rest"]),
+    }
     state = jax.jit(init, out_shardings=shardings)()
   return Frozen(graphdef, state, shardings)
 
 
-def make_train_step(task: Task, graphdef, rest, tx, lr_fn, state_shardings, frozen: Frozen | None, mesh):
+def make_train_step(
+  task: Task, graphdef, rest, tx, lr_fn, state_shardings, frozen: Frozen | None, mesh
+):
   """The jitted `(state, frozen_state, batch) -> (state, metrics)` (state donated)."""
   batch_sh = sharding_lib.batch_sharding(mesh)
   repl = sharding_lib.replicated(mesh)
@@ -261,9 +313,15 @@ def make_train_step(task: Task, graphdef, rest, tx, lr_fn, state_shardings, froz
     inputs = batch[task.input_key]
     labels = batch["label"]
     if task.mixing:
-      inputs, targets = mix_batch(inputs, labels, batch["mix_lam"], batch["mix_box"],
-                                  num_classes=task.num_classes, smoothing=task.label_smoothing,
-                                  num_blocks=num_blocks)
+      inputs, targets = mix_batch(
+        inputs,
+        labels,
+        batch["mix_lam"],
+        batch["mix_box"],
+        num_classes=task.num_classes,
+        smoothing=task.label_smoothing,
+        num_blocks=num_blocks,
+      )
     else:
       targets = smooth_targets(labels, task.num_classes, task.label_smoothing)
     if task.pixels:
@@ -277,25 +335,36 @@ def make_train_step(task: Task, graphdef, rest, tx, lr_fn, state_shardings, froz
       logits = task.logits(model, frozen_model, inputs, key, True)
       return losses.softmax_cross_entropy(logits, targets), logits
 
-    (loss, logits), grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)(model)
+    (loss, logits), grads = nnx.value_and_grad(
+      loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True
+    )(model)
     new_stats = nnx.state(model, nnx.BatchStat)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    new_state = {"step": state["step"] + 1, "rng": state["rng"], "params": params,
-                 "batch_stats": new_stats, "opt_state": opt_state}
+    new_state = {
+      "step": state["step"] + 1,
+      "rng": state["rng"],
+      "params": params,
+      "batch_stats": new_stats,
+      "opt_state": opt_state,
+    }
     metrics = {
-        "loss": loss,
-        "accuracy": jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)),
-        "lr": lr_fn(state["step"]),
-        "grad_norm": optax.global_norm(grads),
-        "param_norm": optax.global_norm(params),
+      "loss": loss,
+      "accuracy": jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)),
+      "lr": lr_fn(state["step"]),
+      "grad_norm": optax.global_norm(grads),
+      "param_norm": optax.global_norm(params),
     }
     return new_state, metrics
 
   batch_shardings = {k: batch_sh for k in task.batch_keys()}
   frozen_sh = frozen.shardings if frozen is not None else {}
-  return jax.jit(step_fn, in_shardings=(state_shardings, frozen_sh, batch_shardings),
-                 out_shardings=(state_shardings, repl), donate_argnums=(0,))
+  return jax.jit(
+    step_fn,
+    in_shardings=(state_shardings, frozen_sh, batch_shardings),
+    out_shardings=(state_shardings, repl),
+    donate_argnums=(0,),
+  )
 
 
 def make_eval_step(task: Task, graphdef, rest, frozen: Frozen | None, mesh):
@@ -309,8 +378,12 @@ def make_eval_step(task: Task, graphdef, rest, frozen: Frozen | None, mesh):
   def eval_fn(params, batch_stats, frozen_state, inputs, labels, valid):
     model = common.merge_model(graphdef, params, batch_stats, rest)
     frozen_model = frozen.merge(frozen_state) if frozen is not None else None
-    probs = view_averaged_probs(lambda x: task.logits(model, frozen_model, x, None, False), inputs,
-                                task.example_ndim, normalize=task.pixels)
+    probs = view_averaged_probs(
+      lambda x: task.logits(model, frozen_model, x, None, False),
+      inputs,
+      task.example_ndim,
+      normalize=task.pixels,
+    )
     weight = valid.astype(jnp.float32)
     top1 = jnp.sum(losses.topk_correct(probs, labels, 1) * weight)
     top5 = jnp.sum(losses.topk_correct(probs, labels, top_k) * weight)
@@ -319,8 +392,13 @@ def make_eval_step(task: Task, graphdef, rest, frozen: Frozen | None, mesh):
   return jax.jit(eval_fn, out_shardings=(repl, repl, repl))
 
 
-def view_averaged_probs(logits_fn: Callable[[jax.Array], jax.Array], inputs: jax.Array, example_ndim: int, *,
-                        normalize: bool) -> jax.Array:
+def view_averaged_probs(
+  logits_fn: Callable[[jax.Array], jax.Array],
+  inputs: jax.Array,
+  example_ndim: int,
+  *,
+  normalize: bool,
+) -> jax.Array:
   """Class probabilities [B, K]: softmax(logits_fn(x)), averaged over a view axis when present.
 
   inputs [B, ...] (rank example_ndim) or [B, V, ...] (rank example_ndim + 1); all views of all
@@ -331,22 +409,32 @@ def view_averaged_probs(logits_fn: Callable[[jax.Array], jax.Array], inputs: jax
   if inputs.ndim == example_ndim:
     return jax.nn.softmax(logits_fn(inputs).astype(jnp.float32), axis=-1)
   if inputs.ndim != example_ndim + 1:
-    raise ValueError(f"eval inputs must have rank {example_ndim} or {example_ndim + 1} (views), "
-                     f"got shape {inputs.shape}")
+    raise ValueError(
+      f"eval inputs must have rank {example_ndim} or {example_ndim + 1} (views), "
+      f"got shape {inputs.shape}"
+    )
   batch, views = inputs.shape[:2]
   flat = inputs.reshape(batch * views, *inputs.shape[2:])
   probs = jax.nn.softmax(logits_fn(flat).astype(jnp.float32), axis=-1)
   return jnp.mean(probs.reshape(batch, views, -1), axis=1)
 
 
-def evaluate(eval_step, state: dict, frozen: Frozen | None, batches: Iterable[Mapping[str, np.ndarray]],
-             to_global: Callable, input_key: str) -> dict[str, float]:
+def evaluate(
+  eval_step,
+  state: dict,
+  frozen: Frozen | None,
+  batches: Iterable[Mapping[str, np.ndarray]],
+  to_global: Callable,
+  input_key: str,
+) -> dict[str, float]:
   """Top-1 / top-5 accuracy (fractions) and the example count over one pass of `batches`."""
   frozen_state = frozen.state if frozen is not None else {}
   totals = None
   for batch in batches:
     g = to_global({input_key: batch[input_key], "label": batch["label"], "valid": batch["valid"]})
-    sums = eval_step(state["params"], state["batch_stats"], frozen_state, g[input_key], g["label"], g["valid"])
+    sums = eval_step(
+      state["params"], state["batch_stats"], frozen_state, g[input_key], g["label"], g["valid"]
+    )
     totals = sums if totals is None else tuple(a + b for a, b in zip(totals, sums))
   if totals is None:
     raise ValueError("the evaluation data yielded no batch")
@@ -360,18 +448,23 @@ def evaluate(eval_step, state: dict, frozen: Frozen | None, batches: Iterable[Ma
 # Loading pretrained weights
 # ----------------------------------------------------------------------------------------------
 
+
 def flat_params(params) -> dict[str, Any]:
   """nnx.State (or pytree) -> {"encoder/blocks/0/attn/qkv/kernel": leaf}."""
-  return {optim.path_string(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  return {
+    optim.path_string(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
 
 
 def replace_params(params, values: Mapping[str, Any]):
   """Copies host arrays into the (sharded) params by path; the other entries are kept."""
+
   def one(path, leaf):
     name = optim.path_string(path)
     if name not in values:
       return leaf
     return jax.device_put(np.asarray(values[name], dtype=leaf.dtype), leaf.sharding)
+
   return jax.tree_util.tree_map_with_path(one, params)
 
 
@@ -397,18 +490,26 @@ def _unused_top_level(loaded: Mapping[str, Any], used: Iterable[str]) -> list[st
   return sorted(k for k in loaded if k not in set(used))
 
 
-def _merge_report(target_flat: Mapping[str, Any], source: Mapping[str, Any], *, init_from: str,
-                  allow_missing: tuple[str, ...]) -> tuple[dict[str, Any], dict]:
+def _merge_report(
+  target_flat: Mapping[str, Any],
+  source: Mapping[str, Any],
+  *,
+  init_from: str,
+  allow_missing: tuple[str, ...],
+) -> tuple[dict[str, Any], dict]:
   """ckpt_lib.merge_pretrained by path, with unexpected encoder entries made an error too."""
   try:
-    merged, report = ckpt_lib.merge_pretrained(ckpt_lib.unflatten(dict(target_flat)), source,
-                                               allow_missing=allow_missing)
+    merged, report = ckpt_lib.merge_pretrained(
+      ckpt_lib.unflatten(dict(target_flat)), source, allow_missing=allow_missing
+    )
   except ValueError as e:
     raise config_lib.ConfigError("init_from", f"{init_from}: {e}") from None
   if report["unexpected"]:
     raise config_lib.ConfigError(
-        "init_from", f"{init_from}: the checkpoint's encoder has parameters this model lacks (another "
-        f"architecture? check config.model): {', '.join(report['unexpected'][:20])}")
+      "init_from",
+      f"{init_from}: the checkpoint's encoder has parameters this model lacks (another "
+      f"architecture? check config.model): {', '.join(report['unexpected'][:20])}",
+    )
   flat = ckpt_lib.flatten(merged)
   return {k: flat[k] for k in report["loaded"]}, report
 
@@ -417,16 +518,25 @@ def load_image_classifier(params, init_from: str, *, scanned: bool, grid_size: i
   """Loads `encoder.*` (and a learned `pos_embed`, resized bicubically to the model's grid) into
   ImageClassifier params. The head always starts fresh. Returns (params, report)."""
   loaded = read_checkpoint_params(init_from)
-  source: dict[str, Any] = {"encoder": classifier.match_block_layout(_encoder_source(loaded, init_from), scanned)}
-  used = ["encoder"] if "encoder" in loaded else [k for k in loaded if k not in ("pos_embed", "head")]
+  source: dict[str, Any] = {
+    "encoder": classifier.match_block_layout(_encoder_source(loaded, init_from), scanned)
+  }
+  used = (
+    ["encoder"] if "encoder" in loaded else [k for k in loaded if k not in ("pos_embed", "head")]
+  )
   if "pos_embed" in loaded:
     table = np.asarray(loaded["pos_embed"])
     source["pos_embed"] = classifier.interpolate_pos_embed(table, (grid_size, grid_size))
     used.append("pos_embed")
     if source["pos_embed"].shape != table.shape:
-      logging.info("init_from: pos_embed resized from %s to %s (bicubic)", table.shape, source["pos_embed"].shape)
-  values, report = _merge_report(flat_params(params), source, init_from=init_from,
-                                 allow_missing=("pos_embed", "head"))
+      logging.info(
+        "init_from: pos_embed resized from %s to %s (bicubic)",
+        table.shape,
+        source["pos_embed"].shape,
+      )
+  values, report = _merge_report(
+    flat_params(params), source, init_from=init_from, allow_missing=("pos_embed", "head")
+  )
   report["unused"] = _unused_top_level(loaded, used)
   return replace_params(params, values), report
 
@@ -443,6 +553,7 @@ def load_encoder(params, init_from: str, *, scanned: bool):
 def load_video_model(params, init_from: str, model_fn: Callable[[], nnx.Module]):
   """Inflates the `encoder.*` subtree into VideoViT params (models/video.py from_image_encoder)."""
   from vicmae_jax.models import video
+
   loaded = read_checkpoint_params(init_from)
   source = _encoder_source(loaded, init_from)
   abstract = nnx.eval_shape(model_fn)
@@ -451,28 +562,52 @@ def load_video_model(params, init_from: str, model_fn: Callable[[], nnx.Module])
   except ValueError as e:
     raise config_lib.ConfigError("init_from", f"{init_from}: {e}") from None
   filled = flat_params(nnx.state(abstract, nnx.Param))
-  values = {m.target: np.asarray(filled[m.target]) for m in mappings if m.target is not None and m.action != "new"}
-  report = {"loaded": sorted(values), "missing": [m.target for m in mappings if m.action == "new"],
-            "unexpected": [m.source for m in mappings if m.action == "unused"], "mismatched": [],
-            "inflated": [m.target for m in mappings if m.action == "inflated"],
-            "unused": _unused_top_level(loaded, ["encoder"] if "encoder" in loaded else list(source))}
+  values = {
+    m.target: np.asarray(filled[m.target])
+    for m in mappings
+    if m.target is not None and m.action != "new"
+  }
+  report = {
+    "loaded": sorted(values),
+    "missing": [m.target for m in mappings if m.action == "new"],
+    "unexpected": [m.source for m in mappings if m.action == "unused"],
+    "mismatched": [],
+    "inflated": [m.target for m in mappings if m.action == "inflated"],
+    "unused": _unused_top_level(loaded, ["encoder"] if "encoder" in loaded else list(source)),
+  }
   return replace_params(params, values), report
 
 
 def log_report(report: Mapping[str, Any], init_from: str) -> None:
-  logging.info("init_from %s: %d parameters loaded; kept from init: %s; unused in the checkpoint: %s",
-               init_from, len(report["loaded"]), ", ".join(report["missing"]) or "none",
-               ", ".join(report["unused"] + list(report.get("unexpected", []))) or "none")
+  logging.info(
+    "init_from %s: %d parameters loaded; kept from init: %s; unused in the checkpoint: %s",
+    init_from,
+    len(report["loaded"]),
+    ", ".join(report["missing"]) or "none",
+    ", ".join(report["unused"] + list(report.get("unexpected", []))) or "none",
+  )
 
 
 # ----------------------------------------------------------------------------------------------
 # The driver
 # ----------------------------------------------------------------------------------------------
 
-def run(config, workdir: str, *, task: Task, mesh, model_fn: Callable[[], nnx.Module], train_loader,
-        eval_batches: Callable[[], Iterable[Mapping[str, np.ndarray]]], dataset_size: int,
-        frozen: Frozen | None = None, load_pretrained: Callable[[Any], tuple[Any, dict]] | None = None,
-        init_report: dict | None = None, unit: str = "images") -> dict:
+
+def run(
+  config,
+  workdir: str,
+  *,
+  task: Task,
+  mesh,
+  model_fn: Callable[[], nnx.Module],
+  train_loader,
+  eval_batches: Callable[[], Iterable[Mapping[str, np.ndarray]]],
+  dataset_size: int,
+  frozen: Frozen | None = None,
+  load_pretrained: Callable[[Any], tuple[Any, dict]] | None = None,
+  init_report: dict | None = None,
+  unit: str = "images",
+) -> dict:
   """Trains `model_fn()`'s parameters on `task` and evaluates; resumes from `workdir` when it can.
 
   load_pretrained(params) -> (params, report) runs on a fresh start only (resume order: the
@@ -483,8 +618,13 @@ def run(config, workdir: str, *, task: Task, mesh, model_fn: Callable[[], nnx.Mo
   os.makedirs(workdir, exist_ok=True)
   durations = config_lib.resolve_durations(config, dataset_size)
   total_steps = durations.total_steps
-  logging.info("Data: %d training examples, %d steps/epoch, %d steps (%d warm-up)", dataset_size,
-               durations.steps_per_epoch, total_steps, durations.warmup_steps)
+  logging.info(
+    "Data: %d training examples, %d steps/epoch, %d steps (%d warm-up)",
+    dataset_size,
+    durations.steps_per_epoch,
+    total_steps,
+    durations.warmup_steps,
+  )
   abstract_params = nnx.state(nnx.eval_shape(model_fn), nnx.Param)
   tx, lr_fn = make_optimizer(config, abstract_params, durations)
   state, state_sh, graphdef, rest = common.create_state(model_fn, tx, mesh, config.seed)
@@ -505,7 +645,10 @@ def run(config, workdir: str, *, task: Task, mesh, model_fn: Callable[[], nnx.Mo
   batch_sh = sharding_lib.batch_sharding(mesh)
   to_global = lambda batch: data_pipeline.to_global(batch, batch_sh)
   from vicmae_jax import metrics as metrics_lib  # clu pulls in TensorFlow: only when training
-  logger = metrics_lib.TrainLogger(workdir, total_steps=total_steps, global_batch=config.batch_size, unit=unit)
+
+  logger = metrics_lib.TrainLogger(
+    workdir, total_steps=total_steps, global_batch=config.batch_size, unit=unit
+  )
   if start_step == 0 and jax.process_index() == 0:
     logger.write_hparams(config_lib.to_plain(config))
 
@@ -514,32 +657,57 @@ def run(config, workdir: str, *, task: Task, mesh, model_fn: Callable[[], nnx.Mo
   def run_eval(step, state):
     res = evaluate(eval_step, state, frozen, eval_batches(), to_global, task.input_key)
     logger.write_scalars(step, {"eval/top1": res["top1"], "eval/top5": res["top5"]})
-    logging.info("eval at step %d: top-1 %.4f, top-5 %.4f (%d examples)", step, res["top1"], res["top5"],
-                 res["count"])
+    logging.info(
+      "eval at step %d: top-1 %.4f, top-5 %.4f (%d examples)",
+      step,
+      res["top1"],
+      res["top5"],
+      res["count"],
+    )
     eval_results[step] = res
     return res
 
   every = int(config.eval.every_steps)
   out = common.run_loop(
-      config=config, workdir=workdir, state=state,
-      train_step=lambda s, batch: train_step(s, frozen_state, batch), data_iter=data_iter,
-      to_global=to_global, batch_keys=task.batch_keys(), ckpt=ckpt, logger=logger,
-      start_step=start_step, total_steps=total_steps, evaluate=run_eval if every > 0 else None,
-      eval_due=lambda step: every > 0 and step % every == 0)
+    config=config,
+    workdir=workdir,
+    state=state,
+    train_step=lambda s, batch: train_step(s, frozen_state, batch),
+    data_iter=data_iter,
+    to_global=to_global,
+    batch_keys=task.batch_keys(),
+    ckpt=ckpt,
+    logger=logger,
+    start_step=start_step,
+    total_steps=total_steps,
+    evaluate=run_eval if every > 0 else None,
+    eval_due=lambda step: every > 0 and step % every == 0,
+  )
   final = None
   if not out["stopped_early"]:
     final = run_eval(out["final_step"], out["state"])
     if jax.process_index() == 0:
-      print(f"{config.trainer}: top-1 {100 * final['top1']:.2f}%  top-5 {100 * final['top5']:.2f}%  "
-            f"({final['count']} examples, step {out['final_step']})", flush=True)
+      print(
+        f"{config.trainer}: top-1 {100 * final['top1']:.2f}%  top-5 {100 * final['top5']:.2f}%  "
+        f"({final['count']} examples, step {out['final_step']})",
+        flush=True,
+      )
   ckpt.close()
   logger.close()
   if report is not None and jax.process_index() == 0:
     with open(os.path.join(workdir, "init_report.json"), "w") as f:
       json.dump(report, f, indent=1)
-  return {"final_step": out["final_step"], "total_steps": total_steps, "last_checkpoint": out["last_checkpoint"],
-          "stopped_early": out["stopped_early"], "eval": final, "evals": eval_results,
-          "history": logger.history, "init_report": _brief(report), "num_classes": task.num_classes}
+  return {
+    "final_step": out["final_step"],
+    "total_steps": total_steps,
+    "last_checkpoint": out["last_checkpoint"],
+    "stopped_early": out["stopped_early"],
+    "eval": final,
+    "evals": eval_results,
+    "history": logger.history,
+    "init_report": _brief(report),
+    "num_classes": task.num_classes,
+  }
 
 
 def _brief(report: dict | None) -> dict | None:

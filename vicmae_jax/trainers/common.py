@@ -53,16 +53,17 @@ def step_key(state: dict) -> jax.Array:
   return jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
 
 
-def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state, param_shardings,
-                        mesh) -> Any:
+def opt_state_shardings(
+  tx: optax.GradientTransformation, abstract_opt_state, param_shardings, mesh
+) -> Any:
   """Optimizer slots take their parameter's sharding; everything else is replicated."""
   replicated = sharding_lib.replicated(mesh)
   return optax.tree_map_params(
-      tx,
-      lambda _, s: s,
-      abstract_opt_state,
-      param_shardings,
-      transform_non_params=lambda _: replicated,
+    tx,
+    lambda _, s: s,
+    abstract_opt_state,
+    param_shardings,
+    transform_non_params=lambda _: replicated,
   )
 
 
@@ -71,14 +72,24 @@ def _init_fn(model_fn, tx, seed):
     model = model_fn()
     _, params, batch_stats, rest = split_model(model)
     opt_state = tx.init(params)
-    state = {"step": jnp.zeros((), jnp.int32), "rng": rng_data(seed), "params": params,
-             "batch_stats": batch_stats, "opt_state": opt_state}
+    state = {
+      "step": jnp.zeros((), jnp.int32),
+      "rng": rng_data(seed),
+      "params": params,
+      "batch_stats": batch_stats,
+      "opt_state": opt_state,
+    }
     return state, rest
+
   return init
 
 
-def abstract_state(model_fn: Callable[[], nnx.Module], tx: optax.GradientTransformation,
-                   mesh: jax.sharding.Mesh, seed: int):
+def abstract_state(
+  model_fn: Callable[[], nnx.Module],
+  tx: optax.GradientTransformation,
+  mesh: jax.sharding.Mesh,
+  seed: int,
+):
   """Shapes and shardings of the train state, nothing allocated: (abstract, shardings, graphdef)."""
   graphdef = nnx.graphdef(nnx.eval_shape(model_fn))
   with jax.set_mesh(mesh):
@@ -87,8 +98,12 @@ def abstract_state(model_fn: Callable[[], nnx.Module], tx: optax.GradientTransfo
   return abstract, shardings, graphdef
 
 
-def create_state(model_fn: Callable[[], nnx.Module], tx: optax.GradientTransformation,
-                 mesh: jax.sharding.Mesh, seed: int):
+def create_state(
+  model_fn: Callable[[], nnx.Module],
+  tx: optax.GradientTransformation,
+  mesh: jax.sharding.Mesh,
+  seed: int,
+):
   """Shapes first, then shardings, then one jitted init that writes each shard where it lives.
 
   Returns (state, state_shardings, graphdef, rest) where `rest` is the model's non-trainable,
@@ -108,17 +123,18 @@ def state_shardings(abstract_state: dict, tx, mesh) -> dict:
   param_sh = sharding_lib.state_shardings(abstract_state["params"], mesh)
   repl = sharding_lib.replicated(mesh)
   return {
-      "step": repl,
-      "rng": repl,
-      "params": param_sh,
-      "batch_stats": jax.tree.map(lambda _: repl, abstract_state["batch_stats"]),
-      "opt_state": opt_state_shardings(tx, abstract_state["opt_state"], param_sh, mesh),
+    "step": repl,
+    "rng": repl,
+    "params": param_sh,
+    "batch_stats": jax.tree.map(lambda _: repl, abstract_state["batch_stats"]),
+    "opt_state": opt_state_shardings(tx, abstract_state["opt_state"], param_sh, mesh),
   }
 
 
 def abstract_with_shardings(state, shardings):
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
-                      shardings)
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+  )
 
 
 def load_init_from(state: dict, init_from: str, *, allow_missing=(), ignore_unexpected=()) -> dict:
@@ -130,8 +146,12 @@ def load_init_from(state: dict, init_from: str, *, allow_missing=(), ignore_unex
     if key == "batch_stats" and not loaded[key]:
       continue
     merged, report = ckpt_lib.merge_pretrained(
-        _stringify(target), loaded[key], what=key, allow_missing=allow_missing,
-        ignore_unexpected=ignore_unexpected)
+      _stringify(target),
+      loaded[key],
+      what=key,
+      allow_missing=allow_missing,
+      ignore_unexpected=ignore_unexpected,
+    )
     flat_target = ckpt_lib.flatten(_stringify(target))
     flat_merged = ckpt_lib.flatten(merged)
     new_leaves = {}
@@ -139,9 +159,14 @@ def load_init_from(state: dict, init_from: str, *, allow_missing=(), ignore_unex
       old = flat_target[path]
       new_leaves[path] = jax.device_put(np.asarray(value, dtype=old.dtype), old.sharding)
     new_state[key] = _replace_state(state[key], new_leaves)
-    logging.info("init_from %s: loaded %d %s entries (%d kept from init, %d unexpected ignored)",
-                 init_from, len(report["loaded"]), key, len(report["missing"]),
-                 len(report["unexpected"]))
+    logging.info(
+      "init_from %s: loaded %d %s entries (%d kept from init, %d unexpected ignored)",
+      init_from,
+      len(report["loaded"]),
+      key,
+      len(report["missing"]),
+      len(report["unexpected"]),
+    )
   return new_state
 
 
@@ -158,6 +183,7 @@ def _replace_state(state: nnx.State, flat_values: dict[str, jax.Array]) -> nnx.S
     if isinstance(node, dict):
       return {k: rebuild(v, f"{prefix}/{k}" if prefix else str(k)) for k, v in node.items()}
     return flat_values[prefix]
+
   new_pure = rebuild(pure, "")
   new_state = jax.tree.map(lambda x: x, state)
   nnx.replace_by_pure_dict(new_state, new_pure)
@@ -197,6 +223,7 @@ class PreemptionWatcher:
     """
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       try:
         if multihost_utils.reached_preemption_sync_point(step):
           return True
@@ -241,13 +268,21 @@ def timed(fn, *args):
 
 def make_checkpointer(config, workdir: str) -> ckpt_lib.Checkpointer:
   return ckpt_lib.Checkpointer(
-      ckpt_lib.checkpoint_dir(workdir), keep=int(config.checkpoint.keep),
-      keep_every=int(config.checkpoint.keep_every),
-      async_save=bool(config.checkpoint.async_save))
+    ckpt_lib.checkpoint_dir(workdir),
+    keep=int(config.checkpoint.keep),
+    keep_every=int(config.checkpoint.keep_every),
+    async_save=bool(config.checkpoint.async_save),
+  )
 
 
-def restore_or_init(ckpt: ckpt_lib.Checkpointer, state: dict, shardings: dict, data_iter,
-                    init_from: str = "", **init_from_kwargs) -> tuple[dict, int]:
+def restore_or_init(
+  ckpt: ckpt_lib.Checkpointer,
+  state: dict,
+  shardings: dict,
+  data_iter,
+  init_from: str = "",
+  **init_from_kwargs,
+) -> tuple[dict, int]:
   """The resume order: workdir's newest complete checkpoint > init_from > fresh init."""
   latest = ckpt.latest_step()
   if latest is not None:
@@ -260,12 +295,23 @@ def restore_or_init(ckpt: ckpt_lib.Checkpointer, state: dict, shardings: dict, d
   return state, 0
 
 
-def run_loop(*, config, workdir: str, state: dict, train_step: Callable, data_iter,
-             to_global: Callable, batch_keys: tuple[str, ...], ckpt: ckpt_lib.Checkpointer,
-             logger: metrics_lib.TrainLogger, start_step: int, total_steps: int,
-             evaluate: Callable[[int, dict], None] | None = None,
-             eval_due: Callable[[int], bool] = lambda step: False,
-             on_step: Callable[[int, dict, dict], None] | None = None) -> dict:
+def run_loop(
+  *,
+  config,
+  workdir: str,
+  state: dict,
+  train_step: Callable,
+  data_iter,
+  to_global: Callable,
+  batch_keys: tuple[str, ...],
+  ckpt: ckpt_lib.Checkpointer,
+  logger: metrics_lib.TrainLogger,
+  start_step: int,
+  total_steps: int,
+  evaluate: Callable[[int, dict], None] | None = None,
+  eval_due: Callable[[int], bool] = lambda step: False,
+  on_step: Callable[[int, dict, dict], None] | None = None,
+) -> dict:
   """Drives `train_step` from `start_step` to `total_steps` with checkpoints, metrics and evals.
 
   - Metrics of step s are fetched while step s+1 runs (one step late), checked for NaN/Inf.
@@ -321,5 +367,9 @@ def run_loop(*, config, workdir: str, state: dict, train_step: Callable, data_it
     if pending is not None:
       consume(pending)
   ckpt.wait()
-  return {"final_step": step, "last_checkpoint": last_saved, "stopped_early": stopped_early,
-          "state": state}
+  return {
+    "final_step": step,
+    "last_checkpoint": last_saved,
+    "stopped_early": stopped_early,
+    "state": state,
+  }

@@ -49,19 +49,32 @@ def video_config(**overrides) -> ml_collections.ConfigDict:
 def validate(config) -> dict:
   dims = core.validate(config)
   for field in ("classifier", "video"):
-    config_lib.require(field in config, field, "missing (see finetune.classifier_config / video_config)")
-  config_lib.require(config.classifier.pool in classifier.POOLS, "classifier.pool",
-                     f"must be one of {classifier.POOLS}, got {config.classifier.pool!r}")
-  config_lib.require(float(config.classifier.head_init_std) > 0, "classifier.head_init_std", "must be > 0")
+    config_lib.require(
+      field in config, field, "missing (see finetune.classifier_config / video_config)"
+    )
+  config_lib.require(
+    config.classifier.pool in classifier.POOLS,
+    "classifier.pool",
+    f"must be one of {classifier.POOLS}, got {config.classifier.pool!r}",
+  )
+  config_lib.require(
+    float(config.classifier.head_init_std) > 0, "classifier.head_init_std", "must be > 0"
+  )
   if config.input_kind == "clip":
     tubelet = int(config.video.tubelet_size)
     frames = int(config.data.clip_num_frames)
     config_lib.require(tubelet >= 1, "video.tubelet_size", f"must be >= 1, got {tubelet}")
-    config_lib.require(frames >= tubelet and frames % tubelet == 0, "data.clip_num_frames",
-                       f"{frames} frames are not a positive multiple of video.tubelet_size={tubelet}")
+    config_lib.require(
+      frames >= tubelet and frames % tubelet == 0,
+      "data.clip_num_frames",
+      f"{frames} frames are not a positive multiple of video.tubelet_size={tubelet}",
+    )
     eval_frames = int(config.eval_data.clip_num_frames)
-    config_lib.require(eval_frames >= tubelet and eval_frames % tubelet == 0, "eval_data.clip_num_frames",
-                       f"{eval_frames} frames are not a positive multiple of video.tubelet_size={tubelet}")
+    config_lib.require(
+      eval_frames >= tubelet and eval_frames % tubelet == 0,
+      "eval_data.clip_num_frames",
+      f"{eval_frames} frames are not a positive multiple of video.tubelet_size={tubelet}",
+    )
   return dims
 
 
@@ -70,20 +83,35 @@ def build_model_fn(config, num_classes: int):
   seed = int(config.seed)
   if config.input_kind == "image":
     return lambda: classifier.build_image_classifier(
-        config.model, num_classes=num_classes, image_size=int(config.image_size), pool=str(config.classifier.pool),
-        head_init_std=float(config.classifier.head_init_std), rngs=nnx.Rngs(seed))
+      config.model,
+      num_classes=num_classes,
+      image_size=int(config.image_size),
+      pool=str(config.classifier.pool),
+      head_init_std=float(config.classifier.head_init_std),
+      rngs=nnx.Rngs(seed),
+    )
   from vicmae_jax.models import video
+
   return lambda: video.build_video_model(
-      config.model, num_classes=num_classes, num_frames=int(config.data.clip_num_frames),
-      tubelet_size=int(config.video.tubelet_size), use_cls=bool(config.video.use_cls), rngs=nnx.Rngs(seed))
+    config.model,
+    num_classes=num_classes,
+    num_frames=int(config.data.clip_num_frames),
+    tubelet_size=int(config.video.tubelet_size),
+    use_cls=bool(config.video.use_cls),
+    rngs=nnx.Rngs(seed),
+  )
 
 
 def build_task(config, num_classes: int) -> core.Task:
   pixel_key = core.PIXEL_KEYS[config.input_kind]
-  return core.Task(pixel_key, 4 if config.input_kind == "image" else 5,
-                   logits=lambda model, _, x, key, train: model(x, key=key, train=train),
-                   num_classes=num_classes, label_smoothing=float(config.mixup.label_smoothing),
-                   mixing=data_lib.mixing_enabled(config.mixup))
+  return core.Task(
+    pixel_key,
+    4 if config.input_kind == "image" else 5,
+    logits=lambda model, _, x, key, train: model(x, key=key, train=train),
+    num_classes=num_classes,
+    label_smoothing=float(config.mixup.label_smoothing),
+    mixing=data_lib.mixing_enabled(config.mixup),
+  )
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -99,8 +127,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.init_from:
     if config.input_kind == "image":
       grid = image_size // int(dims["patch_size"])
-      load_fn = lambda params: core.load_image_classifier(params, config.init_from,
-                                                          scanned=bool(dims["scan_layers"]), grid_size=grid)
+      load_fn = lambda params: core.load_image_classifier(
+        params, config.init_from, scanned=bool(dims["scan_layers"]), grid_size=grid
+      )
     else:
       load_fn = lambda params: core.load_video_model(params, config.init_from, model_fn)
 
@@ -109,14 +138,32 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       core.log_report(report, config.init_from)
       return params, report
   else:
-    logging.warning("config.init_from is empty: fine-tuning from a random initialization (a baseline)")
+    logging.warning(
+      "config.init_from is empty: fine-tuning from a random initialization (a baseline)"
+    )
 
   train_loader = data_lib.make_train_loader(
-      config.data, input_kind=config.input_kind, global_batch_size=config.batch_size, image_size=image_size,
-      seed=int(config.seed), augment_cfg=config.augment, mixup_cfg=config.mixup)
+    config.data,
+    input_kind=config.input_kind,
+    global_batch_size=config.batch_size,
+    image_size=image_size,
+    seed=int(config.seed),
+    augment_cfg=config.augment,
+    mixup_cfg=config.mixup,
+  )
   eval_batch = int(config.eval.batch_size)
-  eval_batches = lambda: data_lib.make_eval_loader(config.eval_data, input_kind=config.input_kind,
-                                                   batch_size=eval_batch, image_size=image_size)
-  return core.run(config, workdir, task=task, mesh=mesh, model_fn=model_fn, train_loader=train_loader,
-                  eval_batches=eval_batches, dataset_size=data_pipeline.dataset_size(config.data),
-                  load_pretrained=load, unit="clips" if config.input_kind == "clip" else "images")
+  eval_batches = lambda: data_lib.make_eval_loader(
+    config.eval_data, input_kind=config.input_kind, batch_size=eval_batch, image_size=image_size
+  )
+  return core.run(
+    config,
+    workdir,
+    task=task,
+    mesh=mesh,
+    model_fn=model_fn,
+    train_loader=train_loader,
+    eval_batches=eval_batches,
+    dataset_size=data_pipeline.dataset_size(config.data),
+    load_pretrained=load,
+    unit="clips" if config.input_kind == "clip" else "images",
+  )

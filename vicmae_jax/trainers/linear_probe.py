@@ -54,11 +54,17 @@ def probe_config(**overrides) -> ml_collections.ConfigDict:
 def validate(config) -> dict:
   dims = core.validate(config)
   config_lib.require("probe" in config, "probe", "missing (see linear_probe.probe_config)")
-  config_lib.require(config.probe.pool in classifier.POOLS, "probe.pool",
-                     f"must be one of {classifier.POOLS}, got {config.probe.pool!r}")
+  config_lib.require(
+    config.probe.pool in classifier.POOLS,
+    "probe.pool",
+    f"must be one of {classifier.POOLS}, got {config.probe.pool!r}",
+  )
   config_lib.require(float(config.probe.head_init_std) > 0, "probe.head_init_std", "must be > 0")
-  config_lib.require(not data_lib.mixing_enabled(config.mixup), "mixup",
-                     "the linear probe trains without mixup / cutmix; set mixup_alpha = cutmix_alpha = 0")
+  config_lib.require(
+    not data_lib.mixing_enabled(config.mixup),
+    "mixup",
+    "the linear probe trains without mixup / cutmix; set mixup_alpha = cutmix_alpha = 0",
+  )
   return dims
 
 
@@ -71,31 +77,58 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   pool = str(config.probe.pool)
   seed = int(config.seed)
 
-  frozen = core.create_frozen(lambda: classifier.build_encoder(config.model, rngs=nnx.Rngs(seed)), mesh)
+  frozen = core.create_frozen(
+    lambda: classifier.build_encoder(config.model, rngs=nnx.Rngs(seed)), mesh
+  )
   report = None
   if config.init_from:
-    params, report = core.load_encoder(frozen.state["params"], config.init_from, scanned=bool(dims["scan_layers"]))
+    params, report = core.load_encoder(
+      frozen.state["params"], config.init_from, scanned=bool(dims["scan_layers"])
+    )
     frozen.state["params"] = params
     core.log_report(report, config.init_from)
   else:
-    logging.warning("config.init_from is empty: probing a randomly initialized encoder (a baseline)")
+    logging.warning(
+      "config.init_from is empty: probing a randomly initialized encoder (a baseline)"
+    )
 
-  head_fn = lambda: classifier.LinearProbeHead(int(dims["embed_dim"]), num_classes,
-                                               init_std=float(config.probe.head_init_std), rngs=nnx.Rngs(seed))
+  head_fn = lambda: classifier.LinearProbeHead(
+    int(dims["embed_dim"]),
+    num_classes,
+    init_std=float(config.probe.head_init_std),
+    rngs=nnx.Rngs(seed),
+  )
   input_kind = str(config.input_kind)
   pixel_key = core.PIXEL_KEYS[input_kind]
   pixel_ndim = 4 if input_kind == "image" else 5
   eval_batch = int(config.eval.batch_size)
 
   if config.probe.cache_features:
-    (train_x, train_y), (eval_x, eval_y) = cached_features(config, workdir, frozen, mesh, pool, pixel_key,
-                                                           pixel_ndim)
-    task = core.Task("features", 2, logits=lambda model, _, x, key, train: model(x, train=train),
-                     num_classes=num_classes)
-    train_loader = data_lib.make_feature_loader(train_x, train_y, global_batch_size=config.batch_size, seed=seed)
+    (train_x, train_y), (eval_x, eval_y) = cached_features(
+      config, workdir, frozen, mesh, pool, pixel_key, pixel_ndim
+    )
+    task = core.Task(
+      "features",
+      2,
+      logits=lambda model, _, x, key, train: model(x, train=train),
+      num_classes=num_classes,
+    )
+    train_loader = data_lib.make_feature_loader(
+      train_x, train_y, global_batch_size=config.batch_size, seed=seed
+    )
     eval_batches = lambda: data_lib.feature_eval_batches(eval_x, eval_y, batch_size=eval_batch)
-    return core.run(config, workdir, task=task, mesh=mesh, model_fn=head_fn, train_loader=train_loader,
-                    eval_batches=eval_batches, dataset_size=len(train_y), init_report=report, unit="examples")
+    return core.run(
+      config,
+      workdir,
+      task=task,
+      mesh=mesh,
+      model_fn=head_fn,
+      train_loader=train_loader,
+      eval_batches=eval_batches,
+      dataset_size=len(train_y),
+      init_report=report,
+      unit="examples",
+    )
 
   def logits(model, encoder, x, key, train):
     del key
@@ -103,18 +136,36 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return model(features, train=train)
 
   task = core.Task(pixel_key, pixel_ndim, logits=logits, num_classes=num_classes)
-  train_loader = data_lib.make_train_loader(config.data, input_kind=input_kind, global_batch_size=config.batch_size,
-                                            image_size=image_size, seed=seed, augment_cfg=config.augment)
-  eval_batches = lambda: data_lib.make_eval_loader(config.eval_data, input_kind=input_kind, batch_size=eval_batch,
-                                                   image_size=image_size)
-  return core.run(config, workdir, task=task, mesh=mesh, model_fn=head_fn, train_loader=train_loader,
-                  eval_batches=eval_batches, dataset_size=data_pipeline.dataset_size(config.data), frozen=frozen,
-                  init_report=report, unit="clips" if input_kind == "clip" else "images")
+  train_loader = data_lib.make_train_loader(
+    config.data,
+    input_kind=input_kind,
+    global_batch_size=config.batch_size,
+    image_size=image_size,
+    seed=seed,
+    augment_cfg=config.augment,
+  )
+  eval_batches = lambda: data_lib.make_eval_loader(
+    config.eval_data, input_kind=input_kind, batch_size=eval_batch, image_size=image_size
+  )
+  return core.run(
+    config,
+    workdir,
+    task=task,
+    mesh=mesh,
+    model_fn=head_fn,
+    train_loader=train_loader,
+    eval_batches=eval_batches,
+    dataset_size=data_pipeline.dataset_size(config.data),
+    frozen=frozen,
+    init_report=report,
+    unit="clips" if input_kind == "clip" else "images",
+  )
 
 
 # ----------------------------------------------------------------------------------------------
 # Feature cache
 # ----------------------------------------------------------------------------------------------
+
 
 def make_feature_fn(frozen: core.Frozen, pool: str, pixel_ndim: int):
   """Jitted uint8 pixels [B, ...] (or [B, V, ...] views, averaged) -> features [B, D] float32."""
@@ -134,9 +185,15 @@ def make_feature_fn(frozen: core.Frozen, pool: str, pixel_ndim: int):
 
 def _fingerprint(config, pool: str, data_cfg) -> str:
   """What the cached features depend on; a mismatch means they are extracted again."""
-  parts = {"init_from": os.path.abspath(config.init_from) if config.init_from else "", "seed": int(config.seed),
-           "model": config_lib.to_plain(config.model), "pool": pool, "image_size": int(config.image_size),
-           "input_kind": config.input_kind, "data": config_lib.to_plain(data_cfg)}
+  parts = {
+    "init_from": os.path.abspath(config.init_from) if config.init_from else "",
+    "seed": int(config.seed),
+    "model": config_lib.to_plain(config.model),
+    "pool": pool,
+    "image_size": int(config.image_size),
+    "input_kind": config.input_kind,
+    "data": config_lib.to_plain(data_cfg),
+  }
   return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -145,11 +202,14 @@ def _all_processes_have(path: str) -> bool:
   if jax.process_count() == 1:
     return have
   from jax.experimental import multihost_utils
+
   flags = multihost_utils.process_allgather(np.array([have], np.int32))
   return bool(np.all(flags))
 
 
-def cached_features(config, workdir: str, frozen: core.Frozen, mesh, pool: str, pixel_key: str, pixel_ndim: int):
+def cached_features(
+  config, workdir: str, frozen: core.Frozen, mesh, pool: str, pixel_key: str, pixel_ndim: int
+):
   """((train features [N, D], labels [N]), (eval features [M, D], labels [M])), every process holding all.
 
   Training features use the evaluation transform of `config.data` (one source); both sets are
@@ -168,15 +228,22 @@ def cached_features(config, workdir: str, frozen: core.Frozen, mesh, pool: str, 
           logging.info("Features (%s): read %d from %s", split, len(cached["labels"]), path)
           out.append((cached["features"], cached["labels"]))
           continue
-    loader = data_lib.make_eval_loader(data_cfg, input_kind=config.input_kind, batch_size=int(config.eval.batch_size),
-                                       image_size=int(config.image_size))
+    loader = data_lib.make_eval_loader(
+      data_cfg,
+      input_kind=config.input_kind,
+      batch_size=int(config.eval.batch_size),
+      image_size=int(config.image_size),
+    )
     as_images = ({"image": b[pixel_key], "label": b["label"], "valid": b["valid"]} for b in loader)
-    features, labels = frozen_eval.extract_features(lambda pixels: feature_fn(frozen.state, pixels), as_images,
-                                                    to_global)
+    features, labels = frozen_eval.extract_features(
+      lambda pixels: feature_fn(frozen.state, pixels), as_images, to_global
+    )
     logging.info("Features (%s): extracted %d x %d", split, *features.shape)
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(path), exist_ok=True)
-      np.savez(path + ".tmp.npz", features=features, labels=labels, fingerprint=np.array(fingerprint))
+      np.savez(
+        path + ".tmp.npz", features=features, labels=labels, fingerprint=np.array(fingerprint)
+      )
       os.replace(path + ".tmp.npz", path)
     out.append((features, labels.astype(np.int32)))
   return out[0], out[1]

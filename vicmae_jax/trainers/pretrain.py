@@ -44,11 +44,17 @@ def validate(config: ml_collections.ConfigDict, check_data: bool = True) -> dict
   dims = config_lib.as_config_error("model", lambda: vicmae.resolve_model_config(config.model))
   image_size = int(config.image_size)
   patch = int(dims["patch_size"])
-  config_lib.require(image_size > 0 and image_size % patch == 0, "image_size",
-                     f"{image_size} is not a positive multiple of the patch size {patch}")
+  config_lib.require(
+    image_size > 0 and image_size % patch == 0,
+    "image_size",
+    f"{image_size} is not a positive multiple of the patch size {patch}",
+  )
   num_patches = (image_size // patch) ** 2
-  config_lib.require(int(num_patches * (1 - float(dims["mask_ratio"]))) >= 1, "model.mask_ratio",
-                     f"{dims['mask_ratio']} keeps no patch of {num_patches}")
+  config_lib.require(
+    int(num_patches * (1 - float(dims["mask_ratio"]))) >= 1,
+    "model.mask_ratio",
+    f"{dims['mask_ratio']} keeps no patch of {num_patches}",
+  )
   config_lib.as_config_error("optim", lambda: optim.resolve_optim_config(config.optim))
   if check_data:
     config_lib.as_config_error("data", lambda: data_pipeline.validate_data_config(config.data))
@@ -74,17 +80,28 @@ def make_train_step(graphdef, rest, tx, lr_fn, config, state_shardings, batch_sh
     def loss_fn(model):
       out = model(images, mask_ratio=mask_ratio, key=key, train=True)
       return losses.pretrain_loss(
-          images, out, patch_size=patch_size, temperature=float(dims["temperature"]),
-          weight_recon=float(dims["weight_recon"]), weight_contrast=float(dims["weight_contrast"]),
-          norm_pix=bool(dims["norm_pix_loss"]))
+        images,
+        out,
+        patch_size=patch_size,
+        temperature=float(dims["temperature"]),
+        weight_recon=float(dims["weight_recon"]),
+        weight_contrast=float(dims["weight_contrast"]),
+        norm_pix=bool(dims["norm_pix_loss"]),
+      )
 
     (_, parts), grads = nnx.value_and_grad(
-        loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)(model)
+      loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True
+    )(model)
     new_stats = nnx.state(model, nnx.BatchStat)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    new_state = {"step": state["step"] + 1, "rng": state["rng"], "params": params,
-                 "batch_stats": new_stats, "opt_state": opt_state}
+    new_state = {
+      "step": state["step"] + 1,
+      "rng": state["rng"],
+      "params": params,
+      "batch_stats": new_stats,
+      "opt_state": opt_state,
+    }
     metrics = dict(parts)
     metrics["lr"] = lr_fn(state["step"])
     metrics["grad_norm"] = optax.global_norm(grads)
@@ -92,8 +109,12 @@ def make_train_step(graphdef, rest, tx, lr_fn, config, state_shardings, batch_sh
     metrics["update_norm"] = optax.global_norm(updates)
     return new_state, metrics
 
-  return jax.jit(step_fn, in_shardings=(state_shardings, {"views": batch_sharding}),
-                 out_shardings=(state_shardings, repl), donate_argnums=(0,))
+  return jax.jit(
+    step_fn,
+    in_shardings=(state_shardings, {"views": batch_sharding}),
+    out_shardings=(state_shardings, repl),
+    donate_argnums=(0,),
+  )
 
 
 def make_encode_fn(graphdef, rest, mesh, pool: str = "mean"):
@@ -104,6 +125,7 @@ def make_encode_fn(graphdef, rest, mesh, pool: str = "mean"):
     model = common.merge_model(graphdef, params, batch_stats, rest)
     tokens, pooled = model.encode(vit.normalize_images(images))
     return pooled if pool == "mean" else tokens[:, 0].astype(jnp.float32)
+
   return encode
 
 
@@ -115,11 +137,13 @@ def make_recon_fn(graphdef, rest, config):
     model = common.merge_model(graphdef, params, batch_stats, rest)
     out = model(vit.normalize_images(views), mask_ratio=mask_ratio, key=key, train=False)
     return out["pred"], out["mask"]
+
   return recon
 
 
-def reconstruction_panel(views: np.ndarray, pred: np.ndarray, mask: np.ndarray,
-                         patch_size: int) -> np.ndarray:
+def reconstruction_panel(
+  views: np.ndarray, pred: np.ndarray, mask: np.ndarray, patch_size: int
+) -> np.ndarray:
   """Images for TensorBoard: per example, original | masked | reconstruction (view 1).
 
   views uint8 [n, 2, H, W, 3]; pred [n, 2, L, p*p*3] in normalized-pixel space per patch (with
@@ -136,7 +160,9 @@ def reconstruction_panel(views: np.ndarray, pred: np.ndarray, mask: np.ndarray,
   m = mask[:, 0][..., None]
   masked = target * (1 - m) + 0.5 * m
   pasted = target * (1 - m) + recon_patches * m
-  un = lambda x: np.asarray(vit.unpatchify(jnp.asarray(x), patch_size, h // patch_size, w // patch_size))
+  un = lambda x: np.asarray(
+    vit.unpatchify(jnp.asarray(x), patch_size, h // patch_size, w // patch_size)
+  )
   panel = np.concatenate([img, un(masked), un(pasted)], axis=2)
   return np.clip(panel, 0.0, 1.0)
 
@@ -145,10 +171,16 @@ def make_model_and_optimizer(config, total_steps: int, warmup_steps: int):
   """-> (model_fn, tx, lr_fn): the model builder (rngs made inside, so it can run under jit)."""
   model_fn = lambda: vicmae.build_model(config.model, rngs=nnx.Rngs(config.seed))
   abstract_params = nnx.state(nnx.eval_shape(model_fn), nnx.Param)
-  tx = optim.make_optimizer(config.optim, total_steps, abstract_params, warmup_steps=warmup_steps,
-                            global_batch_size=config.batch_size)
-  lr_fn = optim.make_lr_fn(config.optim, total_steps, warmup_steps=warmup_steps,
-                           global_batch_size=config.batch_size)
+  tx = optim.make_optimizer(
+    config.optim,
+    total_steps,
+    abstract_params,
+    warmup_steps=warmup_steps,
+    global_batch_size=config.batch_size,
+  )
+  lr_fn = optim.make_lr_fn(
+    config.optim, total_steps, warmup_steps=warmup_steps, global_batch_size=config.batch_size
+  )
   return model_fn, tx, lr_fn
 
 
@@ -166,32 +198,42 @@ def compile_report(config: ml_collections.ConfigDict) -> dict:
   batch_sh = sharding_lib.batch_sharding(mesh)
   step = make_train_step(graphdef, nnx.State({}), tx, lr_fn, config, state_sh, batch_sh, mesh)
   size = int(config.image_size)
-  batch = {"views": jax.ShapeDtypeStruct((config.batch_size, 2, size, size, 3), jnp.uint8,
-                                         sharding=batch_sh)}
+  batch = {
+    "views": jax.ShapeDtypeStruct(
+      (config.batch_size, 2, size, size, 3), jnp.uint8, sharding=batch_sh
+    )
+  }
   t0 = time.perf_counter()
   compiled = step.lower(common.abstract_with_shardings(abstract, state_sh), batch).compile()
   compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
-  nbytes = lambda tree: sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
-                            for x in jax.tree.leaves(tree))
+  nbytes = lambda tree: sum(
+    int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)
+  )
   report = {
-      "devices": jax.device_count(),
-      "mesh": dict(mesh.shape),
-      "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"])),
-      "params_bytes_total": nbytes(abstract["params"]),
-      "opt_state_bytes_total": nbytes(abstract["opt_state"]),
-      "compile_s": compile_s,
-      "analytic_flops_per_step": _flops(dims, config),
+    "devices": jax.device_count(),
+    "mesh": dict(mesh.shape),
+    "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"])),
+    "params_bytes_total": nbytes(abstract["params"]),
+    "opt_state_bytes_total": nbytes(abstract["opt_state"]),
+    "compile_s": compile_s,
+    "analytic_flops_per_step": _flops(dims, config),
   }
   if mem is not None:
-    report.update({
+    report.update(
+      {
         "argument_bytes_per_device": int(mem.argument_size_in_bytes),
         "output_bytes_per_device": int(mem.output_size_in_bytes),
         "alias_bytes_per_device": int(mem.alias_size_in_bytes),
         "temp_bytes_per_device": int(mem.temp_size_in_bytes),
-        "peak_bytes_per_device": int(mem.argument_size_in_bytes + mem.output_size_in_bytes
-                                     - mem.alias_size_in_bytes + mem.temp_size_in_bytes),
-    })
+        "peak_bytes_per_device": int(
+          mem.argument_size_in_bytes
+          + mem.output_size_in_bytes
+          - mem.alias_size_in_bytes
+          + mem.temp_size_in_bytes
+        ),
+      }
+    )
   return report
 
 
@@ -200,8 +242,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   dims = validate(config)
   os.makedirs(workdir, exist_ok=True)
   mesh = common.make_mesh(config)
-  logging.info("Mesh: %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
-               jax.process_count())
+  logging.info(
+    "Mesh: %s over %d devices (%d processes)",
+    dict(mesh.shape),
+    jax.device_count(),
+    jax.process_count(),
+  )
 
   # Data first: its size resolves epochs into steps.
   dataset_size = data_pipeline.dataset_size(config.data)
@@ -209,11 +255,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   total_steps = durations.total_steps
   image_size = int(config.image_size)
   loader = data_pipeline.make_pretrain_loader(
-      config.data, global_batch_size=config.batch_size, image_size=image_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+    config.data,
+    global_batch_size=config.batch_size,
+    image_size=image_size,
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   data_iter = iter(loader)
-  logging.info("Data: %d examples, %d steps/epoch, %d steps (%d warm-up)", dataset_size,
-               durations.steps_per_epoch, total_steps, durations.warmup_steps)
+  logging.info(
+    "Data: %d examples, %d steps/epoch, %d steps (%d warm-up)",
+    dataset_size,
+    durations.steps_per_epoch,
+    total_steps,
+    durations.warmup_steps,
+  )
 
   # Optimizer and model.
   model_fn, tx, lr_fn = make_model_and_optimizer(config, total_steps, durations.warmup_steps)
@@ -221,7 +277,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batch_sh = sharding_lib.batch_sharding(mesh)
   train_step = make_train_step(graphdef, rest, tx, lr_fn, config, state_sh, batch_sh, mesh)
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
-  logging.info("Model: %s, %.2fM parameters", config.model.get("variant", "custom"), num_params / 1e6)
+  logging.info(
+    "Model: %s, %.2fM parameters", config.model.get("variant", "custom"), num_params / 1e6
+  )
 
   # Resume order: the workdir's newest complete checkpoint, else init_from, else fresh.
   ckpt = common.make_checkpointer(config, workdir)
@@ -229,8 +287,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   to_global = functools.partial(data_pipeline.to_global, sharding=batch_sh)
   logger = metrics_lib.TrainLogger(
-      workdir, total_steps=total_steps, global_batch=config.batch_size, unit="pairs",
-      flops_per_step=_flops(dims, config), peak_flops_total=_peak_flops_total(dims))
+    workdir,
+    total_steps=total_steps,
+    global_batch=config.batch_size,
+    unit="pairs",
+    flops_per_step=_flops(dims, config),
+    peak_flops_total=_peak_flops_total(dims),
+  )
   if start_step == 0 and jax.process_index() == 0:
     logger.write_hparams(config_lib.to_plain(config))
 
@@ -243,8 +306,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if not names:
       return
     batch_size = int(config.evals[names[0]].get("batch_size", config.batch_size))
-    res = evaluator.run(names, lambda imgs: encode(state["params"], state["batch_stats"], imgs),
-                        to_global, batch_size=batch_size)
+    res = evaluator.run(
+      names,
+      lambda imgs: encode(state["params"], state["batch_stats"], imgs),
+      to_global,
+      batch_size=batch_size,
+    )
     logger.write_scalars(step, res)
     eval_results[step] = res
 
@@ -256,7 +323,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def on_step(step, state, batch):
       if "views" not in fixed:
         fixed["views"] = _same_on_all_processes(
-            np.asarray(batch["views"][: int(config.log.num_images)]))
+          np.asarray(batch["views"][: int(config.log.num_images)])
+        )
       if step % int(config.log.image_every_steps) == 0 or step == total_steps:
         _write_recon(logger, recon, state, fixed["views"], step, config, dims)
         return True
@@ -265,18 +333,33 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if start_step == 0 and evaluator:
     evaluate(0, state)
   out = common.run_loop(
-      config=config, workdir=workdir, state=state, train_step=train_step, data_iter=data_iter,
-      to_global=to_global, batch_keys=("views",), ckpt=ckpt, logger=logger,
-      start_step=start_step, total_steps=total_steps,
-      evaluate=evaluate if evaluator else None,
-      eval_due=lambda step: bool(evaluator.due(step, total_steps)), on_step=on_step)
+    config=config,
+    workdir=workdir,
+    state=state,
+    train_step=train_step,
+    data_iter=data_iter,
+    to_global=to_global,
+    batch_keys=("views",),
+    ckpt=ckpt,
+    logger=logger,
+    start_step=start_step,
+    total_steps=total_steps,
+    evaluate=evaluate if evaluator else None,
+    eval_due=lambda step: bool(evaluator.due(step, total_steps)),
+    on_step=on_step,
+  )
   if not out["stopped_early"] and evaluator:
     evaluate(total_steps, out["state"])
   ckpt.close()
   logger.close()
-  return {"final_step": out["final_step"], "last_checkpoint": out["last_checkpoint"],
-          "history": logger.history, "evals": eval_results,
-          "stopped_early": out["stopped_early"], "total_steps": total_steps}
+  return {
+    "final_step": out["final_step"],
+    "last_checkpoint": out["last_checkpoint"],
+    "history": logger.history,
+    "evals": eval_results,
+    "stopped_early": out["stopped_early"],
+    "total_steps": total_steps,
+  }
 
 
 def _write_recon(logger, recon, state, image_batch, step, config, dims):
@@ -285,8 +368,9 @@ def _write_recon(logger, recon, state, image_batch, step, config, dims):
   n = len(image_batch)
   key = jax.random.key(config.seed + 12345)
   pred, mask = recon(state["params"], state["batch_stats"], jnp.asarray(image_batch), key)
-  panel = reconstruction_panel(image_batch, np.asarray(pred)[:n], np.asarray(mask)[:n],
-                               int(dims["patch_size"]))
+  panel = reconstruction_panel(
+    image_batch, np.asarray(pred)[:n], np.asarray(mask)[:n], int(dims["patch_size"])
+  )
   logger.write_images(step, {"reconstruction": panel})
 
 
@@ -294,14 +378,17 @@ def _same_on_all_processes(x: np.ndarray) -> np.ndarray:
   if jax.process_count() == 1:
     return x
   from jax.experimental import multihost_utils
+
   return np.asarray(multihost_utils.broadcast_one_to_all(x))
 
 
 def _flops(dims, config):
   try:
     from vicmae_jax import flops
-    return flops.vicmae_train_flops(dims, int(config.image_size),
-                                    float(config.model.mask_ratio), int(config.batch_size))
+
+    return flops.vicmae_train_flops(
+      dims, int(config.image_size), float(config.model.mask_ratio), int(config.batch_size)
+    )
   except Exception:  # FLOPs are informational; a missing formula must not stop training
     return None
 
@@ -309,6 +396,7 @@ def _flops(dims, config):
 def _peak_flops_total(dims):
   try:
     from vicmae_jax import flops
+
     peak = flops.peak_flops(jax.devices()[0], dims["dtype"])
     return peak * jax.device_count() if peak else None
   except Exception:
