@@ -4,5 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 "$PYTHON" -m pip install -q -r requirements.txt
+# One formatter for the whole tree (settings in pyproject.toml).
+"$PYTHON" -m ruff format --check --quiet . || { echo "error: files not formatted; run: $PYTHON -m ruff format ." >&2; exit 1; }
 export JAX_PLATFORMS=cpu
 exec "$PYTHON" -m pytest -q tests "$@"
