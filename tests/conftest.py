@@ -20,3 +20,27 @@ import jax  # noqa: E402
 jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+  from vicmae_jax.data import demo
+
+  root = tmp_path_factory.mktemp("demo_digits")
+  demo.ensure_demo_dataset(str(root), num_train_clips=24, num_val_clips=12)
+  return str(root)
+
+
+@pytest.fixture(scope="session")
+def reference(demo_root, tmp_path_factory):
+  """An uninterrupted in-process run of 10 steps: the per-step losses every resumed run must hit."""
+  from vicmae_jax import main
+  from runs import tiny_config
+
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  summary = main.run(tiny_config(demo_root, num_steps=10, **{"checkpoint.every_steps": 3}), workdir)
+  assert summary["final_step"] == 10
+  return workdir

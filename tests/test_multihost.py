@@ -4,7 +4,6 @@ The processes join through `jax.distributed` (coordinator on localhost), each re
 of every global batch, and they save one checkpoint together.
 """
 
-import os
 import signal
 import socket
 import subprocess
@@ -14,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from test_pretrain import CONFIG, NO_EVALS, REPO, _env, demo_root, losses  # noqa: F401
+from runs import CONFIG, NO_EVALS, REPO, losses, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +52,7 @@ def _launch_pair(workdir, root):
           "--num_processes=2",
           f"--process_id={pid}",
         ),
-        env=_env(devices=2),
+        env=subprocess_env(devices=2),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -67,7 +66,7 @@ def test_two_processes_match_one_and_resume(demo_root, tmp_path):
   single = tmp_path / "single"
   proc = subprocess.run(
     _cmd(single, demo_root),
-    env=_env(devices=4),
+    env=subprocess_env(devices=4),
     cwd=REPO,
     capture_output=True,
     text=True,

@@ -9,107 +9,13 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = str(REPO / "configs" / "demo.py")
-
-
-@pytest.fixture(scope="session")
-def demo_root(tmp_path_factory):
-  from vicmae_jax.data import demo
-
-  root = tmp_path_factory.mktemp("demo_digits")
-  demo.ensure_demo_dataset(str(root), num_train_clips=24, num_val_clips=12)
-  return str(root)
-
-
-def _env(devices=8):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  env["JAX_PLATFORMS"] = "cpu"
-  env["VICMAE_COMPILE_CACHE"] = os.environ.get("VICMAE_TEST_COMPILE_CACHE", "")
-  env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  return env
-
-
-NO_EVALS = (
-  "--config.evals.knn.every_steps=-1",
-  "--config.evals.linear_probe.every_steps=-1",
-  "--config.log.image_every_steps=0",
-)
-
-
-def main_cmd(workdir, demo_root, *overrides):
-  return [
-    sys.executable,
-    "-m",
-    "vicmae_jax.main",
-    f"--config={CONFIG}:tiny",
-    f"--workdir={workdir}",
-    f"--config.demo_data.root={demo_root}",
-    *overrides,
-  ]
-
-
-def run_main(workdir, demo_root, *overrides, timeout=600):
-  return subprocess.run(
-    main_cmd(workdir, demo_root, *overrides),
-    env=_env(),
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-  )
-
-
-def losses(workdir) -> dict[int, float]:
-  """step -> loss from metrics.jsonl (the last line for a step wins: a resumed run re-logs)."""
-  out = {}
-  path = Path(workdir) / "metrics.jsonl"
-  for line in path.read_text().splitlines():
-    rec = json.loads(line)
-    if "train/loss" in rec:
-      out[rec["step"]] = rec["train/loss"]
-  return out
-
-
-def tiny_config(demo_root, **overrides):
-  from ml_collections import config_flags  # noqa: F401  (the config file imports the package)
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location("demo_config", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("tiny")
-  c.demo_data.root = demo_root
-  for name in ("knn", "linear_probe"):
-    c.evals[name].every_steps = -1
-  c.log.image_every_steps = 0
-  for key, value in overrides.items():
-    node = c
-    parts = key.split(".")
-    for p in parts[:-1]:
-      node = node[p]
-    node[parts[-1]] = value
-  return c
-
-
-@pytest.fixture(scope="module")
-def reference(demo_root, tmp_path_factory):
-  """An uninterrupted in-process run of 10 steps: the per-step losses every resumed run must hit."""
-  from vicmae_jax import main
-
-  workdir = str(tmp_path_factory.mktemp("reference"))
-  summary = main.run(tiny_config(demo_root, num_steps=10, **{"checkpoint.every_steps": 3}), workdir)
-  assert summary["final_step"] == 10
-  return workdir
+from runs import CONFIG, NO_EVALS, REPO, subprocess_env, losses, main_cmd, run_main, tiny_config  # noqa: F401
 
 
 def test_run_writes_checkpoints_metrics_images_and_evals(demo_root, tmp_path):
@@ -149,7 +55,7 @@ def test_killed_run_resumes_exactly(demo_root, reference, tmp_path):
     tmp_path, demo_root, "--config.num_steps=10", "--config.checkpoint.every_steps=3", *NO_EVALS
   )
   proc = subprocess.Popen(
-    cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    cmd, env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
   )
   deadline = time.time() + 300
   while not (tmp_path / "checkpoints" / "3").is_dir():
@@ -176,7 +82,12 @@ def test_sigterm_saves_and_resumes(demo_root, reference, tmp_path):
     tmp_path, demo_root, "--config.num_steps=10", "--config.checkpoint.every_steps=100", *NO_EVALS
   )
   proc = subprocess.Popen(
-    cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    cmd,
+    env=subprocess_env(),
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
   )
   metrics = tmp_path / "metrics.jsonl"
   deadline = time.time() + 300

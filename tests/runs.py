@@ -1,0 +1,81 @@
+"""Helpers for tests that run training through `vicmae_jax.main` (in-process or as a subprocess).
+
+All runs use the embedded demo at its `tiny` size and 8 fake CPU devices.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "demo.py")
+
+
+def subprocess_env(devices=8):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["VICMAE_COMPILE_CACHE"] = os.environ.get("VICMAE_TEST_COMPILE_CACHE", "")
+  env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  return env
+
+
+NO_EVALS = (
+  "--config.evals.knn.every_steps=-1",
+  "--config.evals.linear_probe.every_steps=-1",
+  "--config.log.image_every_steps=0",
+)
+
+
+def main_cmd(workdir, demo_root, *overrides):
+  return [
+    sys.executable,
+    "-m",
+    "vicmae_jax.main",
+    f"--config={CONFIG}:tiny",
+    f"--workdir={workdir}",
+    f"--config.demo_data.root={demo_root}",
+    *overrides,
+  ]
+
+
+def run_main(workdir, demo_root, *overrides, timeout=600):
+  return subprocess.run(
+    main_cmd(workdir, demo_root, *overrides),
+    env=subprocess_env(),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
+def losses(workdir) -> dict[int, float]:
+  """step -> loss from metrics.jsonl (the last line for a step wins: a resumed run re-logs)."""
+  out = {}
+  path = Path(workdir) / "metrics.jsonl"
+  for line in path.read_text().splitlines():
+    rec = json.loads(line)
+    if "train/loss" in rec:
+      out[rec["step"]] = rec["train/loss"]
+  return out
+
+
+def tiny_config(demo_root, **overrides):
+  from vicmae_jax import config_lib
+
+  c = config_lib.load_config_file(f"{CONFIG}:tiny")
+  c.demo_data.root = demo_root
+  for name in ("knn", "linear_probe"):
+    c.evals[name].every_steps = -1
+  c.log.image_every_steps = 0
+  for key, value in overrides.items():
+    node = c
+    parts = key.split(".")
+    for p in parts[:-1]:
+      node = node[p]
+    node[parts[-1]] = value
+  return c
