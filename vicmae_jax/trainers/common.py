@@ -13,7 +13,6 @@ import contextlib
 import os
 import signal
 import threading
-import time
 from typing import Any, Callable
 
 from absl import logging
@@ -254,18 +253,6 @@ def host_metrics(device_metrics) -> dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(device_metrics).items()}
 
 
-def wait_for(x):
-  jax.block_until_ready(x)
-  return x
-
-
-def timed(fn, *args):
-  t = time.perf_counter()
-  out = fn(*args)
-  jax.block_until_ready(out)
-  return out, time.perf_counter() - t
-
-
 def make_checkpointer(config, workdir: str) -> ckpt_lib.Checkpointer:
   return ckpt_lib.Checkpointer(
     ckpt_lib.checkpoint_dir(workdir),
@@ -283,10 +270,13 @@ def restore_or_init(
   init_from: str = "",
   **init_from_kwargs,
 ) -> tuple[dict, int]:
-  """The resume order: workdir's newest complete checkpoint > init_from > fresh init."""
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state = ckpt.restore(latest, abstract_with_shardings(state, shardings), data_iter)
+  """The resume order: the workdir's newest checkpoint that loads > init_from > fresh init.
+
+  Damaged newer steps are moved aside (see checkpoint.Checkpointer.restore_newest).
+  """
+  restored = ckpt.restore_newest(abstract_with_shardings(state, shardings), data_iter)
+  if restored is not None:
+    state, _ = restored
     step = int(jax.device_get(state["step"]))
     logging.info("Resumed from %s at step %d", ckpt.directory, step)
     return state, step
@@ -316,15 +306,19 @@ def run_loop(
 
   - Metrics of step s are fetched while step s+1 runs (one step late), checked for NaN/Inf.
   - Before any save the pending metrics are checked, so a NaN state is never written.
+  - A background save that failed stops the run at the next step (CheckpointError), and every
+    exit, also by an exception, first waits for the save in flight.
   - SIGTERM: save at the current step and return (stopped_early=True).
+  - Examples the data pipeline skipped (the batch's "skipped" counts) are logged as
+    data/skipped (per logging window) and data/skipped_total (since this process started).
   - `evaluate(step, state)` runs when `eval_due(step)`; `on_step(step, state, host_batch)` runs
     after each step (e.g. reconstruction images).
-  Returns {"final_step", "last_checkpoint", "stopped_early", "state"}.
+  Returns {"final_step", "last_checkpoint", "stopped_early", "state", "skipped"}.
   """
   plain_config = config_lib.to_plain(config)
   every = int(config.checkpoint.every_steps)
   pending = None
-  last_saved = start_step if ckpt.latest_step() is not None else None
+  last_saved = start_step if ckpt.last_good is not None else None
   stopped_early = False
   step = start_step
 
@@ -337,39 +331,66 @@ def run_loop(
       logger.flush(s)
 
   with PreemptionWatcher() as preempt:
-    logger.reset_clock()
-    while step < total_steps:
-      with maybe_profile(workdir, step, config):
-        batch = next(data_iter)
-        state, device_metrics = train_step(state, to_global({k: batch[k] for k in batch_keys}))
+    try:
+      logger.reset_clock()
+      while step < total_steps:
+        with maybe_profile(workdir, step, config):
+          batch = next(data_iter)
+          state, device_metrics = train_step(state, to_global({k: batch[k] for k in batch_keys}))
+        if "skipped" in batch:
+          logger.count("data/skipped", int(np.sum(batch["skipped"])))
+        if pending is not None:
+          consume(pending)
+        pending = (step + 1, device_metrics)
+        step += 1
+        if step == start_step + 1:
+          logger.reset_clock()  # the first step includes compilation
+        ckpt.check_saves()  # a save that failed in the background stops the run now
+        save_now = (every > 0 and step % every == 0) or step == total_steps
+        stop_now = preempt.should_stop(step)
+        if save_now or stop_now:
+          consume(pending)  # never save a state whose step produced NaN
+          pending = None
+          ckpt.save(step, state, data_iter, plain_config)
+          last_saved = step
+        if on_step is not None and on_step(step, state, batch):
+          logger.reset_clock()  # the hook did visible work (e.g. images); keep it out of step time
+        if evaluate is not None and step != total_steps and eval_due(step):
+          evaluate(step, state)
+          logger.reset_clock()
+        if stop_now:
+          logging.warning("Stopped at step %d after a termination signal; checkpoint saved.", step)
+          stopped_early = True
+          break
       if pending is not None:
         consume(pending)
-      pending = (step + 1, device_metrics)
-      step += 1
-      if step == start_step + 1:
-        logger.reset_clock()  # the first step includes compilation
-      save_now = (every > 0 and step % every == 0) or step == total_steps
-      stop_now = preempt.should_stop(step)
-      if save_now or stop_now:
-        consume(pending)  # never save a state whose step produced NaN
-        pending = None
-        ckpt.save(step, state, data_iter, plain_config)
-        last_saved = step
-      if on_step is not None and on_step(step, state, batch):
-        logger.reset_clock()  # the hook did visible work (e.g. images); keep it out of step time
-      if evaluate is not None and step != total_steps and eval_due(step):
-        evaluate(step, state)
-        logger.reset_clock()
-      if stop_now:
-        logging.warning("Stopped at step %d after a termination signal; checkpoint saved.", step)
-        stopped_early = True
-        break
-    if pending is not None:
-      consume(pending)
-  ckpt.wait()
+    except BaseException:
+      _finish_saves_on_error(ckpt)
+      raise
+    ckpt.finish()
+  skipped = logger.counted("data/skipped")
+  if skipped:
+    logging.warning(
+      "%d training examples were skipped and replaced (bad records or undecodable frames; "
+      "per-window counts in metrics.jsonl as data/skipped)",
+      skipped,
+    )
   return {
     "final_step": step,
     "last_checkpoint": last_saved,
     "stopped_early": stopped_early,
     "state": state,
+    "skipped": skipped,
   }
+
+
+def _finish_saves_on_error(ckpt: ckpt_lib.Checkpointer) -> None:
+  """On an error exit: wait for the save in flight so a good checkpoint is never abandoned."""
+  step = ckpt.in_flight
+  try:
+    ckpt.finish()
+  except ckpt_lib.CheckpointError as e:
+    logging.error("%s", e)
+    return
+  if step is not None:
+    logging.warning("the checkpoint of step %d in flight was completed before stopping", step)
