@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
+import os
 import math
 import re
 from collections.abc import Callable
@@ -116,6 +118,36 @@ def optim_config(**overrides) -> ml_collections.ConfigDict:
 def suggest(name: str, options) -> str:
   close = difflib.get_close_matches(name, list(options), n=1)
   return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """`path/to/config.py[:arg]` -> the file's `get_config(arg)` (as `--config=` loads it)."""
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location(
+    os.path.splitext(os.path.basename(path))[0], path
+  )
+  if module_spec is None or not os.path.isfile(path):
+    raise FileNotFoundError(f"config file not found: {path}")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def unknown_field(config: ml_collections.ConfigDict, dotted: str) -> str | None:
+  """None when `dotted` (e.g. "model.mask_ratio") names a field of `config`, else a message:
+  "no such field (did you mean model.mask_ratio?)" for the first part that does not exist."""
+  node, parts = config, dotted.split(".")
+  for depth, part in enumerate(parts):
+    keys = list(node.keys()) if hasattr(node, "keys") else []
+    if part not in keys:
+      if not hasattr(node, "keys"):
+        where = ".".join(parts[:depth])
+        return f"no such field ({where} is a value, not a group)"
+      close = difflib.get_close_matches(part, keys, n=1)
+      hint = f" (did you mean {'.'.join(parts[:depth] + close)}?)" if close else ""
+      return f"no such field{hint}"
+    node = node[part]
+  return None
 
 
 def require(cond: bool, field: str, message: str):

@@ -6,13 +6,36 @@ command again resumes from the newest complete checkpoint in DIR.
 
 Multi-process runs (TPU pod workers, SLURM, several GPU nodes) are detected from the environment,
 or set with --coordinator_address / --num_processes / --process_id.
+
+One run per workdir: each process takes `WORKDIR/.lock.p<process index>` (see dirlock.py) before
+writing anything; a second run on the same workdir exits at once naming the holder. SIGTERM at
+any moment exits 0: in the training loop after saving a checkpoint, before or after it (data
+setup, compilation, the final evaluation) at once, since nothing new would be lost.
 """
 
 from __future__ import annotations
 
 import logging as py_logging
 import os
+import signal
 import sys
+
+
+def _terminate(signum, frame):
+  """SIGTERM outside the training loop (whose own handler saves first, then stops): nothing new
+  would be lost, so exit 0 at once with one line."""
+  workdir = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--workdir=")), "")
+  where = f" in {workdir}" if workdir else ""
+  sys.stderr.write(
+    f"stopped: SIGTERM outside the training loop; nothing new to save (the newest checkpoint"
+    f"{where} is complete, if any). Run the same command again to continue.\n"
+  )
+  sys.stderr.flush()
+  os._exit(0)
+
+
+if __name__ == "__main__":  # before the heavy imports: a SIGTERM during start-up exits cleanly too
+  signal.signal(signal.SIGTERM, _terminate)
 
 # TensorFlow (imported by clu and tensorflow-datasets) is only a helper here: keep its start-up
 # chatter off the console unless the user asks for it.
@@ -62,10 +85,18 @@ def get_trainer(name: str):
 
 
 def run(config, workdir: str) -> dict:
-  """Runs the configured trainer in this process (jax.distributed already initialized)."""
+  """Runs the configured trainer in this process (jax.distributed already initialized).
+
+  Holds the workdir's lock for the whole run (dirlock.LockedError when another run has it).
+  """
+  import jax
+  from vicmae_jax import dirlock
+
   trainer = get_trainer(config.trainer)
-  ensure_demo_data(config)
-  return trainer(config, workdir)
+  lock = dirlock.DirLock(workdir, name=f".lock.p{jax.process_index()}", what="workdir")
+  with lock:
+    ensure_demo_data(config)
+    return trainer(config, workdir)
 
 
 def ensure_demo_data(config) -> None:
@@ -109,7 +140,14 @@ class _QuietLibraries(py_logging.Filter):
   _NOISY = ("/orbax/", "/grain/", "/tensorflow/", "/clu/")
 
   def filter(self, record):
-    return record.levelno >= 30 or not any(p in (record.pathname or "") for p in self._NOISY)
+    if not any(p in (record.pathname or "") for p in self._NOISY):
+      return True
+    if record.levelno < 30:
+      return False
+    # Their errors are re-raised to us and reported in one line; keep their tracebacks off the
+    # console (the message line stays).
+    record.exc_info, record.exc_text = None, None
+    return True
 
 
 def _quiet_library_logs():
@@ -130,44 +168,60 @@ def main(argv):
 
   _enable_compilation_cache(FLAGS.workdir)
   logging.info("JAX %s: %s", jax.__version__, distributed.describe())
-  config = FLAGS.config
+  from vicmae_jax import checkpoint, dirlock
   from vicmae_jax.config_lib import ConfigError
 
   try:
-    summary = run(config, FLAGS.workdir)
-  except ConfigError as e:
-    _fail(str(e))
-  except FileNotFoundError as e:
-    _fail(str(e))
-  except FloatingPointError as e:
+    summary = run(FLAGS.config, FLAGS.workdir)
+  except (
+    ConfigError,
+    FileNotFoundError,
+    FloatingPointError,
+    checkpoint.CheckpointError,
+    dirlock.LockedError,
+  ) as e:
     _fail(str(e))
   logging.info("Done: %s", {k: v for k, v in summary.items() if k != "history"})
 
 
 def _fail(message: str):
-  logging.error("%s", message)
-  print(f"error: {message}", file=sys.stderr)
+  """One line on stderr (not logged as well: the console would show it twice) and exit 2."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(2)
+
+
+def _override_message(argv: list[str], error: Exception) -> str:
+  """A rejected `--config.a.b=v` as `--config.a.b: no such field (did you mean a.c?)`."""
+  overrides = [a for a in argv[1:] if a.startswith("--config.")]
+  specs = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+  if overrides and specs:
+    from vicmae_jax import config_lib
+
+    try:
+      base = config_lib.load_config_file(specs[-1])
+    except Exception:  # the file itself is broken: the generic message below says so
+      base = None
+    if base is not None:
+      for arg in overrides:
+        name = arg.split("=", 1)[0]
+        problem = config_lib.unknown_field(base, name[len("--config.") :])
+        if problem:
+          return f"{name}: {problem}"
+  text = str(error.args[0] if getattr(error, "args", None) else error)
+  text = text.replace("\\'", "'").replace("\\n", " ").replace("\n", " ").strip("\"' ")
+  return f"bad config override: {text}"
 
 
 def parse_flags(argv: list[str]) -> list[str]:
   """Parses flags; a misspelled or mistyped override becomes a one-line error, not a traceback."""
   try:
     rest = FLAGS(argv)
-  except flags.Error as e:
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    if any(a.startswith("--config.") for a in argv[1:]) and not isinstance(
+      e, flags.IllegalFlagValueError
+    ):
+      _fail(_override_message(argv, e))
     _fail(str(e))
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    key = str(e).strip("\"' ")
-    culprits = [
-      a
-      for a in argv[1:]
-      if a.startswith("--config.") and key in a.split("=", 1)[0][len("--config.") :].split(".")
-    ]
-    where = f" in {' '.join(culprits)}" if culprits else ""
-    _fail(
-      f"bad config override{where}: unknown field or value {key!r}; check the spelling "
-      "against the config file"
-    )
   config = FLAGS["config"].value
   if config is None or type(config).__name__ == "_ErrorConfig":
     path = FLAGS["config"].config_filename if FLAGS["config"].present else None
@@ -182,6 +236,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def entry():
+  signal.signal(signal.SIGTERM, _terminate)  # the training loop installs its own while it runs
   app.run(main, flags_parser=parse_flags)
 
 
