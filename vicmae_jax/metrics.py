@@ -54,6 +54,8 @@ class TrainLogger:
     self.prefix = prefix
     self._sums: dict[str, float] = {}
     self._count = 0
+    self._counts: dict[str, int] = {}  # events counted per window (e.g. skipped examples)
+    self._totals: dict[str, int] = {}
     self._window_start = time.perf_counter()
     self._window_steps = 0
     self.history: list[dict] = []
@@ -84,6 +86,15 @@ class TrainLogger:
     self._count += 1
     self._window_steps += 1
 
+  def count(self, name: str, n: int):
+    """Counts `n` events of `name` (written as a per-window sum and a running total)."""
+    self._counts[name] = self._counts.get(name, 0) + int(n)
+    self._totals[name] = self._totals.get(name, 0) + int(n)
+
+  def counted(self, name: str) -> int:
+    """Events of `name` counted since this logger was made."""
+    return self._totals.get(name, 0)
+
   def reset_clock(self):
     """Call after compilation/eval so throughput covers training steps only."""
     self._window_start = time.perf_counter()
@@ -100,6 +111,9 @@ class TrainLogger:
     avg[f"{self.prefix}/{self.unit}_per_s"] = (
       self.global_batch / step_time if step_time > 0 else 0.0
     )
+    for name, total in self._totals.items():
+      avg[name] = float(self._counts.get(name, 0))
+      avg[f"{name}_total"] = float(total)
     if self.flops_per_step and self.peak_flops_total:
       avg[f"{self.prefix}/mfu"] = self.flops_per_step / step_time / self.peak_flops_total
     self.writer.write_scalars(step, avg)
@@ -123,10 +137,12 @@ class TrainLogger:
     parts.append(f"{step_time:.3f} s/step")
     if f"{self.prefix}/mfu" in avg:
       parts.append(f"mfu {100 * avg[f'{self.prefix}/mfu']:.1f}%")
+    if self._totals.get("data/skipped"):
+      parts.append(f"skipped {self._totals['data/skipped']}")
     parts.append(f"ETA {_fmt_duration(eta)}")
     logging.info(" | ".join(parts))
     self.history.append({"step": step, **avg})
-    self._sums, self._count = {}, 0
+    self._sums, self._count, self._counts = {}, 0, {}
     self._window_start = time.perf_counter()
     self._window_steps = 0
     return avg
@@ -151,15 +167,6 @@ class TrainLogger:
     self.writer.close()
     if self._jsonl is not None:
       self._jsonl.close()
-
-
-def global_norm(tree) -> jax.Array:
-  leaves = jax.tree.leaves(tree)
-  if not leaves:
-    return 0.0
-  import jax.numpy as jnp
-
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
 def check_finite(metrics: Mapping[str, float], step: int) -> None:

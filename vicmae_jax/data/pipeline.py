@@ -662,6 +662,8 @@ class GlobalRows:
         np.random.SeedSequence([self.seed, sampling.source_key(source.name), position, attempt])
       )
       example = make((int(replacement.integers(len(source))), epoch))
+    if isinstance(example, dict):  # how many records this row replaced (counted by the loop)
+      example["skipped"] = np.int32(attempt)
     return example
 
 
