@@ -165,6 +165,9 @@ def test_bad_raw_files_are_skipped_and_counted(media, tmp_path):
   assert loader.skip_log.events >= 5
   reasons = loader.skip_log.by_reason()
   assert reasons["too short"] == 1 and sum(reasons.values()) == 5
+  # Each row says how many records it replaced: what the training loop logs as data/skipped.
+  replaced = sum(int(b["skipped"].sum()) for b in batches)
+  assert 1 <= replaced <= loader.skip_log.events
 
 
 # ---------------------------------------------------------------------------------------------------

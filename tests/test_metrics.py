@@ -1,0 +1,31 @@
+"""TrainLogger: window averages, event counts (skipped examples) and the NaN check."""
+
+import json
+import math
+
+import pytest
+
+from vicmae_jax import metrics
+
+
+def test_window_averages_and_event_counts_reach_metrics_jsonl(tmp_path):
+  logger = metrics.TrainLogger(str(tmp_path), total_steps=4, global_batch=8)
+  for step, (loss, skipped) in enumerate([(1.0, 0), (3.0, 2), (5.0, 1), (7.0, 0)], start=1):
+    logger.add({"loss": loss})
+    logger.count("data/skipped", skipped)
+    if step % 2 == 0:
+      logger.flush(step)
+  logger.close()
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [2, 4]
+  assert [r["train/loss"] for r in rows] == [2.0, 6.0]
+  assert [r["data/skipped"] for r in rows] == [2.0, 1.0]  # per window
+  assert [r["data/skipped_total"] for r in rows] == [2.0, 3.0]  # running total
+  assert logger.counted("data/skipped") == 3
+  assert logger.history[-1]["data/skipped_total"] == 3.0
+
+
+def test_check_finite_names_the_bad_metrics():
+  metrics.check_finite({"loss": 1.0, "grad_norm": 2.0}, 3)
+  with pytest.raises(FloatingPointError, match=r"at step 7: grad_norm=inf, loss=nan\."):
+    metrics.check_finite({"loss": math.nan, "grad_norm": math.inf, "lr": 0.1}, 7)
