@@ -63,6 +63,17 @@ def _copy_run(reference, tmp_path) -> Path:
   return workdir
 
 
+def _run(workdir, demo_root, *args):
+  return subprocess.run(
+    main_cmd(workdir, demo_root, *args, *NO_EVALS),
+    env=subprocess_env(),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+
+
 def _params(step_dir):
   from vicmae_jax import checkpoint
 
@@ -145,14 +156,7 @@ def test_full_disk_stops_with_one_line_and_a_rerun_resumes_exactly(demo_root, re
       "--config.checkpoint.every_steps=2",
       "--config.checkpoint.keep=10",
     )
-    proc = subprocess.run(
-      main_cmd(workdir, demo_root, *args, *NO_EVALS),
-      env=subprocess_env(),
-      cwd=REPO,
-      capture_output=True,
-      text=True,
-      timeout=600,
-    )
+    proc = _run(workdir, demo_root, *args)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
@@ -165,14 +169,7 @@ def test_full_disk_stops_with_one_line_and_a_rerun_resumes_exactly(demo_root, re
     assert good and good[-1] == failed - 2
     # Space freed: the same command resumes from the last good step, with the same losses.
     subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
-    done = subprocess.run(
-      main_cmd(workdir, demo_root, *args, *NO_EVALS),
-      env=subprocess_env(),
-      cwd=REPO,
-      capture_output=True,
-      text=True,
-      timeout=600,
-    )
+    done = _run(workdir, demo_root, *args)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"at step {failed - 2}" in done.stderr
     got, ref = losses(workdir), losses(reference)
@@ -187,22 +184,14 @@ def test_nan_stop_completes_the_save_in_flight(demo_root, tmp_path):
   """Saving every step, the NaN at step s is seen while the save of step s-1 is being written:
   the process must finish that save before it exits, so the newest step is complete and loads."""
   workdir = tmp_path / f"nan-{uuid.uuid4().hex[:6]}"
-  proc = subprocess.run(
-    main_cmd(
-      workdir,
-      demo_root,
-      "--config.num_steps=6",
-      "--config.warmup_steps=0",
-      "--config.optim.lr=3000",  # finite at step 1, inf grads at step 2
-      "--config.checkpoint.every_steps=1",
-      "--config.checkpoint.keep=10",
-      *NO_EVALS,
-    ),
-    env=subprocess_env(),
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
+  proc = _run(
+    workdir,
+    demo_root,
+    "--config.num_steps=6",
+    "--config.warmup_steps=0",
+    "--config.optim.lr=3000",  # finite at step 1, inf grads at step 2
+    "--config.checkpoint.every_steps=1",
+    "--config.checkpoint.keep=10",
   )
   assert proc.returncode == 2, proc.stderr[-3000:]
   last = proc.stderr.strip().splitlines()[-1]

@@ -7,13 +7,12 @@ of every global batch, and they save one checkpoint together.
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from runs import CONFIG, NO_EVALS, REPO, losses, subprocess_env
+from runs import NO_EVALS, REPO, losses, main_cmd, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -25,18 +24,9 @@ def _free_port():
 
 
 def _cmd(workdir, root, *extra):
-  return [
-    sys.executable,
-    "-m",
-    "vicmae_jax.main",
-    f"--config={CONFIG}:tiny",
-    f"--workdir={workdir}",
-    f"--config.demo_data.root={root}",
-    "--config.num_steps=6",
-    "--config.checkpoint.every_steps=2",
-    *NO_EVALS,
-    *extra,
-  ]
+  return main_cmd(
+    workdir, root, "--config.num_steps=6", "--config.checkpoint.every_steps=2", *NO_EVALS, *extra
+  )
 
 
 def _launch_pair(workdir, root):
