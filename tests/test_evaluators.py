@@ -1,6 +1,7 @@
 """Frozen-feature evaluators against independent computations."""
 
 import numpy as np
+import pytest
 from sklearn.linear_model import LogisticRegression
 
 from vicmae_jax.evaluators import frozen
@@ -52,3 +53,54 @@ def test_linear_probe_close_to_sklearn():
   )
   assert ours > 0.85
   assert abs(ours - ref) < 0.05
+
+
+# ------------------------------------------------------------------------------------------------
+# The plug-in protocol (evaluators/common.py).
+
+
+def test_build_by_kind_and_schedule():
+  import ml_collections
+
+  from vicmae_jax import config_lib
+  from vicmae_jax.evaluators import common
+
+  evals = ml_collections.ConfigDict(
+    {
+      "knn": dict(every_steps=4, train_data={}, test_data={}),
+      "probe_cls": dict(kind="linear_probe", every_steps=-1, train_data={}, test_data={}),
+      "final": dict(kind="classification", every_steps=0),
+    }
+  )
+  built = {e.name: e for e in common.build(evals, batch_size=8, eval_batches=lambda: [])}
+  knn, probe, final = built["knn"], built["probe_cls"], built["final"]
+  assert (type(knn).__name__, type(probe).__name__) == ("KnnEvaluator", "LinearProbeEvaluator")
+  assert knn.batch_size == 8 and probe.name == "probe_cls"
+  assert [s for s in range(11) if knn.due(s, 10)] == [0, 4, 8, 10]
+  assert not any(probe.due(s, 10) for s in range(11))  # < 0: never
+  assert [s for s in range(11) if final.due(s, 10)] == [10]  # classification: not at step 0
+  with pytest.raises(config_lib.ConfigError, match=r"evals\.foo: unknown evaluator kind 'knnn'"):
+    common.build(ml_collections.ConfigDict({"foo": dict(kind="knnn")}))
+  with pytest.raises(config_lib.ConfigError, match=r"evals\.knn\.test_data: missing"):
+    common.build(ml_collections.ConfigDict({"knn": dict(train_data={})}))
+
+
+def test_run_due_makes_the_predictor_once_and_only_when_due():
+  from vicmae_jax.evaluators import common
+
+  class Counting(common.Base):
+    kind = "counting"
+
+    def run(self, predict):
+      return {f"eval/{self.name}": predict["value"]}
+
+  evaluators = [Counting("a", {"every_steps": 2}), Counting("b", {"every_steps": 3})]
+  made = []
+
+  def predict():
+    made.append(1)
+    return {"value": 7.0}
+
+  assert common.run_due(evaluators, 1, 10, predict) == {} and not made
+  assert common.run_due(evaluators, 6, 10, predict) == {"eval/a": 7.0, "eval/b": 7.0}
+  assert len(made) == 1

@@ -7,7 +7,8 @@ Configured as
   config.evals.linear_probe = dict(every_steps=N, train_data=..., test_data=..., steps=500,
                                    learning_rate=0.01, weight_decay=1e-4, pool="mean", ...)
 
-Both run at step 0, every `every_steps` steps and at the end. Features of the same data at the same
+(`pool`: "mean" of the patch tokens, the method's representation, or "cls"). Both are plug-ins
+(evaluators/common.py) and run at step 0, every `every_steps` steps and at the end. Features of the same data at the same
 step are extracted once and shared. kNN: cosine similarity on L2-normalized features, the top-k
 neighbours vote with weight exp(sim / temperature). Linear probe: BatchNorm-style standardization
 (no affine) + one linear layer trained full-batch with AdamW on the train features.
@@ -24,6 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from vicmae_jax import config_lib
+from vicmae_jax.evaluators import common
 
 
 def extract_features(
@@ -152,69 +156,87 @@ def linear_probe_accuracy(
   return float(np.mean(pred == test_y))
 
 
-class FrozenEvaluator:
-  """Runs the configured kNN / linear-probe evals on a pooled-feature function."""
+class FrozenFeatures:
+  """What the frozen-feature evaluators run on: pooled features of the current encoder.
 
-  KINDS = ("knn", "linear_probe")
+  `encode(images uint8 [B, S, S, 3] global, pool) -> [B, D]` (pool "mean": mean of the patch
+  tokens, the ViC-MAE representation; "cls": the cls token). Features of one data config and
+  pooling are extracted once per step and shared by every evaluator that asks for them.
+  """
 
-  def __init__(self, evals_cfg, *, image_size: int, seed: int = 0):
-    self.cfg = {name: evals_cfg[name] for name in self.KINDS if name in evals_cfg}
-    for name in evals_cfg.keys():
-      if name not in self.KINDS:
-        raise ValueError(f"config.evals.{name}: unknown evaluator; known: {', '.join(self.KINDS)}")
-    self.image_size = image_size
-    self.seed = seed
+  def __init__(self, encode: Callable, to_global: Callable, *, image_size: int):
+    self.encode, self.to_global, self.image_size = encode, to_global, int(image_size)
+    self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-  def __bool__(self):
-    return any(int(c.every_steps) >= 0 for c in self.cfg.values())
+  def features(self, data_cfg, *, pool: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    key = json.dumps([pool, data_cfg.to_dict()], sort_keys=True, default=str)
+    if key not in self._cache:
+      from vicmae_jax.data import pipeline as data_pipeline
 
-  def due(self, step: int, total_steps: int) -> list[str]:
-    """Evaluators to run at `step`: at 0, every `every_steps` and at the end; never if < 0."""
-    return [
-      name
-      for name, c in self.cfg.items()
-      if int(c.every_steps) >= 0
-      and (step == 0 or step == total_steps or (c.every_steps and step % c.every_steps == 0))
-    ]
-
-  def run(
-    self, names: list[str], encode_fn: Callable, to_global: Callable, batch_size: int
-  ) -> dict[str, float]:
-    cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-    def features(data_cfg):
-      key = json.dumps(data_cfg.to_dict(), sort_keys=True, default=str)
-      if key not in cache:
-        from vicmae_jax.data import pipeline as data_pipeline
-
-        loader = data_pipeline.make_eval_loader(
-          data_cfg, batch_size=batch_size, image_size=self.image_size
-        )
-        cache[key] = extract_features(encode_fn, loader, to_global)
-      return cache[key]
-
-    results = {}
-    for name in names:
-      c = self.cfg[name]
-      xtr, ytr = features(c.train_data)
-      xte, yte = features(c.test_data)
-      if name == "knn":
-        acc = knn_accuracy(
-          xtr, ytr, xte, yte, k=int(c.get("k", 20)), temperature=float(c.get("temperature", 0.07))
-        )
-      else:
-        acc = linear_probe_accuracy(
-          xtr,
-          ytr,
-          xte,
-          yte,
-          steps=int(c.get("steps", 500)),
-          learning_rate=float(c.get("learning_rate", 0.01)),
-          weight_decay=float(c.get("weight_decay", 1e-4)),
-          seed=self.seed,
-        )
-      results[f"eval/{name}_top1"] = acc
-      logging.info(
-        "eval %s: top-1 %.4f (train %d, test %d examples)", name, acc, len(xtr), len(xte)
+      loader = data_pipeline.make_eval_loader(
+        data_cfg, batch_size=batch_size, image_size=self.image_size
       )
-    return results
+      self._cache[key] = extract_features(
+        lambda images: self.encode(images, pool), loader, self.to_global
+      )
+    return self._cache[key]
+
+
+class _FrozenEvaluator(common.Base):
+  """Shared by kNN and the linear probe: train/test features of the frozen encoder."""
+
+  def __init__(self, name: str, cfg, *, batch_size: int = 256, seed: int = 0):
+    super().__init__(name, cfg)
+    for field in ("train_data", "test_data"):
+      config_lib.require(field in cfg, f"evals.{name}.{field}", "missing")
+    self.pool = str(cfg.get("pool", "mean"))
+    config_lib.require(
+      self.pool in ("mean", "cls"), f"evals.{name}.pool", f"{self.pool!r}: use 'mean' or 'cls'"
+    )
+    self.batch_size = int(cfg.get("batch_size", batch_size))
+    self.seed = int(seed)
+
+  def run(self, predict: FrozenFeatures) -> dict[str, float]:
+    get = lambda data: predict.features(data, pool=self.pool, batch_size=self.batch_size)
+    (xtr, ytr), (xte, yte) = get(self.cfg.train_data), get(self.cfg.test_data)
+    acc = self.accuracy(xtr, ytr, xte, yte)
+    logging.info(
+      "eval %s: top-1 %.4f (train %d, test %d examples)", self.name, acc, len(xtr), len(xte)
+    )
+    return {f"eval/{self.name}_top1": acc}
+
+
+@common.register
+class KnnEvaluator(_FrozenEvaluator):
+  """config.evals.knn: k (20), temperature (0.07), pool, batch_size, train_data, test_data."""
+
+  kind = "knn"
+
+  def accuracy(self, xtr, ytr, xte, yte) -> float:
+    return knn_accuracy(
+      xtr,
+      ytr,
+      xte,
+      yte,
+      k=int(self.cfg.get("k", 20)),
+      temperature=float(self.cfg.get("temperature", 0.07)),
+    )
+
+
+@common.register
+class LinearProbeEvaluator(_FrozenEvaluator):
+  """config.evals.linear_probe: steps (500), learning_rate (0.01), weight_decay (1e-4), pool, ..."""
+
+  kind = "linear_probe"
+
+  def accuracy(self, xtr, ytr, xte, yte) -> float:
+    return linear_probe_accuracy(
+      xtr,
+      ytr,
+      xte,
+      yte,
+      steps=int(self.cfg.get("steps", 500)),
+      learning_rate=float(self.cfg.get("learning_rate", 0.01)),
+      weight_decay=float(self.cfg.get("weight_decay", 1e-4)),
+      seed=self.seed,
+    )

@@ -43,6 +43,8 @@ from vicmae_jax import optim
 from vicmae_jax import sharding as sharding_lib
 from vicmae_jax.data import classification as data_lib
 from vicmae_jax.data import pipeline as data_pipeline
+from vicmae_jax.evaluators import classification as eval_lib
+from vicmae_jax.evaluators import common as evaluators_lib
 from vicmae_jax.models import classifier
 from vicmae_jax.models import vicmae
 from vicmae_jax.models import vit
@@ -419,31 +421,6 @@ def view_averaged_probs(
   return jnp.mean(probs.reshape(batch, views, -1), axis=1)
 
 
-def evaluate(
-  eval_step,
-  state: dict,
-  frozen: Frozen | None,
-  batches: Iterable[Mapping[str, np.ndarray]],
-  to_global: Callable,
-  input_key: str,
-) -> dict[str, float]:
-  """Top-1 / top-5 accuracy (fractions) and the example count over one pass of `batches`."""
-  frozen_state = frozen.state if frozen is not None else {}
-  totals = None
-  for batch in batches:
-    g = to_global({input_key: batch[input_key], "label": batch["label"], "valid": batch["valid"]})
-    sums = eval_step(
-      state["params"], state["batch_stats"], frozen_state, g[input_key], g["label"], g["valid"]
-    )
-    totals = sums if totals is None else tuple(a + b for a, b in zip(totals, sums))
-  if totals is None:
-    raise ValueError("the evaluation data yielded no batch")
-  top1, top5, count = (float(x) for x in jax.device_get(totals))
-  if count == 0:
-    raise ValueError("the evaluation data has no valid example")
-  return {"top1": top1 / count, "top5": top5 / count, "count": int(count)}
-
-
 # ----------------------------------------------------------------------------------------------
 # Loading pretrained weights
 # ----------------------------------------------------------------------------------------------
@@ -652,22 +629,15 @@ def run(
   if start_step == 0 and jax.process_index() == 0:
     logger.write_hparams(config_lib.to_plain(config))
 
-  eval_results: dict[int, dict] = {}
-
-  def run_eval(step, state):
-    res = evaluate(eval_step, state, frozen, eval_batches(), to_global, task.input_key)
-    logger.write_scalars(step, {"eval/top1": res["top1"], "eval/top5": res["top5"]})
-    logging.info(
-      "eval at step %d: top-1 %.4f, top-5 %.4f (%d examples)",
-      step,
-      res["top1"],
-      res["top5"],
-      res["count"],
-    )
-    eval_results[step] = res
-    return res
-
-  every = int(config.eval.every_steps)
+  evaluators = evaluators_lib.build(
+    ml_collections.ConfigDict(
+      {"eval": {"kind": "classification", "every_steps": int(config.eval.every_steps)}}
+    ),
+    eval_batches=eval_batches,
+  )
+  predict = lambda state: eval_lib.ClassifierScores(
+    eval_step, state, frozen_state, to_global, task.input_key
+  )
   out = common.run_loop(
     config=config,
     workdir=workdir,
@@ -680,18 +650,20 @@ def run(
     logger=logger,
     start_step=start_step,
     total_steps=total_steps,
-    evaluate=run_eval if every > 0 else None,
-    eval_due=lambda step: every > 0 and step % every == 0,
+    evaluators=evaluators,
+    predict=predict,
   )
-  final = None
-  if not out["stopped_early"]:
-    final = run_eval(out["final_step"], out["state"])
-    if jax.process_index() == 0:
-      print(
-        f"{config.trainer}: top-1 {100 * final['top1']:.2f}%  top-5 {100 * final['top5']:.2f}%  "
-        f"({final['count']} examples, step {out['final_step']})",
-        flush=True,
-      )
+  eval_results = {
+    step: {"top1": r["eval/top1"], "top5": r["eval/top5"], "count": int(r["eval/count"])}
+    for step, r in out["evals"].items()
+  }
+  final = None if out["stopped_early"] else eval_results[out["final_step"]]
+  if final is not None and jax.process_index() == 0:
+    print(
+      f"{config.trainer}: top-1 {100 * final['top1']:.2f}%  top-5 {100 * final['top5']:.2f}%  "
+      f"({final['count']} examples, step {out['final_step']})",
+      flush=True,
+    )
   ckpt.close()
   logger.close()
   if report is not None and jax.process_index() == 0:

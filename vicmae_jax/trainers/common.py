@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import threading
+from collections.abc import Sequence
 from typing import Any, Callable
 
 from absl import logging
@@ -26,6 +27,7 @@ from vicmae_jax import checkpoint as ckpt_lib
 from vicmae_jax import config_lib
 from vicmae_jax import metrics as metrics_lib
 from vicmae_jax import sharding as sharding_lib
+from vicmae_jax.evaluators import common as evaluators_lib
 
 
 def make_mesh(config) -> jax.sharding.Mesh:
@@ -298,8 +300,8 @@ def run_loop(
   logger: metrics_lib.TrainLogger,
   start_step: int,
   total_steps: int,
-  evaluate: Callable[[int, dict], None] | None = None,
-  eval_due: Callable[[int], bool] = lambda step: False,
+  evaluators: Sequence[evaluators_lib.Evaluator] = (),
+  predict: Callable[[dict], Any] | None = None,
   on_step: Callable[[int, dict, dict], None] | None = None,
 ) -> dict:
   """Drives `train_step` from `start_step` to `total_steps` with checkpoints, metrics and evals.
@@ -311,9 +313,11 @@ def run_loop(
   - SIGTERM: save at the current step and return (stopped_early=True).
   - Examples the data pipeline skipped (the batch's "skipped" counts) are logged as
     data/skipped (per logging window) and data/skipped_total (since this process started).
-  - `evaluate(step, state)` runs when `eval_due(step)`; `on_step(step, state, host_batch)` runs
-    after each step (e.g. reconstruction images).
-  Returns {"final_step", "last_checkpoint", "stopped_early", "state", "skipped"}.
+  - `evaluators` (evaluators/common.py) run when due: at step 0 of a fresh run, every N steps,
+    and at the end (also when a finished run is started again); `predict(state)` makes what they
+    run on. Their metrics go to the logger and to the returned "evals" {step: metrics}.
+  - `on_step(step, state, host_batch)` runs after each step (e.g. reconstruction images).
+  Returns {"final_step", "last_checkpoint", "stopped_early", "state", "skipped", "evals"}.
   """
   plain_config = config_lib.to_plain(config)
   every = int(config.checkpoint.every_steps)
@@ -321,6 +325,14 @@ def run_loop(
   last_saved = start_step if ckpt.last_good is not None else None
   stopped_early = False
   step = start_step
+  evals: dict[int, dict] = {}
+
+  def run_evals(s, state):
+    results = evaluators_lib.run_due(list(evaluators), s, total_steps, lambda: predict(state))
+    if results:
+      logger.write_scalars(s, results)
+      evals[s] = results
+      logger.reset_clock()
 
   def consume(p):
     s, device_metrics = p
@@ -330,6 +342,8 @@ def run_loop(
     if s % int(config.log.every_steps) == 0 or s == total_steps:
       logger.flush(s)
 
+  if start_step == 0:
+    run_evals(0, state)
   with PreemptionWatcher() as preempt:
     try:
       logger.reset_clock()
@@ -355,9 +369,8 @@ def run_loop(
           last_saved = step
         if on_step is not None and on_step(step, state, batch):
           logger.reset_clock()  # the hook did visible work (e.g. images); keep it out of step time
-        if evaluate is not None and step != total_steps and eval_due(step):
-          evaluate(step, state)
-          logger.reset_clock()
+        if step != total_steps:
+          run_evals(step, state)
         if stop_now:
           logging.warning("Stopped at step %d after a termination signal; checkpoint saved.", step)
           stopped_early = True
@@ -368,6 +381,8 @@ def run_loop(
       _finish_saves_on_error(ckpt)
       raise
     ckpt.finish()
+  if not stopped_early:
+    run_evals(step, state)  # the end (a finished run started again repeats only this)
   skipped = logger.counted("data/skipped")
   if skipped:
     logging.warning(
@@ -381,6 +396,7 @@ def run_loop(
     "stopped_early": stopped_early,
     "state": state,
     "skipped": skipped,
+    "evals": evals,
   }
 
 

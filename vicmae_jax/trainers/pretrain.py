@@ -23,13 +23,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from vicmae_jax import checkpoint as ckpt_lib
 from vicmae_jax import config_lib
 from vicmae_jax import losses
 from vicmae_jax import metrics as metrics_lib
 from vicmae_jax import optim
 from vicmae_jax import sharding as sharding_lib
 from vicmae_jax.data import pipeline as data_pipeline
+from vicmae_jax.evaluators import common as evaluators_lib
 from vicmae_jax.evaluators import frozen as frozen_eval
 from vicmae_jax.models import vicmae
 from vicmae_jax.models import vit
@@ -58,8 +58,7 @@ def validate(config: ml_collections.ConfigDict, check_data: bool = True) -> dict
   config_lib.as_config_error("optim", lambda: optim.resolve_optim_config(config.optim))
   if check_data:
     config_lib.as_config_error("data", lambda: data_pipeline.validate_data_config(config.data))
-  if config.evals:
-    frozen_eval.FrozenEvaluator(config.evals, image_size=int(config.image_size))
+  evaluators_lib.build(config.evals)  # an unknown kind or a missing field fails here
   return dims
 
 
@@ -117,11 +116,12 @@ def make_train_step(graphdef, rest, tx, lr_fn, config, state_shardings, batch_sh
   )
 
 
-def make_encode_fn(graphdef, rest, mesh, pool: str = "mean"):
-  """uint8 images [B,S,S,3] (global) -> pooled features [B, D] f32 (mask ratio 0, no masking)."""
+def make_encode_fn(graphdef, rest):
+  """(params, batch_stats, uint8 images [B,S,S,3] global, pool) -> features [B, D] f32, without
+  masking; pool "mean" (of the patch tokens, the method's representation) or "cls"."""
 
-  @jax.jit
-  def encode(params, batch_stats, images):
+  @functools.partial(jax.jit, static_argnames="pool")
+  def encode(params, batch_stats, images, pool="mean"):
     model = common.merge_model(graphdef, params, batch_stats, rest)
     tokens, pooled = model.encode(vit.normalize_images(images))
     return pooled if pool == "mean" else tokens[:, 0].astype(jnp.float32)
@@ -297,23 +297,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if start_step == 0 and jax.process_index() == 0:
     logger.write_hparams(config_lib.to_plain(config))
 
-  evaluator = frozen_eval.FrozenEvaluator(config.evals, image_size=image_size, seed=config.seed)
-  encode = make_encode_fn(graphdef, rest, mesh)
-  eval_results: dict[int, dict] = {}
+  evaluators = evaluators_lib.build(config.evals, batch_size=config.batch_size, seed=config.seed)
+  encode = make_encode_fn(graphdef, rest)
 
-  def evaluate(step, state):
-    names = evaluator.due(step, total_steps)
-    if not names:
-      return
-    batch_size = int(config.evals[names[0]].get("batch_size", config.batch_size))
-    res = evaluator.run(
-      names,
-      lambda imgs: encode(state["params"], state["batch_stats"], imgs),
+  def predict(state):
+    return frozen_eval.FrozenFeatures(
+      lambda images, pool: encode(state["params"], state["batch_stats"], images, pool),
       to_global,
-      batch_size=batch_size,
+      image_size=image_size,
     )
-    logger.write_scalars(step, res)
-    eval_results[step] = res
 
   on_step = None
   if int(config.log.image_every_steps) > 0:
@@ -330,8 +322,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return True
       return False
 
-  if start_step == 0 and evaluator:
-    evaluate(0, state)
   out = common.run_loop(
     config=config,
     workdir=workdir,
@@ -344,19 +334,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logger=logger,
     start_step=start_step,
     total_steps=total_steps,
-    evaluate=evaluate if evaluator else None,
-    eval_due=lambda step: bool(evaluator.due(step, total_steps)),
+    evaluators=evaluators,
+    predict=predict,
     on_step=on_step,
   )
-  if not out["stopped_early"] and evaluator:
-    evaluate(total_steps, out["state"])
   ckpt.close()
   logger.close()
   return {
     "final_step": out["final_step"],
     "last_checkpoint": out["last_checkpoint"],
     "history": logger.history,
-    "evals": eval_results,
+    "evals": out["evals"],
     "stopped_early": out["stopped_early"],
     "total_steps": total_steps,
   }
