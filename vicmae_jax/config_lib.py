@@ -87,30 +87,14 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def optim_config(**overrides) -> ml_collections.ConfigDict:
-  """Optimizer fields (see optim.OPTIM_FIELDS); defaults: AdamW of the official pretraining.
+  """config.optim: the defaults of optim.OPTIM_FIELDS (AdamW of the official pretraining).
 
   `base_lr` is per 256 examples (lr = base_lr * batch_size / 256) unless `lr` > 0 is given.
   Zero means "off" for clip_grad_norm and layer_decay.
   """
-  c = ml_collections.ConfigDict(
-    dict(
-      name="adamw",
-      lr=0.0,
-      base_lr=1.5e-4,
-      lr_batch_base=256,
-      min_lr=0.0,
-      schedule="cosine",
-      weight_decay=0.05,
-      b1=0.9,
-      b2=0.95,
-      eps=1e-8,
-      momentum=0.9,
-      trust_coefficient=0.001,
-      clip_grad_norm=0.0,
-      grad_accum_steps=1,
-      layer_decay=0.0,
-    )
-  )
+  from vicmae_jax import optim  # optax: imported only when a config asks for this section
+
+  c = ml_collections.ConfigDict(dict(optim.OPTIM_FIELDS))
   c.update(overrides)
   return c
 

@@ -397,13 +397,16 @@ def make_adamw(
 # `clip_grad_norm` 0 and `layer_decay` 0 / None mean off. Warm-up and total steps come from the
 # trainer's duration resolution, not from this section.
 OPTIM_FIELDS: dict[str, Any] = {
+  # The one table of optimizer defaults (config_lib.optim_config builds config.optim from it):
+  # AdamW of the official pretraining. Every value is concrete, so command-line overrides keep
+  # their type; 0 means "unset" for lr and "off" for clip_grad_norm and layer_decay.
   "name": "adamw",
   "lr": 0.0,
-  "base_lr": None,
+  "base_lr": 1.5e-4,
   "lr_batch_base": 256,
   "min_lr": 0.0,
   "schedule": "cosine",
-  "weight_decay": None,  # adamw: 0.05, lars: 0.0
+  "weight_decay": 0.05,  # when the field is not given at all: 0.05 for adamw, 0.0 for lars
   "b1": 0.9,
   "b2": 0.95,
   "eps": 1e-8,
@@ -411,7 +414,7 @@ OPTIM_FIELDS: dict[str, Any] = {
   "trust_coefficient": 0.001,
   "clip_grad_norm": 0.0,
   "grad_accum_steps": 1,
-  "layer_decay": None,
+  "layer_decay": 0.0,
 }
 _DEFAULT_WEIGHT_DECAY = {"adamw": 0.05, "lars": 0.0}
 
@@ -461,7 +464,9 @@ def resolve_optim_config(cfg: Mapping) -> dict:
       f"unknown optim field(s) {', '.join('optim.' + u for u in unknown)}; "
       f"known: {', '.join(sorted(OPTIM_FIELDS))}"
     )
-  out = {**OPTIM_FIELDS, **given}
+  # A mapping that leaves out base_lr must give lr; one that leaves out weight_decay gets the
+  # optimizer's own default (adamw 0.05, lars 0.0). Every other absent field takes the table's.
+  out = {**OPTIM_FIELDS, "base_lr": None, "weight_decay": None, **given}
   if out["name"] not in OPTIMIZER_NAMES:
     raise ValueError(f"optim.name must be one of {OPTIMIZER_NAMES}, got {out['name']!r}")
   if out["schedule"] not in SCHEDULE_KINDS:
