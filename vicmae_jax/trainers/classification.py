@@ -34,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from vicmae_jax import checkpoint as ckpt_lib
 from vicmae_jax import config_lib
@@ -337,25 +336,11 @@ def make_train_step(
       logits = task.logits(model, frozen_model, inputs, key, True)
       return losses.softmax_cross_entropy(logits, targets), logits
 
-    (loss, logits), grads = nnx.value_and_grad(
-      loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True
-    )(model)
-    new_stats = nnx.state(model, nnx.BatchStat)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    new_state = {
-      "step": state["step"] + 1,
-      "rng": state["rng"],
-      "params": params,
-      "batch_stats": new_stats,
-      "opt_state": opt_state,
-    }
+    new_state, loss, logits, norms = common.apply_gradients(state, model, loss_fn, tx, lr_fn)
     metrics = {
       "loss": loss,
       "accuracy": jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)),
-      "lr": lr_fn(state["step"]),
-      "grad_norm": optax.global_norm(grads),
-      "param_norm": optax.global_norm(params),
+      **{k: norms[k] for k in ("lr", "grad_norm", "param_norm")},
     }
     return new_state, metrics
 

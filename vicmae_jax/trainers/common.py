@@ -120,6 +120,33 @@ def create_state(
   return state, shardings, graphdef, rest
 
 
+def apply_gradients(state: dict, model: nnx.Module, loss_fn: Callable, tx, lr_fn):
+  """The update core of every trainer's step (inside jit): grads of `loss_fn(model) -> (loss,
+  aux)` w.r.t. the Params, the optimizer update, BatchNorm statistics carried out of the model.
+
+  Returns (new_state, loss, aux, norms), norms {"lr", "grad_norm", "param_norm", "update_norm"}.
+  """
+  (loss, aux), grads = nnx.value_and_grad(
+    loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True
+  )(model)
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  new_state = {
+    "step": state["step"] + 1,
+    "rng": state["rng"],
+    "params": params,
+    "batch_stats": nnx.state(model, nnx.BatchStat),
+    "opt_state": opt_state,
+  }
+  norms = {
+    "lr": lr_fn(state["step"]),
+    "grad_norm": optax.global_norm(grads),
+    "param_norm": optax.global_norm(params),
+    "update_norm": optax.global_norm(updates),
+  }
+  return new_state, loss, aux, norms
+
+
 def state_shardings(abstract_state: dict, tx, mesh) -> dict:
   param_sh = sharding_lib.state_shardings(abstract_state["params"], mesh)
   repl = sharding_lib.replicated(mesh)

@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from vicmae_jax import config_lib
 from vicmae_jax import losses
@@ -88,25 +87,8 @@ def make_train_step(graphdef, rest, tx, lr_fn, config, state_shardings, batch_sh
         norm_pix=bool(dims["norm_pix_loss"]),
       )
 
-    (_, parts), grads = nnx.value_and_grad(
-      loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True
-    )(model)
-    new_stats = nnx.state(model, nnx.BatchStat)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    new_state = {
-      "step": state["step"] + 1,
-      "rng": state["rng"],
-      "params": params,
-      "batch_stats": new_stats,
-      "opt_state": opt_state,
-    }
-    metrics = dict(parts)
-    metrics["lr"] = lr_fn(state["step"])
-    metrics["grad_norm"] = optax.global_norm(grads)
-    metrics["param_norm"] = optax.global_norm(params)
-    metrics["update_norm"] = optax.global_norm(updates)
-    return new_state, metrics
+    new_state, _, parts, norms = common.apply_gradients(state, model, loss_fn, tx, lr_fn)
+    return new_state, {**parts, **norms}
 
   return jax.jit(
     step_fn,
