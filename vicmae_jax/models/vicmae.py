@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vicmae_jax import sharding
-from vicmae_jax.models import vit
+from vicmae_jax.models import layers, vit
 
 # Architectures. Decoder sizes follow the official scripts (S: 256 wide; others 512 wide, 8 deep).
 VARIANTS: dict[str, dict[str, int]] = {
@@ -125,9 +125,10 @@ _DEFAULTS: dict[str, Any] = {
   "norm_pix_loss": True,
 }
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-# None / "xla": plain XLA attention (vit.multi_head_attention: two einsums and a float32 softmax).
-# "cudnn" (GPU only, opt-in): jax.nn.dot_product_attention's cuDNN fused kernel, the sequence padded
-# to a multiple of 64 tokens and the padding masked by length (vit.padded_dot_product_attention).
+# None / "xla": plain XLA attention (layers.multi_head_attention: two einsums and a float32
+# softmax). "cudnn" (GPU only, opt-in): jax.nn.dot_product_attention's cuDNN fused kernel, the
+# sequence padded to a multiple of 64 tokens and the padding masked by length
+# (layers.padded_dot_product_attention).
 _ATTENTION_IMPLS = (None, "xla", "cudnn")
 
 
@@ -171,8 +172,8 @@ def resolve_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
   for field in ("dtype", "param_dtype"):
     if out[field] not in _DTYPES:
       raise ValueError(f"model.{field}={out[field]!r} is not one of {list(_DTYPES)}")
-  if out["remat"] not in vit.REMAT_POLICIES:
-    raise ValueError(f"model.remat={out['remat']!r} is not one of {list(vit.REMAT_POLICIES)}")
+  if out["remat"] not in layers.REMAT_POLICIES:
+    raise ValueError(f"model.remat={out['remat']!r} is not one of {list(layers.REMAT_POLICIES)}")
   if out["attention_impl"] not in _ATTENTION_IMPLS:
     raise ValueError(
       f"model.attention_impl={out['attention_impl']!r} is not one of {list(_ATTENTION_IMPLS)}"
@@ -260,12 +261,12 @@ class Projector(nnx.Module):
     rngs: nnx.Rngs,
   ):
     dense = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.fc1 = vit._dense(in_dim, hidden_dim, ("embed", "mlp"), **dense)
+    self.fc1 = layers.dense(in_dim, hidden_dim, ("embed", "mlp"), **dense)
     self.bn1 = BatchNorm(hidden_dim, param_dtype=param_dtype)
     # The hidden->hidden kernel contracts like an input layer: 'embed' rows, 'mlp' columns.
-    self.fc2 = vit._dense(hidden_dim, hidden_dim, ("embed", "mlp"), **dense)
+    self.fc2 = layers.dense(hidden_dim, hidden_dim, ("embed", "mlp"), **dense)
     self.bn2 = BatchNorm(hidden_dim, param_dtype=param_dtype)
-    self.fc3 = vit._dense(hidden_dim, out_dim, ("mlp", "embed"), **dense)
+    self.fc3 = layers.dense(hidden_dim, out_dim, ("mlp", "embed"), **dense)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     x = jax.nn.relu(self.bn1(self.fc1(x), train=train))
@@ -298,15 +299,15 @@ class MAEDecoder(nnx.Module):
     self.embed_dim = embed_dim
     self.remat = remat
     self.scan_layers = scan_layers
-    self.embed = vit._dense(
+    self.embed = layers.dense(
       in_dim, embed_dim, ("embed", None), dtype=dtype, param_dtype=param_dtype, rngs=rngs
     )
-    self.mask_token = vit.token_param(
+    self.mask_token = layers.token_param(
       (1, 1, embed_dim), (None, None, "embed"), param_dtype=param_dtype, rngs=rngs
     )
-    self.blocks = vit.make_blocks(
+    self.blocks = layers.make_blocks(
       depth,
-      lambda r: vit.Block(
+      lambda r: layers.Block(
         embed_dim,
         num_heads,
         mlp_ratio,
@@ -318,8 +319,8 @@ class MAEDecoder(nnx.Module):
       rngs,
       scan_layers=scan_layers,
     )
-    self.norm = vit.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
-    self.pred = vit._dense(
+    self.norm = layers.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
+    self.pred = layers.dense(
       embed_dim, patch_dim, ("embed", "patch"), dtype=dtype, param_dtype=param_dtype, rngs=rngs
     )
 
@@ -335,7 +336,7 @@ class MAEDecoder(nnx.Module):
     x = jnp.concatenate([x[:, :1], patches], axis=1)
     x = x + jnp.asarray(vit.sincos_2d(self.embed_dim, grid[0], grid[1], cls_token=True))
     x = sharding.constrain(x, ("batch", None, None))
-    x = vit.apply_blocks(self.blocks, x, scan_layers=self.scan_layers, remat=self.remat)
+    x = layers.apply_blocks(self.blocks, x, scan_layers=self.scan_layers, remat=self.remat)
     x = self.pred(self.norm(x)).astype(jnp.float32)
     return x[:, 1:]
 

@@ -47,7 +47,7 @@ import numpy as np
 from flax import nnx
 
 from vicmae_jax import optim, sharding
-from vicmae_jax.models import vicmae, vit
+from vicmae_jax.models import layers, vicmae, vit
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # Parameters of the video model that the image encoder does not have.
@@ -86,7 +86,7 @@ class VideoViT(nnx.Module):
       raise ValueError(
         f"num_frames={num_frames} must be a positive multiple of tubelet_size={tubelet_size}"
       )
-    vit.remat_policy(remat)
+    layers.remat_policy(remat)
     self.patch_size = patch_size
     self.embed_dim = embed_dim
     self.in_channels = in_channels
@@ -96,7 +96,7 @@ class VideoViT(nnx.Module):
     self.remat = remat
     self.scan_layers = scan_layers
     self.drop_path_rates = tuple(float(r) for r in np.linspace(0.0, drop_path_rate, depth))
-    self.patch_embed = vit._dense(
+    self.patch_embed = layers.dense(
       tubelet_size * patch_size * patch_size * in_channels,
       embed_dim,
       ("patch", "embed"),
@@ -105,7 +105,9 @@ class VideoViT(nnx.Module):
       rngs=rngs,
     )
     self.cls_token = (
-      vit.token_param((1, 1, embed_dim), (None, None, "embed"), param_dtype=param_dtype, rngs=rngs)
+      layers.token_param(
+        (1, 1, embed_dim), (None, None, "embed"), param_dtype=param_dtype, rngs=rngs
+      )
       if use_cls
       else None
     )
@@ -114,9 +116,9 @@ class VideoViT(nnx.Module):
       out_sharding=(None, "embed"),
       eager_sharding=False,
     )
-    self.blocks = vit.make_blocks(
+    self.blocks = layers.make_blocks(
       depth,
-      lambda r: vit.Block(
+      lambda r: layers.Block(
         embed_dim,
         num_heads,
         mlp_ratio,
@@ -128,8 +130,8 @@ class VideoViT(nnx.Module):
       rngs,
       scan_layers=scan_layers,
     )
-    self.norm = vit.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
-    self.fc_norm = vit.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
+    self.norm = layers.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
+    self.fc_norm = layers.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
     # Official fine-tuning head init: weights N(0, 2e-5) (truncated), zero bias.
     self.head = nnx.Linear(
       embed_dim,
@@ -185,7 +187,7 @@ class VideoViT(nnx.Module):
   ) -> jax.Array:
     """Output tokens after blocks and final norm, ``[B, N, D]`` float32."""
     x = sharding.constrain(self.embed(video), ("batch", None, None))
-    x = vit.apply_blocks(
+    x = layers.apply_blocks(
       self.blocks,
       x,
       scan_layers=self.scan_layers,
