@@ -683,7 +683,7 @@ def infer_model_config(
   When the checkpoint has a `pos_embed`, the image size it was trained at (from the table's length) is returned
   too, under "_image_size" (not a model field: pop it before `resolve_model_config`).
   """
-  from vicmae_jax.models import vicmae as vicmae_model
+  from vicmae_jax.models import variants
 
   kind = kind or detect_kind(state_dict)
   if "patch_embed.proj.weight" not in state_dict:
@@ -708,7 +708,7 @@ def infer_model_config(
     cfg["projector_out_dim"] = int(state_dict["projector.6.weight"].shape[0])
   matches = [
     name
-    for name, v in vicmae_model.VARIANTS.items()
+    for name, v in variants.VARIANTS.items()
     if (v["patch_size"], v["embed_dim"], v["depth"]) == (cfg["patch_size"], width, cfg["depth"])
   ]
   if not matches:
@@ -716,7 +716,7 @@ def infer_model_config(
       f"no known variant has patch {cfg['patch_size']}, width {width}, depth {cfg['depth']}: the head counts "
       "cannot be read from a checkpoint; give them (e.g. --set num_heads=12 --set decoder_num_heads=16)"
     )
-  variant = dict(vicmae_model.VARIANTS[matches[0]])
+  variant = dict(variants.VARIANTS[matches[0]])
   cfg["num_heads"] = variant["num_heads"]
   for field in ("decoder_embed_dim", "decoder_depth", "projector_hidden_dim", "projector_out_dim"):
     if field not in cfg and field in variant:
@@ -814,9 +814,9 @@ def official_to_ours(
   """
   import warnings
 
-  from vicmae_jax.models import vicmae as vicmae_model
+  from vicmae_jax.models import variants
 
-  cfg = vicmae_model.resolve_model_config(model_cfg)
+  cfg = variants.resolve_model_config(model_cfg)
   state_dict = dict(state_dict)
   kind = kind or detect_kind(state_dict)
   entries = official_entries(cfg["depth"], cfg["decoder_depth"], kind)
@@ -1038,14 +1038,9 @@ def _model_is_stacked(pure: Mapping) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 
 SIDECAR = "conversion.json"
-_ARCH_FIELDS = (
-  "patch_size",
-  "embed_dim",
-  "depth",
-  "num_heads",
-  "decoder_embed_dim",
-  "decoder_depth",
-  "decoder_num_heads",
+# Model fields the sidecar records besides the variant's sizes (variants.ARCH_FIELDS): the others
+# that shape the parameter tree.
+_SIDECAR_FIELDS = (
   "mlp_ratio",
   "in_channels",
   "projector_hidden_dim",
@@ -1074,7 +1069,7 @@ def convert_checkpoint(
 
   import orbax.checkpoint as ocp
 
-  from vicmae_jax.models import vicmae as vicmae_model
+  from vicmae_jax.models import variants
 
   output_dir = os.path.abspath(output_dir)
   if os.path.exists(output_dir):
@@ -1084,17 +1079,17 @@ def convert_checkpoint(
   cfg = dict(model_cfg or {})
   inferred = infer_model_config(state_dict, kind=kind)
   image_size = inferred.pop("_image_size", None)
-  if cfg.get("variant") is None and not any(field in cfg for field in _ARCH_FIELDS[:7]):
+  if cfg.get("variant") is None and not any(field in cfg for field in variants.ARCH_FIELDS):
     cfg = {**inferred, **cfg}
   tree, report = official_to_ours(state_dict, cfg, kind=kind, strict=strict, seed=seed)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(output_dir, tree)
   checkpointer.wait_until_finished()
-  resolved = vicmae_model.resolve_model_config(cfg)
+  resolved = variants.resolve_model_config(cfg)
   sidecar = {
     "source": os.path.abspath(input_path),
     "kind": kind,
-    "model": {field: resolved[field] for field in _ARCH_FIELDS},
+    "model": {field: resolved[field] for field in variants.ARCH_FIELDS + _SIDECAR_FIELDS},
     "variant": resolved.get("variant"),
     "image_size": image_size,
     "loaded": len(report["loaded"]),

@@ -37,10 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vicmae_jax.models import vicmae, vit
+from vicmae_jax.models import variants, vit
 
 POOLS = ("mean", "cls")
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def pool_tokens(tokens: jax.Array, pool: str) -> jax.Array:
@@ -71,28 +70,13 @@ def _head(
 
 
 def encoder_dims(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-  """The encoder fields of a ViC-MAE model config (``vicmae.resolve_model_config``)."""
-  return vicmae.resolve_model_config(model_cfg)
+  """The encoder fields of a ViC-MAE model config (``variants.resolve_model_config``)."""
+  return variants.resolve_model_config(model_cfg)
 
 
 def build_encoder(model_cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> vit.VisionTransformer:
   """The ViC-MAE image encoder alone (fixed sin-cos positions), for frozen features."""
-  c = encoder_dims(model_cfg)
-  return vit.VisionTransformer(
-    patch_size=c["patch_size"],
-    embed_dim=c["embed_dim"],
-    depth=c["depth"],
-    num_heads=c["num_heads"],
-    mlp_ratio=float(c["mlp_ratio"]),
-    in_channels=c["in_channels"],
-    drop_path_rate=float(c["drop_path_rate"]),
-    dtype=_DTYPES[c["dtype"]],
-    param_dtype=_DTYPES[c["param_dtype"]],
-    remat=c["remat"],
-    scan_layers=c["scan_layers"],
-    attention_impl=None if c["attention_impl"] in (None, "xla") else c["attention_impl"],
-    rngs=rngs,
-  )
+  return vit.VisionTransformer(**variants.encoder_kwargs(encoder_dims(model_cfg)), rngs=rngs)
 
 
 def encoder_features(
@@ -211,8 +195,8 @@ def build_image_classifier(
     image_size=image_size,
     pool=pool,
     head_init_std=head_init_std,
-    dtype=_DTYPES[c["dtype"]],
-    param_dtype=_DTYPES[c["param_dtype"]],
+    dtype=variants.dtype(c),
+    param_dtype=variants.dtype(c, "param_dtype"),
     rngs=rngs,
   )
 

@@ -47,9 +47,8 @@ import numpy as np
 from flax import nnx
 
 from vicmae_jax import optim, sharding
-from vicmae_jax.models import layers, vicmae, vit
+from vicmae_jax.models import layers, variants, vit
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # Parameters of the video model that the image encoder does not have.
 NEW_PARAMS = ("temporal_pos_embed", "fc_norm", "head")
 
@@ -224,26 +223,15 @@ def build_video_model(
 ) -> VideoViT:
   """VideoViT with the encoder dims of a ViC-MAE model config (``model.variant`` etc.).
 
-  Raises ValueError naming the field for a bad model config (see ``vicmae.resolve_model_config``).
+  Raises ValueError naming the field for a bad model config (see ``variants.resolve_model_config``).
   """
-  c = vicmae.resolve_model_config(model_cfg)
+  c = variants.resolve_model_config(model_cfg)
   return VideoViT(
     num_classes=num_classes,
-    patch_size=c["patch_size"],
-    embed_dim=c["embed_dim"],
-    depth=c["depth"],
-    num_heads=c["num_heads"],
-    mlp_ratio=float(c["mlp_ratio"]),
-    in_channels=c["in_channels"],
     tubelet_size=tubelet_size,
     num_frames=num_frames,
     use_cls=use_cls,
-    drop_path_rate=float(c["drop_path_rate"]),
-    dtype=_DTYPES[c["dtype"]],
-    param_dtype=_DTYPES[c["param_dtype"]],
-    remat=c["remat"],
-    scan_layers=c["scan_layers"],
-    attention_impl=None if c["attention_impl"] in (None, "xla") else c["attention_impl"],
+    **variants.encoder_kwargs(c),
     rngs=rngs,
   )
 
