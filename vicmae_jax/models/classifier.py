@@ -39,16 +39,8 @@ from flax import nnx
 
 from vicmae_jax.models import variants, vit
 
-POOLS = ("mean", "cls")
-
-
-def pool_tokens(tokens: jax.Array, pool: str) -> jax.Array:
-  """``[B, 1 + L, D]`` -> ``[B, D]`` float32: mean of the patch tokens (cls excluded) or the cls token."""
-  if pool == "mean":
-    return jnp.mean(tokens[:, 1:].astype(jnp.float32), axis=1)
-  if pool == "cls":
-    return tokens[:, 0].astype(jnp.float32)
-  raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+# The token pooling of the encoder's output, also reached as classifier.POOLS / pool_tokens.
+from vicmae_jax.models.vit import POOLS, pool_tokens
 
 
 def _head(

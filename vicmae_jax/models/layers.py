@@ -25,13 +25,15 @@ bfloat16); LayerNorm, softmax, GELU and the residual stream stay in float32.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from vicmae_jax import sharding
 
 REMAT_POLICIES = ("none", "full", "dots")
 
@@ -315,9 +317,30 @@ class Block(nnx.Module):
 
 
 def make_blocks(
-  depth: int, make_block: Callable[[nnx.Rngs], Block], rngs: nnx.Rngs, *, scan_layers: bool
+  depth: int,
+  dim: int,
+  num_heads: int,
+  mlp_ratio: float,
+  *,
+  dtype: Any,
+  param_dtype: Any,
+  attention_impl: str | None,
+  scan_layers: bool,
+  rngs: nnx.Rngs,
 ):
-  """``depth`` blocks: an ``nnx.List`` of Blocks, or one Block of stacked ``[depth, ...]`` arrays."""
+  """``depth`` Blocks of width ``dim``: an ``nnx.List``, or one Block of stacked ``[depth, ...]`` arrays."""
+
+  def make_block(block_rngs: nnx.Rngs) -> Block:
+    return Block(
+      dim,
+      num_heads,
+      mlp_ratio,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      attention_impl=attention_impl,
+      rngs=block_rngs,
+    )
+
   if not scan_layers:
     return nnx.List([make_block(rngs) for _ in range(depth)])
 
@@ -327,6 +350,11 @@ def make_blocks(
     return make_block(layer_rngs)
 
   return create(rngs)
+
+
+def drop_path_schedule(drop_path_rate: float, depth: int) -> tuple[float, ...]:
+  """Per-block stochastic-depth rates: linear from 0 to ``drop_path_rate`` over the blocks (timm)."""
+  return tuple(float(r) for r in np.linspace(0.0, drop_path_rate, depth))
 
 
 def remat_policy(remat: str):
@@ -387,6 +415,34 @@ def _depth(blocks: Any, scan_layers: bool) -> int:
   if scan_layers:
     return int(blocks.norm1.scale[...].shape[0])
   return len(blocks)
+
+
+def run_blocks(
+  blocks: Any,
+  norm: LayerNorm,
+  x: jax.Array,
+  *,
+  scan_layers: bool,
+  remat: str = "none",
+  drop_path_rates: Sequence[float] = (),
+  key: jax.Array | None = None,
+  train: bool = False,
+) -> jax.Array:
+  """Blocks then the final LayerNorm on tokens ``[B, N, D]`` -> ``[B, N, D]`` float32.
+
+  The batch axis is constrained to the data sharding first. Stochastic depth (``drop_path_rates``,
+  drawn from ``key``) applies only with ``train``.
+  """
+  x = sharding.constrain(x, ("batch", None, None))
+  x = apply_blocks(
+    blocks,
+    x,
+    scan_layers=scan_layers,
+    remat=remat,
+    drop_path_rates=np.asarray(drop_path_rates) if train else None,
+    key=key if train else None,
+  )
+  return norm(x)
 
 
 def stack_layers(layers: dict) -> dict:

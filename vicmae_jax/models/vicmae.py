@@ -155,17 +155,14 @@ class MAEDecoder(nnx.Module):
     )
     self.blocks = layers.make_blocks(
       depth,
-      lambda r: layers.Block(
-        embed_dim,
-        num_heads,
-        mlp_ratio,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        attention_impl=attention_impl,
-        rngs=r,
-      ),
-      rngs,
+      embed_dim,
+      num_heads,
+      mlp_ratio,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      attention_impl=attention_impl,
       scan_layers=scan_layers,
+      rngs=rngs,
     )
     self.norm = layers.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
     self.pred = layers.dense(
@@ -183,9 +180,8 @@ class MAEDecoder(nnx.Module):
     patches = jnp.take_along_axis(patches, ids_restore[:, :, None], axis=1)
     x = jnp.concatenate([x[:, :1], patches], axis=1)
     x = x + jnp.asarray(vit.sincos_2d(self.embed_dim, grid[0], grid[1], cls_token=True))
-    x = sharding.constrain(x, ("batch", None, None))
-    x = layers.apply_blocks(self.blocks, x, scan_layers=self.scan_layers, remat=self.remat)
-    x = self.pred(self.norm(x)).astype(jnp.float32)
+    x = layers.run_blocks(self.blocks, self.norm, x, scan_layers=self.scan_layers, remat=self.remat)
+    x = self.pred(x).astype(jnp.float32)
     return x[:, 1:]
 
 
@@ -292,7 +288,7 @@ class ViCMAE(nnx.Module):
     )
     encoded = self.encoder(flat, mask_ratio=mask_ratio, noise=flat_noise, key=key, train=train)
     tokens = encoded["tokens"]
-    pooled = jnp.mean(tokens[:, 1:], axis=1).reshape(batch, views, -1)
+    pooled = vit.mean_patch_tokens(tokens).reshape(batch, views, -1)
     proj = self.projector(pooled, train=train)
     pred = self.decoder(tokens, encoded["ids_restore"], grid)
     return {
@@ -314,7 +310,7 @@ class ViCMAE(nnx.Module):
       tokens, cls excluded), float32.
     """
     tokens = self.encoder(images, mask_ratio=0.0, key=key, train=train)["tokens"]
-    return tokens, jnp.mean(tokens[:, 1:], axis=1)
+    return tokens, vit.mean_patch_tokens(tokens)
 
 
 def build_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> ViCMAE:

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vicmae_jax import optim, sharding
+from vicmae_jax import optim
 from vicmae_jax.models import layers, variants, vit
 
 # Parameters of the video model that the image encoder does not have.
@@ -94,7 +94,7 @@ class VideoViT(nnx.Module):
     self.use_cls = use_cls
     self.remat = remat
     self.scan_layers = scan_layers
-    self.drop_path_rates = tuple(float(r) for r in np.linspace(0.0, drop_path_rate, depth))
+    self.drop_path_rates = layers.drop_path_schedule(drop_path_rate, depth)
     self.patch_embed = layers.dense(
       tubelet_size * patch_size * patch_size * in_channels,
       embed_dim,
@@ -117,17 +117,14 @@ class VideoViT(nnx.Module):
     )
     self.blocks = layers.make_blocks(
       depth,
-      lambda r: layers.Block(
-        embed_dim,
-        num_heads,
-        mlp_ratio,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        attention_impl=attention_impl,
-        rngs=r,
-      ),
-      rngs,
+      embed_dim,
+      num_heads,
+      mlp_ratio,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      attention_impl=attention_impl,
       scan_layers=scan_layers,
+      rngs=rngs,
     )
     self.norm = layers.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
     self.fc_norm = layers.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
@@ -185,16 +182,16 @@ class VideoViT(nnx.Module):
     self, video: jax.Array, *, key: jax.Array | None = None, train: bool = False
   ) -> jax.Array:
     """Output tokens after blocks and final norm, ``[B, N, D]`` float32."""
-    x = sharding.constrain(self.embed(video), ("batch", None, None))
-    x = layers.apply_blocks(
+    return layers.run_blocks(
       self.blocks,
-      x,
+      self.norm,
+      self.embed(video),
       scan_layers=self.scan_layers,
       remat=self.remat,
-      drop_path_rates=np.asarray(self.drop_path_rates) if train else None,
-      key=key if train else None,
+      drop_path_rates=self.drop_path_rates,
+      key=key,
+      train=train,
     )
-    return self.norm(x)
 
   def features(
     self, video: jax.Array, *, key: jax.Array | None = None, train: bool = False
@@ -202,7 +199,7 @@ class VideoViT(nnx.Module):
     """Mean of the patch tokens (cls copies excluded) ``[B, D]`` float32."""
     tokens = self.tokens(video, key=key, train=train)
     num_cls = video.shape[1] // self.tubelet_size if self.use_cls else 0
-    return jnp.mean(tokens[:, num_cls:], axis=1)
+    return vit.mean_patch_tokens(tokens, num_cls)
 
   def __call__(
     self, video: jax.Array, *, key: jax.Array | None = None, train: bool = False

@@ -37,7 +37,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vicmae_jax import sharding
 from vicmae_jax.models import layers
 
 # Layer-level names that callers reach through this module.
@@ -142,6 +141,24 @@ def num_kept(num_patches: int, mask_ratio: float) -> int:
   return keep
 
 
+POOLS = ("mean", "cls")
+
+
+def mean_patch_tokens(tokens: jax.Array, num_cls: int = 1) -> jax.Array:
+  """``[B, num_cls + L, D]`` -> ``[B, D]`` float32: the mean of the patch tokens (the leading
+  ``num_cls`` cls tokens excluded)."""
+  return jnp.mean(tokens[:, num_cls:].astype(jnp.float32), axis=1)
+
+
+def pool_tokens(tokens: jax.Array, pool: str) -> jax.Array:
+  """``[B, 1 + L, D]`` -> ``[B, D]`` float32: mean of the patch tokens (cls excluded) or the cls token."""
+  if pool == "mean":
+    return mean_patch_tokens(tokens)
+  if pool == "cls":
+    return tokens[:, 0].astype(jnp.float32)
+  raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+
+
 def random_masking(
   x: jax.Array, noise: jax.Array, len_keep: int
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -193,8 +210,7 @@ class VisionTransformer(nnx.Module):
     self.in_channels = in_channels
     self.remat = remat
     self.scan_layers = scan_layers
-    # timm: stochastic depth grows linearly from 0 to drop_path_rate over the blocks.
-    self.drop_path_rates = tuple(float(r) for r in np.linspace(0.0, drop_path_rate, depth))
+    self.drop_path_rates = layers.drop_path_schedule(drop_path_rate, depth)
     self.patch_embed = layers.dense(
       patch_size * patch_size * in_channels,
       embed_dim,
@@ -208,17 +224,14 @@ class VisionTransformer(nnx.Module):
     )
     self.blocks = layers.make_blocks(
       depth,
-      lambda r: layers.Block(
-        embed_dim,
-        num_heads,
-        mlp_ratio,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        attention_impl=attention_impl,
-        rngs=r,
-      ),
-      rngs,
+      embed_dim,
+      num_heads,
+      mlp_ratio,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      attention_impl=attention_impl,
       scan_layers=scan_layers,
+      rngs=rngs,
     )
     self.norm = layers.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
 
@@ -248,16 +261,16 @@ class VisionTransformer(nnx.Module):
     self, x: jax.Array, *, key: jax.Array | None = None, train: bool = False
   ) -> jax.Array:
     """Blocks + final LayerNorm on any token sequence ``[B, N, D]`` -> ``[B, N, D]`` float32."""
-    x = sharding.constrain(x, ("batch", None, None))
-    x = layers.apply_blocks(
+    return layers.run_blocks(
       self.blocks,
+      self.norm,
       x,
       scan_layers=self.scan_layers,
       remat=self.remat,
-      drop_path_rates=np.asarray(self.drop_path_rates) if train else None,
-      key=key if train else None,
+      drop_path_rates=self.drop_path_rates,
+      key=key,
+      train=train,
     )
-    return self.norm(x)
 
   def __call__(
     self,
