@@ -38,6 +38,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from vicmae_jax.models import param_tree
+
 # ---------------------------------------------------------------------------------------------------------
 # .pth reading without torch
 # ---------------------------------------------------------------------------------------------------------
@@ -546,76 +548,6 @@ def _official_shape(entry: _Entry, our_shape: tuple[int, ...], in_channels: int)
   return tuple(our_shape)
 
 
-def _get(tree: Mapping, path: tuple[str, ...]):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
-
-
-def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_flatten(value, prefix + (str(key),)))
-    else:
-      out[prefix + (str(key),)] = value
-  return out
-
-
-def _is_stacked(blocks: Mapping) -> bool:
-  return not all(str(k).isdigit() for k in blocks)
-
-
-def _unstack_blocks(tree: Mapping) -> dict:
-  """Scan layout (blocks = one tree of [depth, ...] arrays) -> list layout (blocks = {"0": tree, ...})."""
-  out = {}
-  for key, value in tree.items():
-    if key == "blocks" and isinstance(value, Mapping) and _is_stacked(value):
-      flat = _flatten(value)
-      depth = next(iter(flat.values())).shape[0]
-      layers: dict = {}
-      for i in range(depth):
-        for path, array in flat.items():
-          _set(layers, (str(i),) + path, _layer(array, i))
-      out[key] = layers
-    elif isinstance(value, Mapping):
-      out[key] = _unstack_blocks(value)
-    else:
-      out[key] = value
-  return out
-
-
-def _layer(array, index: int):
-  if isinstance(array, np.ndarray) or not hasattr(array, "dtype") or hasattr(array, "__getitem__"):
-    return array[index]
-  import jax  # an abstract leaf (jax.ShapeDtypeStruct) of a scan-layout model
-
-  return jax.ShapeDtypeStruct(tuple(array.shape[1:]), array.dtype)
-
-
-def _stack_blocks(tree: Mapping) -> dict:
-  """Inverse of `_unstack_blocks`."""
-  out = {}
-  for key, value in tree.items():
-    if key == "blocks" and isinstance(value, Mapping) and not _is_stacked(value):
-      layers = [_flatten(value[k]) for k in sorted(value, key=int)]
-      stacked: dict = {}
-      for path in layers[0]:
-        _set(stacked, path, np.stack([np.asarray(layer[path]) for layer in layers]))
-      out[key] = stacked
-    elif isinstance(value, Mapping):
-      out[key] = _stack_blocks(value)
-    else:
-      out[key] = value
-  return out
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Reading an official checkpoint
 # ---------------------------------------------------------------------------------------------------------
@@ -750,6 +682,11 @@ def _check_pos_embed(state_dict, name: str, width: int) -> str | None:
   return None
 
 
+def _list_layout(tree) -> dict:
+  """A pure dict (any key types, either block layout) -> string keys, list layout for blocks."""
+  return param_tree.unstack_blocks(param_tree.stringify_keys(tree))
+
+
 def abstract_tree(model_cfg: Mapping[str, Any]) -> dict:
   """{"params", "batch_stats"} of the model as ShapeDtypeStructs, string keys, list layout for blocks."""
   from flax import nnx
@@ -758,8 +695,8 @@ def abstract_tree(model_cfg: Mapping[str, Any]) -> dict:
 
   model = nnx.eval_shape(lambda: vicmae_model.build_model(model_cfg, rngs=nnx.Rngs(0)))
   return {
-    "params": _unstack_blocks(_stringify(nnx.to_pure_dict(nnx.state(model, nnx.Param)))),
-    "batch_stats": _unstack_blocks(_stringify(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))),
+    "params": _list_layout(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
+    "batch_stats": _list_layout(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))),
   }
 
 
@@ -770,23 +707,11 @@ def initial_tree(model_cfg: Mapping[str, Any], seed: int = 0) -> dict:
   from vicmae_jax.models import vicmae as vicmae_model
 
   model = vicmae_model.build_model(model_cfg, rngs=nnx.Rngs(seed))
-  to_numpy = lambda tree: _unstack_blocks(_stringify(_tree_to_numpy(nnx.to_pure_dict(tree))))
+  to_numpy = lambda tree: _list_layout(param_tree.tree_to_numpy(nnx.to_pure_dict(tree)))
   return {
     "params": to_numpy(nnx.state(model, nnx.Param)),
     "batch_stats": to_numpy(nnx.state(model, nnx.BatchStat)),
   }
-
-
-def _tree_to_numpy(tree):
-  import jax
-
-  return jax.tree.map(np.asarray, tree)
-
-
-def _stringify(tree):
-  if isinstance(tree, Mapping):
-    return {str(k): _stringify(v) for k, v in tree.items()}
-  return tree
 
 
 def official_to_ours(
@@ -824,7 +749,7 @@ def official_to_ours(
   values: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
   missing, mismatched, loaded = [], [], []
   for entry in entries:
-    leaf = _get(target[entry.collection], entry.path)
+    leaf = param_tree.get_path(target[entry.collection], entry.path)
     want = _official_shape(entry, tuple(leaf.shape), cfg["in_channels"])
     if entry.official not in state_dict:
       missing.append(entry.official)
@@ -896,7 +821,7 @@ def official_to_ours(
   target_flat = {
     (collection, path): leaf
     for collection in ("params", "batch_stats")
-    for path, leaf in _flatten(target[collection]).items()
+    for path, leaf in param_tree.flatten(target[collection]).items()
   }
   initialized = [f"{c}/{'/'.join(p)}" for (c, p) in target_flat if (c, p) not in values]
   fresh = initial_tree(cfg, seed) if initialized else None
@@ -904,10 +829,10 @@ def official_to_ours(
   for collection, path in target_flat:
     value = values.get((collection, path))
     if value is None:
-      value = _get(fresh[collection], path)
-    _set(tree[collection], path, value)
+      value = param_tree.get_path(fresh[collection], path)
+    param_tree.set_path(tree[collection], path, value)
   if cfg["scan_layers"]:
-    tree = {name: _stack_blocks(sub) for name, sub in tree.items()}
+    tree = {name: param_tree.stack_blocks(sub) for name, sub in tree.items()}
   report = {
     "kind": kind,
     "loaded": loaded,
@@ -951,8 +876,8 @@ def ours_to_official(
   from vicmae_jax.models import vit
 
   kind = kind or tree_kind(tree)
-  params = _unstack_blocks(_stringify(_tree_to_numpy(tree["params"])))
-  batch_stats = _unstack_blocks(_stringify(_tree_to_numpy(tree.get("batch_stats", {}))))
+  params = _list_layout(param_tree.tree_to_numpy(tree["params"]))
+  batch_stats = _list_layout(param_tree.tree_to_numpy(tree.get("batch_stats", {})))
   collections_ = {"params": params, "batch_stats": batch_stats}
   depth = len(params["encoder"]["blocks"])
   decoder_depth = len(params["decoder"]["blocks"]) if kind != "encoder" else 0
@@ -975,7 +900,7 @@ def ours_to_official(
     else:
       entry = by_name[name]
       try:
-        value = _get(collections_[entry.collection], entry.path)
+        value = param_tree.get_path(collections_[entry.collection], entry.path)
       except KeyError:
         raise ConversionError(
           f"the tree has no {entry.collection}/{'/'.join(entry.path)} (needed for {name})",
@@ -998,11 +923,13 @@ def load_into_model(model, tree: Mapping) -> None:
   for collection, variable_type in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
     state = nnx.state(model, variable_type)
     current = nnx.to_pure_dict(state)
-    stacked = _flatten(_stringify(current))
-    source = _stringify(tree.get(collection, {}))
+    stacked = param_tree.flatten(param_tree.stringify_keys(current))
+    source = param_tree.stringify_keys(tree.get(collection, {}))
     # Bring the source to the model's block layout.
-    source_flat = _flatten(
-      _stack_blocks(source) if _model_is_stacked(current) else _unstack_blocks(source)
+    source_flat = param_tree.flatten(
+      param_tree.stack_blocks(source)
+      if param_tree.has_scanned_blocks(current)
+      else param_tree.unstack_blocks(source)
     )
     problems = []
     for path, leaf in stacked.items():
@@ -1022,15 +949,6 @@ def load_into_model(model, tree: Mapping) -> None:
 
     nnx.replace_by_pure_dict(state, jax.tree_util.tree_map_with_path(replace, current))
     nnx.update(model, state)
-
-
-def _model_is_stacked(pure: Mapping) -> bool:
-  for key, value in pure.items():
-    if key == "blocks" and isinstance(value, Mapping):
-      return _is_stacked(value)
-    if isinstance(value, Mapping) and _model_is_stacked(value):
-      return True
-  return False
 
 
 # ---------------------------------------------------------------------------------------------------------

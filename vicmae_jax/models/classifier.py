@@ -39,7 +39,9 @@ from flax import nnx
 
 from vicmae_jax.models import variants, vit
 
-# The token pooling of the encoder's output, also reached as classifier.POOLS / pool_tokens.
+# Also reached through this module: the block-layout conversion of loaded trees and the pooling
+# of the encoder's tokens.
+from vicmae_jax.models.param_tree import match_block_layout  # noqa: F401
 from vicmae_jax.models.vit import POOLS, pool_tokens
 
 
@@ -266,26 +268,6 @@ def encoder_subtree(params: Mapping[str, Any]) -> dict[str, Any]:
     "the checkpoint holds no image encoder: expected an 'encoder' entry or encoder "
     f"parameters (patch_embed, blocks, ...); top-level entries: {sorted(params)}"
   )
-
-
-def match_block_layout(tree: Any, scanned: bool) -> Any:
-  """Converts every ``blocks`` of a loaded nested dict to the list (``{"0": ..}``) or scanned layout."""
-  if not isinstance(tree, Mapping):
-    return tree
-  out = {}
-  for name, sub in tree.items():
-    if name == "blocks" and isinstance(sub, Mapping) and sub:
-      is_list = all(str(k).isdigit() for k in sub)
-      if scanned and is_list:
-        ordered = [sub[k] for k in sorted(sub, key=int)]
-        sub = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *ordered)
-      elif not scanned and not is_list:
-        depth = int(np.shape(jax.tree.leaves(sub)[0])[0])
-        sub = {str(i): jax.tree.map(lambda x, i=i: np.asarray(x)[i], sub) for i in range(depth)}
-      out[name] = sub
-    else:
-      out[name] = match_block_layout(sub, scanned)
-  return out
 
 
 def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:

@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from vicmae_jax import sharding
+from vicmae_jax.models import param_tree
 
 REMAT_POLICIES = ("none", "full", "dots")
 
@@ -445,44 +446,12 @@ def run_blocks(
   return norm(x)
 
 
-def stack_layers(layers: dict) -> dict:
-  """``{0: tree, 1: tree, ...}`` (pure dict of one list of blocks) -> one tree of stacked arrays."""
-  ordered = [layers[i] for i in sorted(layers, key=int)]
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *ordered)
-
-
-def unstack_layers(stacked: dict) -> dict:
-  """Inverse of ``stack_layers``: a tree of ``[depth, ...]`` arrays -> ``{0: tree, 1: tree, ...}``."""
-  depth = jax.tree.leaves(stacked)[0].shape[0]
-  return {i: jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(depth)}
-
-
 def stack_blocks_in_tree(tree: Any) -> Any:
-  """Converts every ``blocks: {0: .., 1: ..}`` in a nested pure dict to the scanned layout."""
-  if not isinstance(tree, dict):
-    return tree
-  out = {}
-  for name, sub in tree.items():
-    if name == "blocks" and isinstance(sub, dict) and sub and all(isinstance(k, int) for k in sub):
-      out[name] = stack_layers(sub)
-    else:
-      out[name] = stack_blocks_in_tree(sub)
-  return out
+  """Every ``blocks: {0: .., 1: ..}`` of a pure dict (``nnx.to_pure_dict``) -> the scanned layout,
+  stacked with ``jnp.stack``."""
+  return param_tree.stack_blocks(tree, stack=jnp.stack)
 
 
 def unstack_blocks_in_tree(tree: Any) -> Any:
   """Inverse of ``stack_blocks_in_tree``: scanned ``blocks`` arrays -> ``{0: .., 1: ..}``."""
-  if not isinstance(tree, dict):
-    return tree
-  out = {}
-  for name, sub in tree.items():
-    if (
-      name == "blocks"
-      and isinstance(sub, dict)
-      and sub
-      and not any(isinstance(k, int) for k in sub)
-    ):
-      out[name] = unstack_layers(sub)
-    else:
-      out[name] = unstack_blocks_in_tree(sub)
-  return out
+  return param_tree.unstack_blocks(tree, index=int)
