@@ -14,7 +14,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from vicmae_jax.models import layers
+from vicmae_jax.models import block_stack
 
 # The fields a variant fixes: the encoder's and the MAE decoder's sizes.
 ARCH_FIELDS = (
@@ -111,8 +111,10 @@ def resolve_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
   for field in ("dtype", "param_dtype"):
     if out[field] not in DTYPES:
       raise ValueError(f"model.{field}={out[field]!r} is not one of {list(DTYPES)}")
-  if out["remat"] not in layers.REMAT_POLICIES:
-    raise ValueError(f"model.remat={out['remat']!r} is not one of {list(layers.REMAT_POLICIES)}")
+  if out["remat"] not in block_stack.REMAT_POLICIES:
+    raise ValueError(
+      f"model.remat={out['remat']!r} is not one of {list(block_stack.REMAT_POLICIES)}"
+    )
   if out["attention_impl"] not in ATTENTION_IMPLS:
     raise ValueError(
       f"model.attention_impl={out['attention_impl']!r} is not one of {list(ATTENTION_IMPLS)}"

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vicmae_jax import sharding
-from vicmae_jax.models import layers, variants, vit
+from vicmae_jax.models import block_stack, layers, variants, vit
 
 # The model config's resolution, also reached as vicmae.resolve_model_config.
 from vicmae_jax.models.variants import resolve_model_config
@@ -153,7 +153,7 @@ class MAEDecoder(nnx.Module):
     self.mask_token = layers.token_param(
       (1, 1, embed_dim), (None, None, "embed"), param_dtype=param_dtype, rngs=rngs
     )
-    self.blocks = layers.make_blocks(
+    self.blocks = block_stack.make_blocks(
       depth,
       embed_dim,
       num_heads,
@@ -180,7 +180,9 @@ class MAEDecoder(nnx.Module):
     patches = jnp.take_along_axis(patches, ids_restore[:, :, None], axis=1)
     x = jnp.concatenate([x[:, :1], patches], axis=1)
     x = x + jnp.asarray(vit.sincos_2d(self.embed_dim, grid[0], grid[1], cls_token=True))
-    x = layers.run_blocks(self.blocks, self.norm, x, scan_layers=self.scan_layers, remat=self.remat)
+    x = block_stack.run_blocks(
+      self.blocks, self.norm, x, scan_layers=self.scan_layers, remat=self.remat
+    )
     x = self.pred(x).astype(jnp.float32)
     return x[:, 1:]
 

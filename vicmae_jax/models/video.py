@@ -47,7 +47,7 @@ import numpy as np
 from flax import nnx
 
 from vicmae_jax import optim
-from vicmae_jax.models import layers, variants, vit
+from vicmae_jax.models import block_stack, layers, variants, vit
 
 # Parameters of the video model that the image encoder does not have.
 NEW_PARAMS = ("temporal_pos_embed", "fc_norm", "head")
@@ -85,7 +85,7 @@ class VideoViT(nnx.Module):
       raise ValueError(
         f"num_frames={num_frames} must be a positive multiple of tubelet_size={tubelet_size}"
       )
-    layers.remat_policy(remat)
+    block_stack.remat_policy(remat)
     self.patch_size = patch_size
     self.embed_dim = embed_dim
     self.in_channels = in_channels
@@ -94,7 +94,7 @@ class VideoViT(nnx.Module):
     self.use_cls = use_cls
     self.remat = remat
     self.scan_layers = scan_layers
-    self.drop_path_rates = layers.drop_path_schedule(drop_path_rate, depth)
+    self.drop_path_rates = block_stack.drop_path_schedule(drop_path_rate, depth)
     self.patch_embed = layers.dense(
       tubelet_size * patch_size * patch_size * in_channels,
       embed_dim,
@@ -115,7 +115,7 @@ class VideoViT(nnx.Module):
       out_sharding=(None, "embed"),
       eager_sharding=False,
     )
-    self.blocks = layers.make_blocks(
+    self.blocks = block_stack.make_blocks(
       depth,
       embed_dim,
       num_heads,
@@ -182,7 +182,7 @@ class VideoViT(nnx.Module):
     self, video: jax.Array, *, key: jax.Array | None = None, train: bool = False
   ) -> jax.Array:
     """Output tokens after blocks and final norm, ``[B, N, D]`` float32."""
-    return layers.run_blocks(
+    return block_stack.run_blocks(
       self.blocks,
       self.norm,
       self.embed(video),

@@ -23,8 +23,8 @@ Parameter tree of ``VisionTransformer`` (names follow timm where possible)::
   norm.{scale, bias} [D]
 
 The blocks and their layouts (a list, or with ``scan_layers=True`` one Block of stacked
-``[depth, ...]`` arrays) are those of ``layers``. Position embeddings are fixed 2-D sin-cos tables
-computed for the input's grid (no parameter).
+``[depth, ...]`` arrays) are those of ``block_stack``. Position embeddings are fixed 2-D sin-cos
+tables computed for the input's grid (no parameter).
 """
 
 from __future__ import annotations
@@ -37,15 +37,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vicmae_jax.models import layers
+from vicmae_jax.models import block_stack, layers
 
-# Layer-level names that callers reach through this module.
+# Names of the layers and block stacks that callers reach through this module.
+from vicmae_jax.models.block_stack import stack_blocks_in_tree, unstack_blocks_in_tree  # noqa: F401
 from vicmae_jax.models.layers import (  # noqa: F401
   CUDNN_SEQUENCE_MULTIPLE,
   multi_head_attention,
   padded_dot_product_attention,
-  stack_blocks_in_tree,
-  unstack_blocks_in_tree,
 )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -151,7 +150,8 @@ def mean_patch_tokens(tokens: jax.Array, num_cls: int = 1) -> jax.Array:
 
 
 def pool_tokens(tokens: jax.Array, pool: str) -> jax.Array:
-  """``[B, 1 + L, D]`` -> ``[B, D]`` float32: mean of the patch tokens (cls excluded) or the cls token."""
+  """``[B, 1 + L, D]`` -> ``[B, D]`` float32: the mean of the patch tokens (cls excluded, "mean")
+  or the cls token ("cls")."""
   if pool == "mean":
     return mean_patch_tokens(tokens)
   if pool == "cls":
@@ -204,13 +204,13 @@ class VisionTransformer(nnx.Module):
     attention_impl: str | None = None,
     rngs: nnx.Rngs,
   ):
-    layers.remat_policy(remat)  # validates the value early
+    block_stack.remat_policy(remat)  # validates the value early
     self.patch_size = patch_size
     self.embed_dim = embed_dim
     self.in_channels = in_channels
     self.remat = remat
     self.scan_layers = scan_layers
-    self.drop_path_rates = layers.drop_path_schedule(drop_path_rate, depth)
+    self.drop_path_rates = block_stack.drop_path_schedule(drop_path_rate, depth)
     self.patch_embed = layers.dense(
       patch_size * patch_size * in_channels,
       embed_dim,
@@ -222,7 +222,7 @@ class VisionTransformer(nnx.Module):
     self.cls_token = layers.token_param(
       (1, 1, embed_dim), (None, None, "embed"), param_dtype=param_dtype, rngs=rngs
     )
-    self.blocks = layers.make_blocks(
+    self.blocks = block_stack.make_blocks(
       depth,
       embed_dim,
       num_heads,
@@ -261,7 +261,7 @@ class VisionTransformer(nnx.Module):
     self, x: jax.Array, *, key: jax.Array | None = None, train: bool = False
   ) -> jax.Array:
     """Blocks + final LayerNorm on any token sequence ``[B, N, D]`` -> ``[B, N, D]`` float32."""
-    return layers.run_blocks(
+    return block_stack.run_blocks(
       self.blocks,
       self.norm,
       x,
