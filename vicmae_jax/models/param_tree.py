@@ -120,6 +120,11 @@ def unstack_blocks(tree: Mapping, *, index: Callable[[int], Any] = str) -> dict:
   return out
 
 
+def list_layout(tree: Mapping) -> dict:
+  """A pure dict of any key types and either block layout -> string keys, list-layout blocks."""
+  return unstack_blocks(stringify_keys(tree))
+
+
 def _layer(array: Any, index: int) -> Any:
   if isinstance(array, np.ndarray) or not hasattr(array, "dtype") or hasattr(array, "__getitem__"):
     return array[index]
