@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
   parser.add_argument(
-    "--variant", default="B/16", help="model variant (vicmae_jax.models.vicmae.VARIANTS)"
+    "--variant", default="B/16", help="model variant (vicmae_jax.models.variants.VARIANTS)"
   )
   parser.add_argument(
     "--set",

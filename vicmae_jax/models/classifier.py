@@ -37,19 +37,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vicmae_jax.models import vicmae, vit
+from vicmae_jax.models import variants, vit
 
-POOLS = ("mean", "cls")
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def pool_tokens(tokens: jax.Array, pool: str) -> jax.Array:
-  """``[B, 1 + L, D]`` -> ``[B, D]`` float32: mean of the patch tokens (cls excluded) or the cls token."""
-  if pool == "mean":
-    return jnp.mean(tokens[:, 1:].astype(jnp.float32), axis=1)
-  if pool == "cls":
-    return tokens[:, 0].astype(jnp.float32)
-  raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+# Also reached through this module: the block-layout conversion of loaded trees and the pooling
+# of the encoder's tokens.
+from vicmae_jax.models.param_tree import match_block_layout  # noqa: F401
+from vicmae_jax.models.vit import POOLS, pool_tokens
 
 
 def _head(
@@ -71,28 +64,13 @@ def _head(
 
 
 def encoder_dims(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-  """The encoder fields of a ViC-MAE model config (``vicmae.resolve_model_config``)."""
-  return vicmae.resolve_model_config(model_cfg)
+  """The encoder fields of a ViC-MAE model config (``variants.resolve_model_config``)."""
+  return variants.resolve_model_config(model_cfg)
 
 
 def build_encoder(model_cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> vit.VisionTransformer:
   """The ViC-MAE image encoder alone (fixed sin-cos positions), for frozen features."""
-  c = encoder_dims(model_cfg)
-  return vit.VisionTransformer(
-    patch_size=c["patch_size"],
-    embed_dim=c["embed_dim"],
-    depth=c["depth"],
-    num_heads=c["num_heads"],
-    mlp_ratio=float(c["mlp_ratio"]),
-    in_channels=c["in_channels"],
-    drop_path_rate=float(c["drop_path_rate"]),
-    dtype=_DTYPES[c["dtype"]],
-    param_dtype=_DTYPES[c["param_dtype"]],
-    remat=c["remat"],
-    scan_layers=c["scan_layers"],
-    attention_impl=None if c["attention_impl"] in (None, "xla") else c["attention_impl"],
-    rngs=rngs,
-  )
+  return vit.VisionTransformer(**variants.encoder_kwargs(encoder_dims(model_cfg)), rngs=rngs)
 
 
 def encoder_features(
@@ -211,8 +189,8 @@ def build_image_classifier(
     image_size=image_size,
     pool=pool,
     head_init_std=head_init_std,
-    dtype=_DTYPES[c["dtype"]],
-    param_dtype=_DTYPES[c["param_dtype"]],
+    dtype=variants.dtype(c),
+    param_dtype=variants.dtype(c, "param_dtype"),
     rngs=rngs,
   )
 
@@ -290,26 +268,6 @@ def encoder_subtree(params: Mapping[str, Any]) -> dict[str, Any]:
     "the checkpoint holds no image encoder: expected an 'encoder' entry or encoder "
     f"parameters (patch_embed, blocks, ...); top-level entries: {sorted(params)}"
   )
-
-
-def match_block_layout(tree: Any, scanned: bool) -> Any:
-  """Converts every ``blocks`` of a loaded nested dict to the list (``{"0": ..}``) or scanned layout."""
-  if not isinstance(tree, Mapping):
-    return tree
-  out = {}
-  for name, sub in tree.items():
-    if name == "blocks" and isinstance(sub, Mapping) and sub:
-      is_list = all(str(k).isdigit() for k in sub)
-      if scanned and is_list:
-        ordered = [sub[k] for k in sorted(sub, key=int)]
-        sub = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *ordered)
-      elif not scanned and not is_list:
-        depth = int(np.shape(jax.tree.leaves(sub)[0])[0])
-        sub = {str(i): jax.tree.map(lambda x, i=i: np.asarray(x)[i], sub) for i in range(depth)}
-      out[name] = sub
-    else:
-      out[name] = match_block_layout(sub, scanned)
-  return out
 
 
 def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:

@@ -33,161 +33,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vicmae_jax import sharding
-from vicmae_jax.models import vit
+from vicmae_jax.models import block_stack, layers, variants, vit
 
-# Architectures. Decoder sizes follow the official scripts (S: 256 wide; others 512 wide, 8 deep).
-VARIANTS: dict[str, dict[str, int]] = {
-  # A tiny model for tests and the demo (not a published size).
-  "mu/8": dict(
-    patch_size=8,
-    embed_dim=64,
-    depth=2,
-    num_heads=4,
-    decoder_embed_dim=32,
-    decoder_depth=1,
-    decoder_num_heads=4,
-    projector_hidden_dim=64,
-    projector_out_dim=32,
-  ),
-  "Ti/16": dict(
-    patch_size=16,
-    embed_dim=192,
-    depth=12,
-    num_heads=3,
-    decoder_embed_dim=128,
-    decoder_depth=4,
-    decoder_num_heads=4,
-  ),
-  "S/16": dict(
-    patch_size=16,
-    embed_dim=384,
-    depth=12,
-    num_heads=6,
-    decoder_embed_dim=256,
-    decoder_depth=8,
-    decoder_num_heads=8,
-  ),
-  "B/16": dict(
-    patch_size=16,
-    embed_dim=768,
-    depth=12,
-    num_heads=12,
-    decoder_embed_dim=512,
-    decoder_depth=8,
-    decoder_num_heads=16,
-  ),
-  "L/16": dict(
-    patch_size=16,
-    embed_dim=1024,
-    depth=24,
-    num_heads=16,
-    decoder_embed_dim=512,
-    decoder_depth=8,
-    decoder_num_heads=16,
-  ),
-  "H/14": dict(
-    patch_size=14,
-    embed_dim=1280,
-    depth=32,
-    num_heads=16,
-    decoder_embed_dim=512,
-    decoder_depth=8,
-    decoder_num_heads=16,
-  ),
-}
-
-_ARCH_FIELDS = (
-  "patch_size",
-  "embed_dim",
-  "depth",
-  "num_heads",
-  "decoder_embed_dim",
-  "decoder_depth",
-  "decoder_num_heads",
-)
-# Fields with defaults: architecture extras, numerics, and the method's hyperparameters.
-_DEFAULTS: dict[str, Any] = {
-  "variant": None,
-  "mlp_ratio": 4.0,
-  "in_channels": 3,
-  "projector_hidden_dim": 4096,
-  "projector_out_dim": 128,
-  "dtype": "float32",
-  "param_dtype": "float32",
-  "remat": "none",
-  "scan_layers": False,
-  "drop_path_rate": 0.0,
-  "attention_impl": None,
-  "mask_ratio": 0.5,
-  "temperature": 0.1,
-  "weight_recon": 0.97,
-  "weight_contrast": 0.03,
-  "norm_pix_loss": True,
-}
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-# None / "xla": plain XLA attention (vit.multi_head_attention: two einsums and a float32 softmax).
-# "cudnn" (GPU only, opt-in): jax.nn.dot_product_attention's cuDNN fused kernel, the sequence padded
-# to a multiple of 64 tokens and the padding masked by length (vit.padded_dot_product_attention).
-_ATTENTION_IMPLS = (None, "xla", "cudnn")
-
-
-def resolve_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-  """Variant + explicit overrides -> every model field with defaults filled in.
-
-  Args:
-    cfg: e.g. ``{"variant": "B/16", "dtype": "bfloat16", "mask_ratio": 0.75}``; any field of
-      ``VARIANTS`` may be overridden; without ``variant`` all architecture fields are required.
-  Raises:
-    ValueError: naming the field (``model.<field>``) for unknown fields or bad values.
-  """
-  if hasattr(cfg, "to_dict"):
-    cfg = cfg.to_dict()
-  cfg = dict(cfg)
-  known = set(_ARCH_FIELDS) | set(_DEFAULTS)
-  unknown = sorted(set(cfg) - known)
-  if unknown:
-    raise ValueError(f"model: unknown fields {unknown}; known fields: {sorted(known)}")
-  out = dict(_DEFAULTS)
-  variant = cfg.get("variant")
-  if variant is not None:
-    if variant not in VARIANTS:
-      raise ValueError(f"model.variant={variant!r} is not one of {list(VARIANTS)}")
-    out.update(VARIANTS[variant])
-  out.update({k: v for k, v in cfg.items() if v is not None or k in ("variant", "attention_impl")})
-  missing = [f for f in _ARCH_FIELDS if out.get(f) is None]
-  if missing:
-    raise ValueError(f"model: missing fields {missing} (set model.variant or give them explicitly)")
-  for field in _ARCH_FIELDS + ("in_channels", "projector_hidden_dim", "projector_out_dim"):
-    value = out[field]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"model.{field} must be a positive integer, got {value!r}")
-  for width, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
-    if out[width] % out[heads]:
-      raise ValueError(f"model.{width}={out[width]} is not divisible by model.{heads}={out[heads]}")
-    if out[width] % 4:
-      raise ValueError(
-        f"model.{width}={out[width]} must be divisible by 4 (2-D sin-cos embeddings)"
-      )
-  for field in ("dtype", "param_dtype"):
-    if out[field] not in _DTYPES:
-      raise ValueError(f"model.{field}={out[field]!r} is not one of {list(_DTYPES)}")
-  if out["remat"] not in vit.REMAT_POLICIES:
-    raise ValueError(f"model.remat={out['remat']!r} is not one of {list(vit.REMAT_POLICIES)}")
-  if out["attention_impl"] not in _ATTENTION_IMPLS:
-    raise ValueError(
-      f"model.attention_impl={out['attention_impl']!r} is not one of {list(_ATTENTION_IMPLS)}"
-    )
-  if not 0.0 <= float(out["mask_ratio"]) < 1.0:
-    raise ValueError(f"model.mask_ratio must be in [0, 1), got {out['mask_ratio']!r}")
-  if not 0.0 <= float(out["drop_path_rate"]) < 1.0:
-    raise ValueError(f"model.drop_path_rate must be in [0, 1), got {out['drop_path_rate']!r}")
-  if float(out["temperature"]) <= 0:
-    raise ValueError(f"model.temperature must be > 0, got {out['temperature']!r}")
-  if float(out["mlp_ratio"]) <= 0:
-    raise ValueError(f"model.mlp_ratio must be > 0, got {out['mlp_ratio']!r}")
-  out["scan_layers"] = bool(out["scan_layers"])
-  out["norm_pix_loss"] = bool(out["norm_pix_loss"])
-  return out
+# The model config's resolution, also reached as vicmae.resolve_model_config.
+from vicmae_jax.models.variants import resolve_model_config
 
 
 class BatchNorm(nnx.Module):
@@ -260,12 +109,12 @@ class Projector(nnx.Module):
     rngs: nnx.Rngs,
   ):
     dense = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.fc1 = vit._dense(in_dim, hidden_dim, ("embed", "mlp"), **dense)
+    self.fc1 = layers.dense(in_dim, hidden_dim, ("embed", "mlp"), **dense)
     self.bn1 = BatchNorm(hidden_dim, param_dtype=param_dtype)
     # The hidden->hidden kernel contracts like an input layer: 'embed' rows, 'mlp' columns.
-    self.fc2 = vit._dense(hidden_dim, hidden_dim, ("embed", "mlp"), **dense)
+    self.fc2 = layers.dense(hidden_dim, hidden_dim, ("embed", "mlp"), **dense)
     self.bn2 = BatchNorm(hidden_dim, param_dtype=param_dtype)
-    self.fc3 = vit._dense(hidden_dim, out_dim, ("mlp", "embed"), **dense)
+    self.fc3 = layers.dense(hidden_dim, out_dim, ("mlp", "embed"), **dense)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     x = jax.nn.relu(self.bn1(self.fc1(x), train=train))
@@ -298,28 +147,25 @@ class MAEDecoder(nnx.Module):
     self.embed_dim = embed_dim
     self.remat = remat
     self.scan_layers = scan_layers
-    self.embed = vit._dense(
+    self.embed = layers.dense(
       in_dim, embed_dim, ("embed", None), dtype=dtype, param_dtype=param_dtype, rngs=rngs
     )
-    self.mask_token = vit.token_param(
+    self.mask_token = layers.token_param(
       (1, 1, embed_dim), (None, None, "embed"), param_dtype=param_dtype, rngs=rngs
     )
-    self.blocks = vit.make_blocks(
+    self.blocks = block_stack.make_blocks(
       depth,
-      lambda r: vit.Block(
-        embed_dim,
-        num_heads,
-        mlp_ratio,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        attention_impl=attention_impl,
-        rngs=r,
-      ),
-      rngs,
+      embed_dim,
+      num_heads,
+      mlp_ratio,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      attention_impl=attention_impl,
       scan_layers=scan_layers,
+      rngs=rngs,
     )
-    self.norm = vit.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
-    self.pred = vit._dense(
+    self.norm = layers.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
+    self.pred = layers.dense(
       embed_dim, patch_dim, ("embed", "patch"), dtype=dtype, param_dtype=param_dtype, rngs=rngs
     )
 
@@ -334,9 +180,10 @@ class MAEDecoder(nnx.Module):
     patches = jnp.take_along_axis(patches, ids_restore[:, :, None], axis=1)
     x = jnp.concatenate([x[:, :1], patches], axis=1)
     x = x + jnp.asarray(vit.sincos_2d(self.embed_dim, grid[0], grid[1], cls_token=True))
-    x = sharding.constrain(x, ("batch", None, None))
-    x = vit.apply_blocks(self.blocks, x, scan_layers=self.scan_layers, remat=self.remat)
-    x = self.pred(self.norm(x)).astype(jnp.float32)
+    x = block_stack.run_blocks(
+      self.blocks, self.norm, x, scan_layers=self.scan_layers, remat=self.remat
+    )
+    x = self.pred(x).astype(jnp.float32)
     return x[:, 1:]
 
 
@@ -443,7 +290,7 @@ class ViCMAE(nnx.Module):
     )
     encoded = self.encoder(flat, mask_ratio=mask_ratio, noise=flat_noise, key=key, train=train)
     tokens = encoded["tokens"]
-    pooled = jnp.mean(tokens[:, 1:], axis=1).reshape(batch, views, -1)
+    pooled = vit.mean_patch_tokens(tokens).reshape(batch, views, -1)
     proj = self.projector(pooled, train=train)
     pred = self.decoder(tokens, encoded["ids_restore"], grid)
     return {
@@ -465,29 +312,18 @@ class ViCMAE(nnx.Module):
       tokens, cls excluded), float32.
     """
     tokens = self.encoder(images, mask_ratio=0.0, key=key, train=train)["tokens"]
-    return tokens, jnp.mean(tokens[:, 1:], axis=1)
+    return tokens, vit.mean_patch_tokens(tokens)
 
 
 def build_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> ViCMAE:
-  """Builds ``ViCMAE`` from a model config (see ``resolve_model_config``)."""
+  """Builds ``ViCMAE`` from a model config (see ``variants.resolve_model_config``)."""
   c = resolve_model_config(cfg)
   return ViCMAE(
-    patch_size=c["patch_size"],
-    embed_dim=c["embed_dim"],
-    depth=c["depth"],
-    num_heads=c["num_heads"],
+    **variants.encoder_kwargs(c),
     decoder_embed_dim=c["decoder_embed_dim"],
     decoder_depth=c["decoder_depth"],
     decoder_num_heads=c["decoder_num_heads"],
-    mlp_ratio=float(c["mlp_ratio"]),
-    in_channels=c["in_channels"],
     projector_hidden_dim=c["projector_hidden_dim"],
     projector_out_dim=c["projector_out_dim"],
-    drop_path_rate=float(c["drop_path_rate"]),
-    dtype=_DTYPES[c["dtype"]],
-    param_dtype=_DTYPES[c["param_dtype"]],
-    remat=c["remat"],
-    scan_layers=c["scan_layers"],
-    attention_impl=None if c["attention_impl"] == "xla" else c["attention_impl"],
     rngs=rngs,
   )

@@ -46,10 +46,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vicmae_jax import optim, sharding
-from vicmae_jax.models import vicmae, vit
+from vicmae_jax import optim
+from vicmae_jax.models import block_stack, layers, variants, vit
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # Parameters of the video model that the image encoder does not have.
 NEW_PARAMS = ("temporal_pos_embed", "fc_norm", "head")
 
@@ -86,7 +85,7 @@ class VideoViT(nnx.Module):
       raise ValueError(
         f"num_frames={num_frames} must be a positive multiple of tubelet_size={tubelet_size}"
       )
-    vit.remat_policy(remat)
+    block_stack.remat_policy(remat)
     self.patch_size = patch_size
     self.embed_dim = embed_dim
     self.in_channels = in_channels
@@ -95,8 +94,8 @@ class VideoViT(nnx.Module):
     self.use_cls = use_cls
     self.remat = remat
     self.scan_layers = scan_layers
-    self.drop_path_rates = tuple(float(r) for r in np.linspace(0.0, drop_path_rate, depth))
-    self.patch_embed = vit._dense(
+    self.drop_path_rates = block_stack.drop_path_schedule(drop_path_rate, depth)
+    self.patch_embed = layers.dense(
       tubelet_size * patch_size * patch_size * in_channels,
       embed_dim,
       ("patch", "embed"),
@@ -105,7 +104,9 @@ class VideoViT(nnx.Module):
       rngs=rngs,
     )
     self.cls_token = (
-      vit.token_param((1, 1, embed_dim), (None, None, "embed"), param_dtype=param_dtype, rngs=rngs)
+      layers.token_param(
+        (1, 1, embed_dim), (None, None, "embed"), param_dtype=param_dtype, rngs=rngs
+      )
       if use_cls
       else None
     )
@@ -114,22 +115,19 @@ class VideoViT(nnx.Module):
       out_sharding=(None, "embed"),
       eager_sharding=False,
     )
-    self.blocks = vit.make_blocks(
+    self.blocks = block_stack.make_blocks(
       depth,
-      lambda r: vit.Block(
-        embed_dim,
-        num_heads,
-        mlp_ratio,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        attention_impl=attention_impl,
-        rngs=r,
-      ),
-      rngs,
+      embed_dim,
+      num_heads,
+      mlp_ratio,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      attention_impl=attention_impl,
       scan_layers=scan_layers,
+      rngs=rngs,
     )
-    self.norm = vit.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
-    self.fc_norm = vit.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
+    self.norm = layers.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
+    self.fc_norm = layers.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
     # Official fine-tuning head init: weights N(0, 2e-5) (truncated), zero bias.
     self.head = nnx.Linear(
       embed_dim,
@@ -184,16 +182,16 @@ class VideoViT(nnx.Module):
     self, video: jax.Array, *, key: jax.Array | None = None, train: bool = False
   ) -> jax.Array:
     """Output tokens after blocks and final norm, ``[B, N, D]`` float32."""
-    x = sharding.constrain(self.embed(video), ("batch", None, None))
-    x = vit.apply_blocks(
+    return block_stack.run_blocks(
       self.blocks,
-      x,
+      self.norm,
+      self.embed(video),
       scan_layers=self.scan_layers,
       remat=self.remat,
-      drop_path_rates=np.asarray(self.drop_path_rates) if train else None,
-      key=key if train else None,
+      drop_path_rates=self.drop_path_rates,
+      key=key,
+      train=train,
     )
-    return self.norm(x)
 
   def features(
     self, video: jax.Array, *, key: jax.Array | None = None, train: bool = False
@@ -201,7 +199,7 @@ class VideoViT(nnx.Module):
     """Mean of the patch tokens (cls copies excluded) ``[B, D]`` float32."""
     tokens = self.tokens(video, key=key, train=train)
     num_cls = video.shape[1] // self.tubelet_size if self.use_cls else 0
-    return jnp.mean(tokens[:, num_cls:], axis=1)
+    return vit.mean_patch_tokens(tokens, num_cls)
 
   def __call__(
     self, video: jax.Array, *, key: jax.Array | None = None, train: bool = False
@@ -222,26 +220,15 @@ def build_video_model(
 ) -> VideoViT:
   """VideoViT with the encoder dims of a ViC-MAE model config (``model.variant`` etc.).
 
-  Raises ValueError naming the field for a bad model config (see ``vicmae.resolve_model_config``).
+  Raises ValueError naming the field for a bad model config (see ``variants.resolve_model_config``).
   """
-  c = vicmae.resolve_model_config(model_cfg)
+  c = variants.resolve_model_config(model_cfg)
   return VideoViT(
     num_classes=num_classes,
-    patch_size=c["patch_size"],
-    embed_dim=c["embed_dim"],
-    depth=c["depth"],
-    num_heads=c["num_heads"],
-    mlp_ratio=float(c["mlp_ratio"]),
-    in_channels=c["in_channels"],
     tubelet_size=tubelet_size,
     num_frames=num_frames,
     use_cls=use_cls,
-    drop_path_rate=float(c["drop_path_rate"]),
-    dtype=_DTYPES[c["dtype"]],
-    param_dtype=_DTYPES[c["param_dtype"]],
-    remat=c["remat"],
-    scan_layers=c["scan_layers"],
-    attention_impl=None if c["attention_impl"] in (None, "xla") else c["attention_impl"],
+    **variants.encoder_kwargs(c),
     rngs=rngs,
   )
 

@@ -1,0 +1,164 @@
+"""Stacks of transformer blocks: building ``depth`` Blocks in either layout, running them (remat,
+stochastic depth, scan), and converting parameter trees between the layouts.
+
+A stack is an ``nnx.List`` of ``layers.Block`` (parameter paths ``blocks/<i>/...``), or with
+``scan_layers=True`` one Block whose arrays carry a leading ``[depth]`` axis (logical name
+'layers', paths ``blocks/...``). Tokens run through it as ``[B, N, D]`` float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vicmae_jax import sharding
+from vicmae_jax.models import param_tree
+from vicmae_jax.models.layers import Block, LayerNorm
+
+REMAT_POLICIES = ("none", "full", "dots")
+
+
+def make_blocks(
+  depth: int,
+  dim: int,
+  num_heads: int,
+  mlp_ratio: float,
+  *,
+  dtype: Any,
+  param_dtype: Any,
+  attention_impl: str | None,
+  scan_layers: bool,
+  rngs: nnx.Rngs,
+):
+  """``depth`` Blocks of width ``dim``: an ``nnx.List``, or (``scan_layers``) one Block of stacked
+  ``[depth, ...]`` arrays."""
+
+  def make_block(block_rngs: nnx.Rngs) -> Block:
+    return Block(
+      dim,
+      num_heads,
+      mlp_ratio,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      attention_impl=attention_impl,
+      rngs=block_rngs,
+    )
+
+  if not scan_layers:
+    return nnx.List([make_block(rngs) for _ in range(depth)])
+
+  @nnx.split_rngs(splits=depth)
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  def create(layer_rngs: nnx.Rngs) -> Block:
+    return make_block(layer_rngs)
+
+  return create(rngs)
+
+
+def drop_path_schedule(drop_path_rate: float, depth: int) -> tuple[float, ...]:
+  """Per-block stochastic-depth rates: 0 up to ``drop_path_rate``, linear over the blocks (timm)."""
+  return tuple(float(r) for r in np.linspace(0.0, drop_path_rate, depth))
+
+
+def remat_policy(remat: str):
+  """Maps the config value to a ``jax.checkpoint`` policy (None = save nothing).
+
+  Raises:
+    ValueError: naming ``remat`` for an unknown value.
+  """
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {remat!r}")
+  if remat == "dots":
+    # Keep weight matmul outputs, recompute attention and elementwise ops.
+    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  return None
+
+
+def apply_blocks(
+  blocks: Any,
+  x: jax.Array,
+  *,
+  scan_layers: bool,
+  remat: str = "none",
+  drop_path_rates: np.ndarray | None = None,
+  key: jax.Array | None = None,
+) -> jax.Array:
+  """Runs ``x [B, N, D]`` through the blocks (a list or a stacked Block).
+
+  Args:
+    drop_path_rates: ``[depth]`` per-layer stochastic-depth rates; used only with ``key``.
+    key: PRNG key for stochastic depth (None = deterministic).
+  """
+  policy = remat_policy(remat)
+  depth = _depth(blocks, scan_layers)
+  use_drop = key is not None and drop_path_rates is not None and float(np.max(drop_path_rates)) > 0
+  rates = jnp.asarray(drop_path_rates, jnp.float32) if use_drop else None
+  keys = jax.random.split(key, depth) if use_drop else None
+
+  def layer(block: Block, h: jax.Array, rate, layer_key) -> jax.Array:
+    return block(h, rate, layer_key)
+
+  if remat != "none":
+    layer = nnx.remat(layer, policy=policy, prevent_cse=not scan_layers)
+
+  if scan_layers:
+
+    @nnx.scan(in_axes=(0, nnx.Carry, 0, 0), out_axes=nnx.Carry)
+    def run(block, h, rate, layer_key):
+      return layer(block, h, rate, layer_key)
+
+    return run(blocks, x, rates, keys)
+
+  for i, block in enumerate(blocks):
+    x = layer(block, x, None if rates is None else rates[i], None if keys is None else keys[i])
+  return x
+
+
+def _depth(blocks: Any, scan_layers: bool) -> int:
+  if scan_layers:
+    return int(blocks.norm1.scale[...].shape[0])
+  return len(blocks)
+
+
+def run_blocks(
+  blocks: Any,
+  norm: LayerNorm,
+  x: jax.Array,
+  *,
+  scan_layers: bool,
+  remat: str = "none",
+  drop_path_rates: Sequence[float] = (),
+  key: jax.Array | None = None,
+  train: bool = False,
+) -> jax.Array:
+  """Blocks then the final LayerNorm on tokens ``[B, N, D]`` -> ``[B, N, D]`` float32.
+
+  The batch axis is constrained to the data sharding first. Stochastic depth (``drop_path_rates``,
+  drawn from ``key``) applies only with ``train``.
+  """
+  x = sharding.constrain(x, ("batch", None, None))
+  x = apply_blocks(
+    blocks,
+    x,
+    scan_layers=scan_layers,
+    remat=remat,
+    drop_path_rates=np.asarray(drop_path_rates) if train else None,
+    key=key if train else None,
+  )
+  return norm(x)
+
+
+def stack_blocks_in_tree(tree: Any) -> Any:
+  """Every ``blocks: {0: .., 1: ..}`` of a pure dict (``nnx.to_pure_dict``) -> the scanned layout,
+  stacked with ``jnp.stack``."""
+  return param_tree.stack_blocks(tree, stack=jnp.stack)
+
+
+def unstack_blocks_in_tree(tree: Any) -> Any:
+  """Inverse of ``stack_blocks_in_tree``: scanned ``blocks`` arrays -> ``{0: .., 1: ..}``."""
+  return param_tree.unstack_blocks(tree, index=int)
