@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from runs import NO_EVALS, REPO, losses, main_cmd, subprocess_env, tiny_config
+from vicmae_jax import weights
 
 
 def _files(step_dir: Path, pattern: str) -> list[Path]:
@@ -75,9 +76,8 @@ def _run(workdir, demo_root, *args):
 
 
 def _params(step_dir):
-  from vicmae_jax import checkpoint
 
-  return checkpoint.flatten(checkpoint.load_pretrained_tree(str(step_dir))["params"])
+  return weights.flatten(weights.load_pretrained_tree(str(step_dir))["params"])
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGES))

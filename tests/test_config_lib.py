@@ -1,6 +1,5 @@
 """Config helpers: mesh resolution, durations, option parsing and validation errors."""
 
-import ml_collections
 import pytest
 
 from vicmae_jax import config_lib

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vicmae_jax import convert
+from vicmae_jax import weights
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
@@ -360,8 +361,6 @@ def test_finetuned_classifier_is_reported_clearly(official_state):
 def test_cli_converts_to_orbax_and_exports_back(tmp_path, official_state, capsys):
   import json
 
-  from vicmae_jax import checkpoint as checkpoint_lib
-
   out_dir = tmp_path / "converted"
   assert convert.main([f"--input={OFFICIAL_PTH}", f"--output={out_dir}"]) == 0
   assert (out_dir / "_CHECKPOINT_METADATA").exists()  # a real orbax checkpoint directory
@@ -370,7 +369,7 @@ def test_cli_converts_to_orbax_and_exports_back(tmp_path, official_state, capsys
   assert sidecar["model"]["decoder_depth"] == 2 and sidecar["model"]["projector_out_dim"] == 16
 
   # The training code's loader reads it as an init_from checkpoint.
-  loaded = checkpoint_lib.load_pretrained_tree(str(out_dir))
+  loaded = weights.load_pretrained_tree(str(out_dir))
   np.testing.assert_array_equal(
     loaded["params"]["encoder"]["blocks"]["0"]["attn"]["qkv"]["kernel"],
     official_state["blocks.0.attn.qkv.weight"].T,

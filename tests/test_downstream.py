@@ -34,6 +34,7 @@ from vicmae_jax.models import vit
 from vicmae_jax.trainers import classification as core
 from vicmae_jax.trainers import common
 from vicmae_jax.trainers import finetune
+from vicmae_jax import weights
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(
@@ -147,7 +148,7 @@ def _tiny(name: str, prepared: str, arg: str = "tiny", **overrides):
 
 
 def _final_params(workdir) -> dict:
-  return ckpt_lib.flatten(ckpt_lib.load_pretrained_tree(str(workdir))["params"])
+  return weights.flatten(weights.load_pretrained_tree(str(workdir))["params"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,7 +228,7 @@ def test_linear_probe_on_cached_features_uses_the_pretrained_encoder(
   with np.load(tmp_path / "features" / "eval.npz") as cached:
     features, labels = cached["features"], cached["labels"]
   model = vicmae.build_model({"variant": "mu/8"}, rngs=nnx.Rngs(0))
-  loaded = ckpt_lib.load_pretrained_tree(pretrained)["params"]
+  loaded = weights.load_pretrained_tree(pretrained)["params"]
   nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, {"encoder": _int_keys(loaded["encoder"])})))
   batch = next(
     iter(
@@ -290,7 +291,7 @@ def test_finetune_resumes_exactly_after_an_interruption(
   for name in a:
     np.testing.assert_array_equal(a[name], b[name], err_msg=name)
   assert resumed["eval"] == straight["eval"]
-  first = ckpt_lib.flatten(ckpt_lib.load_pretrained_tree(pretrained)["params"])
+  first = weights.flatten(weights.load_pretrained_tree(pretrained)["params"])
   assert not np.array_equal(
     a["encoder/blocks/0/attn/qkv/kernel"], first["encoder/blocks/0/attn/qkv/kernel"]
   )
@@ -389,7 +390,7 @@ def test_layerwise_lr_of_the_trainer_optimizer_matches_a_hand_computation(prepar
   assert float(lr_fn(0)) == pytest.approx(peak)
   depth = 2  # mu/8
   checked = set()
-  for name, update in core.flat_params(updates).items():
+  for name, update in weights.flat_params(updates).items():
     parts = name.split("/")
     if any(p in ("patch_embed", "cls_token", "pos_embed", "temporal_pos_embed") for p in parts):
       layer = 0
@@ -397,7 +398,7 @@ def test_layerwise_lr_of_the_trainer_optimizer_matches_a_hand_computation(prepar
       layer = int(parts[parts.index("blocks") + 1]) + 1
     else:  # final norm, fc_norm, head
       layer = depth + 1
-    value = np.asarray(core.flat_params(params)[name])
+    value = np.asarray(weights.flat_params(params)[name])
     decayed = value.ndim >= 2 and not any(
       p in ("cls_token", "pos_embed", "temporal_pos_embed") for p in parts
     )
@@ -536,34 +537,38 @@ def _classifier_params(**model):
 
 
 def test_loading_reports_names_and_rejects_what_does_not_fit(pretrained, tmp_path):
-  source = ckpt_lib.flatten(ckpt_lib.load_pretrained_tree(pretrained)["params"])
-  params, report = core.load_image_classifier(
+  source = weights.flatten(weights.load_pretrained_tree(pretrained)["params"])
+  params, report = weights.load_image_classifier(
     _classifier_params(), pretrained, scanned=False, grid_size=2
   )
   assert report["missing"] == ["head/bias", "head/kernel", "pos_embed"]
   assert report["unused"] == ["decoder", "projector"] and report["unexpected"] == []
   assert len(report["loaded"]) == len([k for k in source if k.startswith("encoder/")])
-  loaded = core.flat_params(params)
+  loaded = weights.flat_params(params)
   for name in report["loaded"]:
     np.testing.assert_array_equal(np.asarray(loaded[name]), source[name])
 
   # Scanned blocks load from the list layout of the checkpoint.
-  scanned, _ = core.load_image_classifier(
+  scanned, _ = weights.load_image_classifier(
     _classifier_params(scan_layers=True), pretrained, scanned=True, grid_size=2
   )
-  qkv = np.asarray(core.flat_params(scanned)["encoder/blocks/attn/qkv/kernel"])
+  qkv = np.asarray(weights.flat_params(scanned)["encoder/blocks/attn/qkv/kernel"])
   np.testing.assert_array_equal(qkv[1], source["encoder/blocks/1/attn/qkv/kernel"])
 
   with pytest.raises(config_lib.ConfigError, match=r"missing in checkpoint.*encoder/blocks/2/"):
-    core.load_image_classifier(_classifier_params(depth=3), pretrained, scanned=False, grid_size=2)
+    weights.load_image_classifier(
+      _classifier_params(depth=3), pretrained, scanned=False, grid_size=2
+    )
   with pytest.raises(config_lib.ConfigError, match=r"lacks .*encoder/blocks/1/"):
-    core.load_image_classifier(_classifier_params(depth=1), pretrained, scanned=False, grid_size=2)
+    weights.load_image_classifier(
+      _classifier_params(depth=1), pretrained, scanned=False, grid_size=2
+    )
   with pytest.raises(
     config_lib.ConfigError,
     match=r"shape mismatch.*encoder/blocks/0/attn/proj/bias: checkpoint \(64,\) "
     r"vs model \(32,\)",
   ):
-    core.load_image_classifier(
+    weights.load_image_classifier(
       _classifier_params(embed_dim=32), pretrained, scanned=False, grid_size=2
     )
   empty = tmp_path / "empty"
@@ -571,10 +576,10 @@ def test_loading_reports_names_and_rejects_what_does_not_fit(pretrained, tmp_pat
   with pytest.raises(
     config_lib.ConfigError, match="config.init_from: .*holds no usable checkpoint"
   ):
-    core.load_image_classifier(_classifier_params(), str(empty), scanned=False, grid_size=2)
+    weights.load_image_classifier(_classifier_params(), str(empty), scanned=False, grid_size=2)
   other = _save_params(tmp_path / "other", {"weights": {"kernel": jnp.ones((2, 2))}})
   with pytest.raises(config_lib.ConfigError, match=r"holds no image encoder.*\['weights'\]"):
-    core.load_encoder(_classifier_params()["encoder"], other, scanned=False)
+    weights.load_encoder(_classifier_params()["encoder"], other, scanned=False)
 
 
 def test_learned_position_embeddings_are_resized_when_loading(tmp_path):
@@ -585,7 +590,7 @@ def test_learned_position_embeddings_are_resized_when_loading(tmp_path):
   model = classifier.build_image_classifier(
     {"variant": "mu/8"}, num_classes=3, image_size=32, rngs=nnx.Rngs(1)
   )
-  params, report = core.load_image_classifier(
+  params, report = weights.load_image_classifier(
     nnx.state(model, nnx.Param), workdir, scanned=False, grid_size=4
   )
   assert report["missing"] == ["head/bias", "head/kernel"]

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from runs import CONFIG, NO_EVALS, REPO, subprocess_env, losses, main_cmd, run_main, tiny_config  # noqa: F401
+from vicmae_jax import weights
 
 
 def test_run_writes_checkpoints_metrics_images_and_evals(demo_root, tmp_path):
@@ -111,13 +112,12 @@ def test_sigterm_saves_and_resumes(demo_root, reference, tmp_path):
 
 
 def _assert_same_params(workdir_a, workdir_b, step):
-  from vicmae_jax import checkpoint
 
-  a = checkpoint.flatten(
-    checkpoint.load_pretrained_tree(str(Path(workdir_a) / "checkpoints" / str(step)))["params"]
+  a = weights.flatten(
+    weights.load_pretrained_tree(str(Path(workdir_a) / "checkpoints" / str(step)))["params"]
   )
-  b = checkpoint.flatten(
-    checkpoint.load_pretrained_tree(str(Path(workdir_b) / "checkpoints" / str(step)))["params"]
+  b = weights.flatten(
+    weights.load_pretrained_tree(str(Path(workdir_b) / "checkpoints" / str(step)))["params"]
   )
   assert a.keys() == b.keys()
   for k in a:
@@ -133,11 +133,10 @@ def test_nan_stops_without_saving_bad_state(demo_root, tmp_path):
   with pytest.raises(FloatingPointError, match="non-finite training metrics at step"):
     main.run(config, str(tmp_path))
   saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
-  from vicmae_jax import checkpoint
 
   for step in saved:
-    params = checkpoint.flatten(
-      checkpoint.load_pretrained_tree(str(tmp_path / "checkpoints" / str(step)))["params"]
+    params = weights.flatten(
+      weights.load_pretrained_tree(str(tmp_path / "checkpoints" / str(step)))["params"]
     )
     assert all(np.all(np.isfinite(v)) for v in params.values()), step
   recs = losses(tmp_path)
@@ -172,7 +171,7 @@ def test_missing_data_names_the_path(demo_root, tmp_path):
 
 
 def test_init_from_another_run_loads_its_params(demo_root, reference, tmp_path):
-  from vicmae_jax import checkpoint, main
+  from vicmae_jax import main
 
   config = tiny_config(
     demo_root,
@@ -182,8 +181,8 @@ def test_init_from_another_run_loads_its_params(demo_root, reference, tmp_path):
     **{"optim.lr": 1e-12, "optim.weight_decay": 0.0, "checkpoint.every_steps": 1},
   )
   main.run(config, str(tmp_path))
-  ours = checkpoint.flatten(checkpoint.load_pretrained_tree(str(tmp_path))["params"])
-  theirs = checkpoint.flatten(checkpoint.load_pretrained_tree(reference)["params"])
+  ours = weights.flatten(weights.load_pretrained_tree(str(tmp_path))["params"])
+  theirs = weights.flatten(weights.load_pretrained_tree(reference)["params"])
   assert ours.keys() == theirs.keys()
   for k in ours:  # one step at lr 1e-12 moves nothing visible
     np.testing.assert_allclose(ours[k], theirs[k], rtol=0, atol=1e-9, err_msg=k)

@@ -105,9 +105,9 @@ def export_checkpoint(
   import json
   import os
 
-  from vicmae_jax import checkpoint as checkpoint_lib
+  from vicmae_jax import weights
 
-  tree = checkpoint_lib.load_pretrained_tree(input_path)
+  tree = weights.load_pretrained_tree(input_path)
   sidecar_path = os.path.join(input_path, SIDECAR)
   sidecar = {}
   if os.path.exists(sidecar_path):

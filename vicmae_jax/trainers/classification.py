@@ -35,7 +35,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vicmae_jax import checkpoint as ckpt_lib
 from vicmae_jax import config_lib
 from vicmae_jax import losses
 from vicmae_jax import optim
@@ -44,7 +43,6 @@ from vicmae_jax.data import classification as data_lib
 from vicmae_jax.data import pipeline as data_pipeline
 from vicmae_jax.evaluators import classification as eval_lib
 from vicmae_jax.evaluators import common as evaluators_lib
-from vicmae_jax.models import classifier
 from vicmae_jax.models import vicmae
 from vicmae_jax.models import vit
 from vicmae_jax.trainers import common
@@ -404,150 +402,6 @@ def view_averaged_probs(
   flat = inputs.reshape(batch * views, *inputs.shape[2:])
   probs = jax.nn.softmax(logits_fn(flat).astype(jnp.float32), axis=-1)
   return jnp.mean(probs.reshape(batch, views, -1), axis=1)
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading pretrained weights
-# ----------------------------------------------------------------------------------------------
-
-
-def flat_params(params) -> dict[str, Any]:
-  """nnx.State (or pytree) -> {"encoder/blocks/0/attn/qkv/kernel": leaf}."""
-  return {
-    optim.path_string(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-  }
-
-
-def replace_params(params, values: Mapping[str, Any]):
-  """Copies host arrays into the (sharded) params by path; the other entries are kept."""
-
-  def one(path, leaf):
-    name = optim.path_string(path)
-    if name not in values:
-      return leaf
-    return jax.device_put(np.asarray(values[name], dtype=leaf.dtype), leaf.sharding)
-
-  return jax.tree_util.tree_map_with_path(one, params)
-
-
-def read_checkpoint_params(init_from: str) -> dict:
-  """The params tree of a training workdir / step dir / converted checkpoint, as nested numpy dicts.
-
-  Raises ConfigError on `init_from` when the path holds nothing usable.
-  """
-  try:
-    return ckpt_lib.load_pretrained_tree(init_from)["params"]
-  except (FileNotFoundError, ValueError) as e:
-    raise config_lib.ConfigError("init_from", str(e).removeprefix("init_from: ")) from None
-
-
-def _encoder_source(loaded: Mapping[str, Any], init_from: str) -> dict:
-  try:
-    return classifier.encoder_subtree(loaded)
-  except ValueError as e:
-    raise config_lib.ConfigError("init_from", f"{init_from}: {e}") from None
-
-
-def _unused_top_level(loaded: Mapping[str, Any], used: Iterable[str]) -> list[str]:
-  return sorted(k for k in loaded if k not in set(used))
-
-
-def _merge_report(
-  target_flat: Mapping[str, Any],
-  source: Mapping[str, Any],
-  *,
-  init_from: str,
-  allow_missing: tuple[str, ...],
-) -> tuple[dict[str, Any], dict]:
-  """ckpt_lib.merge_pretrained by path, with unexpected encoder entries made an error too."""
-  try:
-    merged, report = ckpt_lib.merge_pretrained(
-      ckpt_lib.unflatten(dict(target_flat)), source, allow_missing=allow_missing
-    )
-  except ValueError as e:
-    raise config_lib.ConfigError("init_from", f"{init_from}: {e}") from None
-  if report["unexpected"]:
-    raise config_lib.ConfigError(
-      "init_from",
-      f"{init_from}: the checkpoint's encoder has parameters this model lacks (another "
-      f"architecture? check config.model): {', '.join(report['unexpected'][:20])}",
-    )
-  flat = ckpt_lib.flatten(merged)
-  return {k: flat[k] for k in report["loaded"]}, report
-
-
-def load_image_classifier(params, init_from: str, *, scanned: bool, grid_size: int):
-  """Loads `encoder.*` (and a learned `pos_embed`, resized bicubically to the model's grid) into
-  ImageClassifier params. The head always starts fresh. Returns (params, report)."""
-  loaded = read_checkpoint_params(init_from)
-  source: dict[str, Any] = {
-    "encoder": classifier.match_block_layout(_encoder_source(loaded, init_from), scanned)
-  }
-  used = (
-    ["encoder"] if "encoder" in loaded else [k for k in loaded if k not in ("pos_embed", "head")]
-  )
-  if "pos_embed" in loaded:
-    table = np.asarray(loaded["pos_embed"])
-    source["pos_embed"] = classifier.interpolate_pos_embed(table, (grid_size, grid_size))
-    used.append("pos_embed")
-    if source["pos_embed"].shape != table.shape:
-      logging.info(
-        "init_from: pos_embed resized from %s to %s (bicubic)",
-        table.shape,
-        source["pos_embed"].shape,
-      )
-  values, report = _merge_report(
-    flat_params(params), source, init_from=init_from, allow_missing=("pos_embed", "head")
-  )
-  report["unused"] = _unused_top_level(loaded, used)
-  return replace_params(params, values), report
-
-
-def load_encoder(params, init_from: str, *, scanned: bool):
-  """Loads the `encoder.*` subtree into a bare VisionTransformer's params. Returns (params, report)."""
-  loaded = read_checkpoint_params(init_from)
-  source = classifier.match_block_layout(_encoder_source(loaded, init_from), scanned)
-  values, report = _merge_report(flat_params(params), source, init_from=init_from, allow_missing=())
-  report["unused"] = _unused_top_level(loaded, ["encoder"] if "encoder" in loaded else list(source))
-  return replace_params(params, values), report
-
-
-def load_video_model(params, init_from: str, model_fn: Callable[[], nnx.Module]):
-  """Inflates the `encoder.*` subtree into VideoViT params (models/video.py from_image_encoder)."""
-  from vicmae_jax.models import video
-
-  loaded = read_checkpoint_params(init_from)
-  source = _encoder_source(loaded, init_from)
-  abstract = nnx.eval_shape(model_fn)
-  try:
-    mappings = video.from_image_encoder(abstract, source)
-  except ValueError as e:
-    raise config_lib.ConfigError("init_from", f"{init_from}: {e}") from None
-  filled = flat_params(nnx.state(abstract, nnx.Param))
-  values = {
-    m.target: np.asarray(filled[m.target])
-    for m in mappings
-    if m.target is not None and m.action != "new"
-  }
-  report = {
-    "loaded": sorted(values),
-    "missing": [m.target for m in mappings if m.action == "new"],
-    "unexpected": [m.source for m in mappings if m.action == "unused"],
-    "mismatched": [],
-    "inflated": [m.target for m in mappings if m.action == "inflated"],
-    "unused": _unused_top_level(loaded, ["encoder"] if "encoder" in loaded else list(source)),
-  }
-  return replace_params(params, values), report
-
-
-def log_report(report: Mapping[str, Any], init_from: str) -> None:
-  logging.info(
-    "init_from %s: %d parameters loaded; kept from init: %s; unused in the checkpoint: %s",
-    init_from,
-    len(report["loaded"]),
-    ", ".join(report["missing"]) or "none",
-    ", ".join(report["unused"] + list(report.get("unexpected", []))) or "none",
-  )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from vicmae_jax import checkpoint as ckpt_lib
 from vicmae_jax import config_lib
 from vicmae_jax import metrics as metrics_lib
 from vicmae_jax import sharding as sharding_lib
+from vicmae_jax import weights
 from vicmae_jax.evaluators import common as evaluators_lib
 
 
@@ -165,59 +166,6 @@ def abstract_with_shardings(state, shardings):
   )
 
 
-def load_init_from(state: dict, init_from: str, *, allow_missing=(), ignore_unexpected=()) -> dict:
-  """Replaces params (and batch stats when present) with those of another run or a converted checkpoint."""
-  loaded = ckpt_lib.load_pretrained_tree(init_from)
-  new_state = dict(state)
-  for key in ("params", "batch_stats"):
-    target = nnx.to_pure_dict(state[key])
-    if key == "batch_stats" and not loaded[key]:
-      continue
-    merged, report = ckpt_lib.merge_pretrained(
-      _stringify(target),
-      loaded[key],
-      what=key,
-      allow_missing=allow_missing,
-      ignore_unexpected=ignore_unexpected,
-    )
-    flat_target = ckpt_lib.flatten(_stringify(target))
-    flat_merged = ckpt_lib.flatten(merged)
-    new_leaves = {}
-    for path, value in flat_merged.items():
-      old = flat_target[path]
-      new_leaves[path] = jax.device_put(np.asarray(value, dtype=old.dtype), old.sharding)
-    new_state[key] = _replace_state(state[key], new_leaves)
-    logging.info(
-      "init_from %s: loaded %d %s entries (%d kept from init, %d unexpected ignored)",
-      init_from,
-      len(report["loaded"]),
-      key,
-      len(report["missing"]),
-      len(report["unexpected"]),
-    )
-  return new_state
-
-
-def _stringify(tree):
-  if isinstance(tree, dict):
-    return {str(k): _stringify(v) for k, v in tree.items()}
-  return tree
-
-
-def _replace_state(state: nnx.State, flat_values: dict[str, jax.Array]) -> nnx.State:
-  pure = nnx.to_pure_dict(state)
-
-  def rebuild(node, prefix):
-    if isinstance(node, dict):
-      return {k: rebuild(v, f"{prefix}/{k}" if prefix else str(k)) for k, v in node.items()}
-    return flat_values[prefix]
-
-  new_pure = rebuild(pure, "")
-  new_state = jax.tree.map(lambda x: x, state)
-  nnx.replace_by_pure_dict(new_state, new_pure)
-  return new_state
-
-
 class PreemptionWatcher:
   """SIGTERM (a TPU preemption notice, `kill`, SLURM's time limit) asks the loop to save and stop.
 
@@ -310,7 +258,7 @@ def restore_or_init(
     logging.info("Resumed from %s at step %d", ckpt.directory, step)
     return state, step
   if init_from:
-    state = load_init_from(state, init_from, **init_from_kwargs)
+    state = weights.load_init_from(state, init_from, **init_from_kwargs)
   return state, 0
 
 

@@ -25,6 +25,7 @@ from flax import nnx
 import ml_collections
 
 from vicmae_jax import config_lib
+from vicmae_jax import weights
 from vicmae_jax.data import classification as data_lib
 from vicmae_jax.data import pipeline as data_pipeline
 from vicmae_jax.models import classifier
@@ -127,15 +128,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.init_from:
     if config.input_kind == "image":
       grid = image_size // int(dims["patch_size"])
-      load_fn = lambda params: core.load_image_classifier(
+      load_fn = lambda params: weights.load_image_classifier(
         params, config.init_from, scanned=bool(dims["scan_layers"]), grid_size=grid
       )
     else:
-      load_fn = lambda params: core.load_video_model(params, config.init_from, model_fn)
+      load_fn = lambda params: weights.load_video_model(params, config.init_from, model_fn)
 
     def load(params):
       params, report = load_fn(params)
-      core.log_report(report, config.init_from)
+      weights.log_report(report, config.init_from)
       return params, report
   else:
     logging.warning(

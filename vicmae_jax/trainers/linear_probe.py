@@ -35,6 +35,7 @@ import numpy as np
 
 from vicmae_jax import config_lib
 from vicmae_jax import sharding as sharding_lib
+from vicmae_jax import weights
 from vicmae_jax.data import classification as data_lib
 from vicmae_jax.data import pipeline as data_pipeline
 from vicmae_jax.evaluators import frozen as frozen_eval
@@ -82,11 +83,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
   report = None
   if config.init_from:
-    params, report = core.load_encoder(
+    params, report = weights.load_encoder(
       frozen.state["params"], config.init_from, scanned=bool(dims["scan_layers"])
     )
     frozen.state["params"] = params
-    core.log_report(report, config.init_from)
+    weights.log_report(report, config.init_from)
   else:
     logging.warning(
       "config.init_from is empty: probing a randomly initialized encoder (a baseline)"
