@@ -34,7 +34,7 @@ from vicmae_jax.models import vit
 from vicmae_jax.trainers import classification as core
 from vicmae_jax.trainers import common
 from vicmae_jax.trainers import finetune
-from vicmae_jax import weights
+from vicmae_jax import losses, weights
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(
@@ -433,7 +433,7 @@ def test_mixup_and_cutmix_label_mass_in_the_trainer_batches(tmp_path):
     mixup_cfg=config.mixup,
   )
   mix = jax.jit(
-    lambda x, y, lam, box: core.mix_batch(x, y, lam, box, num_classes=k, smoothing=smoothing)
+    lambda x, y, lam, box: losses.mix_batch(x, y, lam, box, num_classes=k, smoothing=smoothing)
   )
   kinds = set()
   for batch, _ in zip(iter(loader), range(12)):
@@ -472,7 +472,7 @@ def test_device_mixing_equals_the_host_reference():
     )
     assert ref_params == params
     box = np.tile(np.asarray(params.box if params.use_cutmix else (0, 0, 0, 0), np.int32), (6, 1))
-    x, t = core.mix_batch(
+    x, t = losses.mix_batch(
       jnp.asarray(images),
       jnp.asarray(labels),
       jnp.full((6,), params.lam, jnp.float32),
@@ -485,7 +485,7 @@ def test_device_mixing_equals_the_host_reference():
   # Two host blocks: partners never cross a block.
   x = jnp.arange(8.0).reshape(8, 1, 1, 1, 1) * jnp.ones((8, 1, 2, 2, 1))
   np.testing.assert_array_equal(
-    np.asarray(core.partner_rows(x, 2))[:, 0, 0, 0, 0], [3, 2, 1, 0, 7, 6, 5, 4]
+    np.asarray(losses.partner_rows(x, 2))[:, 0, 0, 0, 0], [3, 2, 1, 0, 7, 6, 5, 4]
   )
 
 

@@ -137,3 +137,63 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int = 1) -> jax.Array:
     )
   _, top = jax.lax.top_k(logits, k)
   return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Classification targets: label smoothing, mixup / cutmix (on device)
+# ----------------------------------------------------------------------------------------------
+
+
+def smooth_targets(labels: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
+  """int [B] -> float32 [B, K]: 1 - s + s/K on the label, s/K elsewhere."""
+  one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  return one_hot * (1.0 - smoothing) + smoothing / num_classes
+
+
+def partner_rows(x: jax.Array, num_blocks: int) -> jax.Array:
+  """Each block of B / num_blocks rows reversed: the mixing partner of row i within its block.
+
+  Blocks are the processes' host batches, so a partner always comes from the same host (as
+  timm mixes within a device's batch) and mixing moves no pixels between hosts.
+  """
+  rows = x.shape[0]
+  blocked = x.reshape(num_blocks, rows // num_blocks, *x.shape[1:])
+  return blocked[:, ::-1].reshape(x.shape)
+
+
+def mix_batch(
+  pixels: jax.Array,
+  labels: jax.Array,
+  lam: jax.Array,
+  box: jax.Array,
+  *,
+  num_classes: int,
+  smoothing: float,
+  num_blocks: int = 1,
+) -> tuple[jax.Array, jax.Array]:
+  """Mixup / cutmix of a batch with its reversed partner rows (finetune_augment.mixup_cutmix on device).
+
+  pixels: [B, ..., H, W, C] (uint8 or float; clips mix every frame alike). labels int [B].
+  lam float32 [B]: weight of the row itself. box int32 [B, 4] (top, bottom, left, right): a
+  non-empty box means cutmix (pixels inside come from the partner; lam already equals the kept
+  area), an empty one mixup (lam x + (1 - lam) partner). lam = 1 with an empty box leaves the
+  row untouched. Returns (pixels float32 in the input's scale, targets float32 [B, K] =
+  lam smooth(y) + (1 - lam) smooth(y_partner)).
+  """
+  x = pixels.astype(jnp.float32)
+  partner = partner_rows(x, num_blocks)
+  height, width = x.shape[-3], x.shape[-2]
+  extra = (1,) * (x.ndim - 4)  # frame axes between the batch and H
+  top, bottom, left, right = (box[:, i].reshape((-1,) + extra + (1, 1, 1)) for i in range(4))
+  rows = jnp.arange(height).reshape(height, 1, 1)
+  cols = jnp.arange(width).reshape(1, width, 1)
+  inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+  is_cutmix = ((box[:, 1] - box[:, 0]) * (box[:, 3] - box[:, 2]) > 0).reshape(
+    (-1,) + extra + (1, 1, 1)
+  )
+  weight = lam.astype(jnp.float32).reshape((-1,) + extra + (1, 1, 1))
+  mixed = jnp.where(is_cutmix, jnp.where(inside, partner, x), weight * x + (1.0 - weight) * partner)
+  targets = smooth_targets(labels, num_classes, smoothing)
+  lam_rows = lam.astype(jnp.float32)[:, None]
+  targets = lam_rows * targets + (1.0 - lam_rows) * partner_rows(targets, num_blocks)
+  return mixed, targets
