@@ -1,0 +1,116 @@
+r"""Pieces the config files share: each function returns (or fills in) part of a ConfigDict.
+
+This is not a config (it has no `get_config`); the files next to it load it with
+
+  common = config_lib.load_sibling(__file__, "common")
+
+Why here and by path: `--config=configs/x.py` has ml_collections execute the file by its path, and
+`configs/` is no package on sys.path, so `import common` would depend on the working directory.
+Loading the file next to the config's own `__file__` works from anywhere. The pieces stay in
+`configs/` rather than in `vicmae_jax/config_lib.py` because they are recipe values (dataset
+paths, the demo's sizes, the paper's hyperparameters), which users read and edit beside the
+configs; config_lib keeps the schema, its defaults and its checks. A config copied out of this
+folder needs this file next to it.
+"""
+
+import os
+
+import ml_collections
+
+from vicmae_jax import config_lib
+from vicmae_jax.data import pipeline
+
+# --------------------------------------------------------------------------------------------------
+# The embedded demo (configs/demo*.py): digits in motion, see vicmae_jax/data/demo.py.
+
+# The demo encoder reads 48 px crops of the 64 px frames.
+DEMO_IMAGE_SIZE = 48
+
+
+def demo_data(**fields) -> ml_collections.ConfigDict:
+  """`demo_data`: where the demo dataset is built on first use (main.ensure_demo_data) and its size.
+
+  `fields` adds fields, e.g. `enabled=True` (the downstream demos, which tests switch off).
+  """
+  return ml_collections.ConfigDict(
+    dict(
+      root=os.path.join(os.path.expanduser("~"), ".cache", "vicmae_jax", "demo_digits"),
+      num_train_clips=400,
+      num_val_clips=150,
+      frame_size=64,
+      **fields,
+    )
+  )
+
+
+def demo_model(**overrides) -> ml_collections.ConfigDict:
+  """The demo's ViC-MAE: mu/8 widened to 128 x 4 blocks, decoder 64 x 2, projector 256 -> 64."""
+  return config_lib.model_config(
+    variant="mu/8",
+    embed_dim=128,
+    depth=4,
+    num_heads=4,
+    decoder_embed_dim=64,
+    decoder_depth=2,
+    decoder_num_heads=4,
+    projector_hidden_dim=256,
+    projector_out_dim=64,
+    **overrides,
+  )
+
+
+def demo_source(c: ml_collections.ConfigDict, split: str) -> ml_collections.ConfigDict:
+  """The prepared shards of the demo clips (`train` | `val`), under `c.demo_data.root`."""
+  source = pipeline.default_source_config(kind="prepared", split=split)
+  source.path = c.demo_data.get_ref("root") + "/prepared"
+  return source
+
+
+def demo_heldout(c: ml_collections.ConfigDict, split: str) -> ml_collections.ConfigDict:
+  """The demo's held-out digit images (`train` | `heldout`: digits never seen in the clips)."""
+  source = pipeline.default_source_config(kind="npz")
+  source.path = c.demo_data.get_ref("root") + f"/{split}_images.npz"
+  return source
+
+
+def demo_downstream(trainer: str, **model_overrides) -> ml_collections.ConfigDict:
+  """A classification config (`linear_probe` | `finetune`) on the demo clips with the encoder of
+  configs/demo.py: train on the training clips, evaluate on the validation clips, 2 threads each."""
+  from vicmae_jax.trainers import classification  # only the downstream configs need the trainer
+
+  c = classification.classification_config(trainer)
+  c.seed = 0
+  c.demo_data = demo_data(enabled=True)
+  c.image_size = DEMO_IMAGE_SIZE
+  c.model = demo_model(**model_overrides)
+  c.data.sources.digits = demo_source(c, "train")
+  c.data.crop_scale = (0.3, 1.0)  # digits fill a fraction of a 64 px frame
+  c.data.num_threads = 2
+  c.eval_data.sources.digits = demo_source(c, "val")
+  c.eval_data.num_threads = 2
+  return c
+
+
+def shrink_demo(c: ml_collections.ConfigDict, **model_overrides) -> ml_collections.ConfigDict:
+  """`:tiny` data and model: 24 training and 12 validation clips, 32 px, the plain mu/8 model."""
+  c.demo_data.num_train_clips = 24
+  c.demo_data.num_val_clips = 12
+  c.image_size = 32
+  c.model = config_lib.model_config(variant="mu/8", **model_overrides)
+  return c
+
+
+def shrink_demo_downstream(
+  c: ml_collections.ConfigDict, **model_overrides
+) -> ml_collections.ConfigDict:
+  """`:tiny` of a downstream demo: shrink_demo, then 4 steps (1 warm-up) of batch 8."""
+  shrink_demo(c, **model_overrides)
+  c.batch_size = 8
+  c.num_epochs = 0.0
+  c.num_steps = 4
+  c.warmup_epochs = 0.0
+  c.warmup_steps = 1
+  c.eval.batch_size = 8
+  c.checkpoint.every_steps = 2
+  c.log.every_steps = 1
+  return c
