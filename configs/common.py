@@ -21,6 +21,119 @@ from vicmae_jax import config_lib
 from vicmae_jax.data import pipeline
 
 # --------------------------------------------------------------------------------------------------
+# Data sources.
+
+
+def prepared(path: str, split: str = "train", **fields) -> ml_collections.ConfigDict:
+  """Shards written by `python3 -m vicmae_jax.data.prepare` (`<split>-*` in `path`)."""
+  return pipeline.default_source_config(kind="prepared", split=split, path=path, **fields)
+
+
+# --------------------------------------------------------------------------------------------------
+# Linear probe and fine-tuning of a pretrained encoder.
+
+
+def downstream(
+  trainer: str, *, image_size: int, num_classes: int, input_kind: str, **model
+) -> ml_collections.ConfigDict:
+  """A classification config (`linear_probe` | `finetune`) of a bfloat16 encoder (`model`:
+  model_config fields, e.g. variant) on `input_kind` ("image" | "clip") inputs."""
+  from vicmae_jax.trainers import classification  # only the downstream configs need the trainer
+
+  c = classification.classification_config(trainer)
+  c.image_size = image_size
+  c.num_classes = num_classes
+  c.model = config_lib.model_config(dtype="bfloat16", **model)
+  c.input_kind = input_kind
+  return c
+
+
+def prepared_sources(c: ml_collections.ConfigDict, name: str, data_dir: str):
+  """Trains on the `train-*` shards in `data_dir` and evaluates on its `val-*` ones."""
+  c.data.sources[name] = prepared(data_dir, split="train")
+  c.eval_data.sources[name] = prepared(data_dir, split="val")
+
+
+def finetune_mixup() -> ml_collections.ConfigDict:
+  """Mixup 0.8 / cutmix 1.0 on every batch (switch 0.5), label smoothing 0.1 (MAE fine-tuning)."""
+  from vicmae_jax.data import classification as data_lib
+
+  return data_lib.mixup_config(
+    mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, label_smoothing=0.1
+  )
+
+
+def finetune_adamw(base_lr: float, layer_decay: float) -> ml_collections.ConfigDict:
+  """AdamW (0.9, 0.999) of MAE fine-tuning: weight decay 0.05, `base_lr` per 256 examples with
+  layer-wise decay `layer_decay`, cosine to 1e-6."""
+  return config_lib.optim_config(
+    name="adamw",
+    base_lr=base_lr,
+    lr_batch_base=256,
+    b1=0.9,
+    b2=0.999,
+    weight_decay=0.05,
+    layer_decay=layer_decay,
+    min_lr=1e-6,
+    schedule="cosine",
+  )
+
+
+def video_finetune(
+  opts: ml_collections.ConfigDict,
+  *,
+  name: str,
+  num_classes: int,
+  flip: bool,
+  views: tuple[int, int],
+  base_lr: float,
+  batch_size: int,
+  num_epochs: float,
+) -> ml_collections.ConfigDict:
+  """Fine-tuning of the inflated space-time ViT on prepared clips (configs/finetune_k400.py,
+  finetune_ssv2.py), for the options variant, data_dir, frames, stride and image_size.
+
+  Tubelets of 2 frames with a cls token, drop path 0.1, full rematerialization; one random resized
+  crop (bicubic, scale 0.08-1) per clip, plus a horizontal flip if `flip`; testing averages
+  `views` = (temporal, spatial) views; AdamW with layer decay 0.75, 5 warm-up epochs.
+  """
+  from vicmae_jax.trainers import finetune
+
+  c = downstream(
+    "finetune",
+    image_size=opts.image_size,
+    num_classes=num_classes,
+    input_kind="clip",
+    variant=opts.variant,
+    drop_path_rate=0.1,
+    remat="full",
+  )
+  c.classifier = finetune.classifier_config()
+  c.video = finetune.video_config(tubelet_size=2, use_cls=True)
+
+  prepared_sources(c, name, opts.data_dir)
+  c.data.clip_num_frames = opts.frames
+  c.data.clip_stride = opts.stride
+  c.data.crop_scale = (0.08, 1.0)
+  c.data.clip_augmentation = "decode|random_resized_crop(interpolation='pil_bicubic')"
+  if flip:
+    c.data.clip_augmentation += "|flip"
+  c.eval_data.num_temporal_views, c.eval_data.num_spatial_views = views
+
+  c.mixup = finetune_mixup()
+  c.optim = finetune_adamw(base_lr, layer_decay=0.75)
+  c.batch_size = batch_size
+  c.num_epochs = num_epochs
+  c.warmup_epochs = 5.0
+
+  c.eval.batch_size = 64
+  c.eval.every_steps = 0
+  c.checkpoint.every_steps = 500
+  c.log.every_steps = 50
+  return c
+
+
+# --------------------------------------------------------------------------------------------------
 # The embedded demo (configs/demo*.py): digits in motion, see vicmae_jax/data/demo.py.
 
 # The demo encoder reads 48 px crops of the 64 px frames.

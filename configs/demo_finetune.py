@@ -37,19 +37,8 @@ def get_config(arg=None):
     magnitude_std=0.5,
     erase_prob=0.25,
   )
-  c.mixup = data_lib.mixup_config(
-    mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, label_smoothing=0.1
-  )
-  c.optim = config_lib.optim_config(
-    name="adamw",
-    base_lr=5e-4,
-    lr_batch_base=256,
-    b1=0.9,
-    b2=0.999,
-    weight_decay=0.05,
-    layer_decay=0.65,
-    min_lr=1e-6,
-  )
+  c.mixup = common.finetune_mixup()
+  c.optim = common.finetune_adamw(base_lr=5e-4, layer_decay=0.65)
   # The paper's base lr is per 256 examples; at batch 64 that is 1.25e-4, too slow for 60 epochs of
   # 400 clips, so the demo raises it (the recipe is otherwise unchanged).
   c.optim.base_lr = 4e-3

@@ -16,7 +16,6 @@ Options (`configs/demo_finetune_video.py:frames=16,tiny`):
 """
 
 from vicmae_jax import config_lib
-from vicmae_jax.data import classification as data_lib
 from vicmae_jax.trainers import finetune
 
 common = config_lib.load_sibling(__file__, "common")
@@ -36,19 +35,8 @@ def get_config(arg=None):
   c.eval_data.num_temporal_views = 2
   c.eval_data.num_spatial_views = 1
 
-  c.mixup = data_lib.mixup_config(
-    mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, label_smoothing=0.1
-  )
-  c.optim = config_lib.optim_config(
-    name="adamw",
-    base_lr=4e-3,
-    lr_batch_base=256,
-    b1=0.9,
-    b2=0.999,
-    weight_decay=0.05,
-    layer_decay=0.75,
-    min_lr=1e-6,
-  )
+  c.mixup = common.finetune_mixup()
+  c.optim = common.finetune_adamw(base_lr=4e-3, layer_decay=0.75)
   c.batch_size = 32
   c.num_epochs = 30.0
   c.warmup_epochs = 3.0
