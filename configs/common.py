@@ -29,6 +29,13 @@ def prepared(path: str, split: str = "train", **fields) -> ml_collections.Config
   return pipeline.default_source_config(kind="prepared", split=split, path=path, **fields)
 
 
+def imagenet(path: str = "", split: str = "train", **fields) -> ml_collections.ConfigDict:
+  """ImageNet-1k from TFDS in array_record format (`path`: its data_dir; "" = the TFDS default)."""
+  return pipeline.default_source_config(
+    kind="tfds", dataset="imagenet2012", split=split, path=path, **fields
+  )
+
+
 # --------------------------------------------------------------------------------------------------
 # Linear probe and fine-tuning of a pretrained encoder.
 
@@ -52,6 +59,36 @@ def prepared_sources(c: ml_collections.ConfigDict, name: str, data_dir: str):
   """Trains on the `train-*` shards in `data_dir` and evaluates on its `val-*` ones."""
   c.data.sources[name] = prepared(data_dir, split="train")
   c.eval_data.sources[name] = prepared(data_dir, split="val")
+
+
+def imagenet_sources(c: ml_collections.ConfigDict, data_dir: str):
+  """Trains on ImageNet's training split (random resized crops of scale 0.08-1), evaluates on its
+  validation split."""
+  c.data.sources.imagenet = imagenet(data_dir, split="train")
+  c.data.crop_scale = (0.08, 1.0)
+  c.eval_data.sources.imagenet = imagenet(data_dir, split="validation")
+
+
+def mae_linear_probe(c: ml_collections.ConfigDict, *, pool: str, cache: bool):
+  """The MAE linear probe: BatchNorm without affine + Linear head (trunc-normal 0.01) on `pool`
+  features (features extracted once if `cache`), LARS (momentum 0.9, trust 0.001) at base lr 0.1
+  per 256 without weight decay, batch 16384, 90 epochs with 10 warm-up then cosine."""
+  from vicmae_jax.trainers import linear_probe
+
+  c.probe = linear_probe.probe_config(pool=pool, cache_features=cache, head_init_std=0.01)
+  c.optim = config_lib.optim_config(
+    name="lars",
+    base_lr=0.1,
+    lr_batch_base=256,
+    weight_decay=0.0,
+    momentum=0.9,
+    trust_coefficient=0.001,
+    min_lr=0.0,
+    schedule="cosine",
+  )
+  c.batch_size = 16384
+  c.num_epochs = 90.0
+  c.warmup_epochs = 10.0
 
 
 def finetune_mixup() -> ml_collections.ConfigDict:
