@@ -37,6 +37,22 @@ def imagenet(path: str = "", split: str = "train", **fields) -> ml_collections.C
 
 
 # --------------------------------------------------------------------------------------------------
+# Pretraining (configs/pretrain_*.py).
+
+
+def paper_pretrain(opts: ml_collections.ConfigDict, **sources) -> ml_collections.ConfigDict:
+  """config_lib.paper_pretrain_config(opts.variant) reading `sources` (data.sources.<name>, in
+  this order); `opts.runlocal` shrinks it to a smoke test (config_lib.shrink_for_local_run)."""
+  c = config_lib.paper_pretrain_config(opts.variant)
+  c.data = pipeline.default_data_config()
+  for name, source in sources.items():
+    c.data.sources[name] = source
+  if opts.runlocal:
+    config_lib.shrink_for_local_run(c)
+  return c
+
+
+# --------------------------------------------------------------------------------------------------
 # Linear probe and fine-tuning of a pretrained encoder.
 
 
