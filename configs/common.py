@@ -241,7 +241,8 @@ def demo_heldout(c: ml_collections.ConfigDict, split: str) -> ml_collections.Con
 
 def demo_downstream(trainer: str, **model_overrides) -> ml_collections.ConfigDict:
   """A classification config (`linear_probe` | `finetune`) on the demo clips with the encoder of
-  configs/demo.py: train on the training clips, evaluate on the validation clips, 2 threads each."""
+  configs/demo.py: train on the training clips, evaluate on the validation clips (2 threads
+  each) at the end of the run, keep the last 2 checkpoints."""
   from vicmae_jax.trainers import classification  # only the downstream configs need the trainer
 
   c = classification.classification_config(trainer)
@@ -254,6 +255,8 @@ def demo_downstream(trainer: str, **model_overrides) -> ml_collections.ConfigDic
   c.data.num_threads = 2
   c.eval_data.sources.digits = demo_source(c, "val")
   c.eval_data.num_threads = 2
+  c.eval.every_steps = 0
+  c.checkpoint.keep = 2
   return c
 
 

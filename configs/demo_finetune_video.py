@@ -41,9 +41,7 @@ def get_config(arg=None):
   c.num_epochs = 30.0
   c.warmup_epochs = 3.0
   c.eval.batch_size = 16
-  c.eval.every_steps = 0
   c.checkpoint.every_steps = 100
-  c.checkpoint.keep = 2
   c.log.every_steps = 20
 
   if opts.tiny:

@@ -40,9 +40,7 @@ def get_config(arg=None):
   c.num_epochs = 90.0
   c.warmup_epochs = 10.0
   c.eval.batch_size = 64
-  c.eval.every_steps = 0
   c.checkpoint.every_steps = 200
-  c.checkpoint.keep = 2
   c.log.every_steps = 50
 
   if opts.tiny:
