@@ -10,7 +10,8 @@ Loading the file next to the config's own `__file__` works from anywhere. The pi
 `configs/` rather than in `vicmae_jax/config_lib.py` because they are recipe values (dataset
 paths, the demo's sizes, the paper's hyperparameters), which users read and edit beside the
 configs; config_lib keeps the schema, its defaults and its checks. A config copied out of this
-folder needs this file next to it.
+folder needs this file next to it. The downstream pieces import the trainer modules inside the
+functions, so loading a pretraining config imports no more than it did on its own.
 """
 
 import os
@@ -61,7 +62,7 @@ def downstream(
 ) -> ml_collections.ConfigDict:
   """A classification config (`linear_probe` | `finetune`) of a bfloat16 encoder (`model`:
   model_config fields, e.g. variant) on `input_kind` ("image" | "clip") inputs."""
-  from vicmae_jax.trainers import classification  # only the downstream configs need the trainer
+  from vicmae_jax.trainers import classification
 
   c = classification.classification_config(trainer)
   c.image_size = image_size
@@ -243,7 +244,7 @@ def demo_downstream(trainer: str, **model_overrides) -> ml_collections.ConfigDic
   """A classification config (`linear_probe` | `finetune`) on the demo clips with the encoder of
   configs/demo.py: train on the training clips, evaluate on the validation clips (2 threads
   each) at the end of the run, keep the last 2 checkpoints."""
-  from vicmae_jax.trainers import classification  # only the downstream configs need the trainer
+  from vicmae_jax.trainers import classification
 
   c = classification.classification_config(trainer)
   c.seed = 0
