@@ -17,40 +17,22 @@ linear probe 42.7/40.6/40.2%.
 Options (`configs/demo.py:tiny`): `tiny` shrinks everything to a smoke test of a few seconds.
 """
 
-import os
-
 import ml_collections
 
 from vicmae_jax import config_lib
 from vicmae_jax.data import pipeline
+
+common = config_lib.load_sibling(__file__, "common")
 
 
 def get_config(arg=None):
   opts = config_lib.parse_arg(arg, tiny=False)
   c = config_lib.pretrain_config()
   c.seed = 0
+  c.demo_data = common.demo_data()
 
-  c.demo_data = ml_collections.ConfigDict(
-    dict(
-      root=os.path.join(os.path.expanduser("~"), ".cache", "vicmae_jax", "demo_digits"),
-      num_train_clips=400,
-      num_val_clips=150,
-      frame_size=64,
-    )
-  )
-  root = c.demo_data.get_ref("root")
-
-  c.image_size = 48
-  c.model = config_lib.model_config(
-    variant="mu/8",
-    embed_dim=128,
-    depth=4,
-    num_heads=4,
-    decoder_embed_dim=64,
-    decoder_depth=2,
-    decoder_num_heads=4,
-    projector_hidden_dim=256,
-    projector_out_dim=64,
+  c.image_size = common.DEMO_IMAGE_SIZE
+  c.model = common.demo_model(
     mask_ratio=0.5,
     # The paper weighs the contrastive term 0.03 over hundreds of epochs; on 1,500 small steps
     # a larger weight lets it shape the features within the demo's budget.
@@ -58,8 +40,7 @@ def get_config(arg=None):
   )
 
   c.data = pipeline.default_data_config()
-  c.data.sources.digits = pipeline.default_source_config(kind="prepared", split="train")
-  c.data.sources.digits.path = root + "/prepared"
+  c.data.sources.digits = common.demo_source(c, "train")
   c.data.crop_scale = (0.5, 1.0)  # keep most of the digit in view
   # The official recipe without flips (digits are not mirror-symmetric: a flipped 2 is no 2) and
   # with a lighter blur (a sigma of 2 px erases 3 px strokes at 48 px).
@@ -81,38 +62,23 @@ def get_config(arg=None):
   c.log.every_steps = 50
   c.log.image_every_steps = 500
 
-  def heldout(split):
-    src = pipeline.default_source_config(kind="npz")
-    src.path = root + f"/{split}_images.npz"
-    return src
+  # kNN and linear-probe accuracy of the frozen encoder on the held-out digits.
+  def heldout_eval(**fields):
+    return ml_collections.ConfigDict(
+      dict(
+        every_steps=500,
+        train_data=common.demo_heldout(c, "train"),
+        test_data=common.demo_heldout(c, "heldout"),
+        **fields,
+        batch_size=256,
+      )
+    )
 
-  c.evals.knn = ml_collections.ConfigDict(
-    dict(
-      every_steps=500,
-      train_data=heldout("train"),
-      test_data=heldout("heldout"),
-      k=20,
-      temperature=0.07,
-      batch_size=256,
-    )
-  )
-  c.evals.linear_probe = ml_collections.ConfigDict(
-    dict(
-      every_steps=500,
-      train_data=heldout("train"),
-      test_data=heldout("heldout"),
-      steps=500,
-      learning_rate=0.01,
-      weight_decay=1e-4,
-      batch_size=256,
-    )
-  )
+  c.evals.knn = heldout_eval(k=20, temperature=0.07)
+  c.evals.linear_probe = heldout_eval(steps=500, learning_rate=0.01, weight_decay=1e-4)
 
   if opts.tiny:
-    c.demo_data.num_train_clips = 24
-    c.demo_data.num_val_clips = 12
-    c.image_size = 32
-    c.model = config_lib.model_config(variant="mu/8")
+    common.shrink_demo(c)
     c.batch_size = 16
     c.num_steps = 6
     c.warmup_steps = 2

@@ -17,55 +17,18 @@ Options (`configs/demo_linear_probe.py:video,nocache`):
   tiny     a few steps on a tiny dataset (smoke tests)
 """
 
-import os
-
-import ml_collections
-
 from vicmae_jax import config_lib
-from vicmae_jax.data import pipeline
-from vicmae_jax.trainers import classification
 from vicmae_jax.trainers import linear_probe
+
+common = config_lib.load_sibling(__file__, "common")
 
 
 def get_config(arg=None):
   opts = config_lib.parse_arg(arg, video=False, nocache=False, tiny=False)
-  c = classification.classification_config("linear_probe")
-  c.seed = 0
-  c.demo_data = ml_collections.ConfigDict(
-    dict(
-      root=os.path.join(os.path.expanduser("~"), ".cache", "vicmae_jax", "demo_digits"),
-      num_train_clips=400,
-      num_val_clips=150,
-      frame_size=64,
-      enabled=True,
-    )
-  )
-  root = c.demo_data.get_ref("root")
-
-  # The encoder of configs/demo.py (tests keep the two in step).
-  c.image_size = 48
-  c.model = config_lib.model_config(
-    variant="mu/8",
-    embed_dim=128,
-    depth=4,
-    num_heads=4,
-    decoder_embed_dim=64,
-    decoder_depth=2,
-    decoder_num_heads=4,
-    projector_hidden_dim=256,
-    projector_out_dim=64,
-  )
-
+  c = common.demo_downstream("linear_probe")
   c.input_kind = "clip" if opts.video else "image"
-  c.data.sources.digits = pipeline.default_source_config(kind="prepared", split="train")
-  c.data.sources.digits.path = root + "/prepared"
-  c.data.crop_scale = (0.3, 1.0)  # digits fill a fraction of a 64 px frame
   c.data.clip_num_frames = 8
   c.data.clip_stride = 3
-  c.data.num_threads = 2
-  c.eval_data.sources.digits = pipeline.default_source_config(kind="prepared", split="val")
-  c.eval_data.sources.digits.path = root + "/prepared"
-  c.eval_data.num_threads = 2
 
   c.probe = linear_probe.probe_config(pool="mean", cache_features=not opts.nocache)
   # LARS as in the MAE probe; the paper's lr (0.1 x 16384 / 256 = 6.4) is kept absolute here, since a
@@ -77,22 +40,9 @@ def get_config(arg=None):
   c.num_epochs = 90.0
   c.warmup_epochs = 10.0
   c.eval.batch_size = 64
-  c.eval.every_steps = 0
   c.checkpoint.every_steps = 200
-  c.checkpoint.keep = 2
   c.log.every_steps = 50
 
   if opts.tiny:
-    c.demo_data.num_train_clips = 24
-    c.demo_data.num_val_clips = 12
-    c.image_size = 32
-    c.model = config_lib.model_config(variant="mu/8")
-    c.batch_size = 8
-    c.num_epochs = 0.0
-    c.num_steps = 4
-    c.warmup_epochs = 0.0
-    c.warmup_steps = 1
-    c.eval.batch_size = 8
-    c.checkpoint.every_steps = 2
-    c.log.every_steps = 1
+    common.shrink_demo_downstream(c)
   return c

@@ -19,46 +19,30 @@ Options: variant (S/16, B/16, L/16, H/14), data_dir (TFDS data_dir), image_size 
 
 from vicmae_jax import config_lib
 from vicmae_jax.data import classification as data_lib
-from vicmae_jax.data import pipeline
-from vicmae_jax.trainers import classification
 from vicmae_jax.trainers import finetune
+
+common = config_lib.load_sibling(__file__, "common")
 
 
 def get_config(arg=None):
   opts = config_lib.parse_arg(arg, variant="B/16", data_dir="", image_size=224)
-  c = classification.classification_config("finetune")
-  c.image_size = opts.image_size
-  c.num_classes = 1000
-  c.model = config_lib.model_config(variant=opts.variant, dtype="bfloat16", drop_path_rate=0.1)
+  c = common.downstream(
+    "finetune",
+    image_size=opts.image_size,
+    num_classes=1000,
+    input_kind="image",
+    variant=opts.variant,
+    drop_path_rate=0.1,
+  )
   c.classifier = finetune.classifier_config(pool="cls", head_init_std=2e-5)
   c.video = finetune.video_config()
-  c.input_kind = "image"
-
-  c.data.sources.imagenet = pipeline.default_source_config(
-    kind="tfds", dataset="imagenet2012", split="train", path=opts.data_dir
-  )
-  c.data.crop_scale = (0.08, 1.0)
-  c.eval_data.sources.imagenet = pipeline.default_source_config(
-    kind="tfds", dataset="imagenet2012", split="validation", path=opts.data_dir
-  )
+  common.imagenet_sources(c, opts.data_dir)
 
   c.augment = data_lib.augment_config(
     rand_augment_ops=2, magnitude=9.0, magnitude_std=0.5, erase_prob=0.25
   )
-  c.mixup = data_lib.mixup_config(
-    mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, label_smoothing=0.1
-  )
-  c.optim = config_lib.optim_config(
-    name="adamw",
-    base_lr=5e-4,
-    lr_batch_base=256,
-    b1=0.9,
-    b2=0.999,
-    weight_decay=0.05,
-    layer_decay=0.65,
-    min_lr=1e-6,
-    schedule="cosine",
-  )
+  c.mixup = common.finetune_mixup()
+  c.optim = common.finetune_adamw(base_lr=5e-4, layer_decay=0.65)
   c.batch_size = 1024
   c.num_epochs = 100.0
   c.warmup_epochs = 5.0

@@ -20,41 +20,17 @@ them; much faster, without crop augmentation).
 """
 
 from vicmae_jax import config_lib
-from vicmae_jax.data import pipeline
-from vicmae_jax.trainers import classification
-from vicmae_jax.trainers import linear_probe
+
+common = config_lib.load_sibling(__file__, "common")
 
 
 def get_config(arg=None):
   opts = config_lib.parse_arg(arg, variant="B/16", data_dir="", pool="mean", cache=False)
-  c = classification.classification_config("linear_probe")
-  c.image_size = 224
-  c.num_classes = 1000
-  c.model = config_lib.model_config(variant=opts.variant, dtype="bfloat16")
-  c.input_kind = "image"
-
-  c.data.sources.imagenet = pipeline.default_source_config(
-    kind="tfds", dataset="imagenet2012", split="train", path=opts.data_dir
+  c = common.downstream(
+    "linear_probe", image_size=224, num_classes=1000, input_kind="image", variant=opts.variant
   )
-  c.data.crop_scale = (0.08, 1.0)
-  c.eval_data.sources.imagenet = pipeline.default_source_config(
-    kind="tfds", dataset="imagenet2012", split="validation", path=opts.data_dir
-  )
-
-  c.probe = linear_probe.probe_config(pool=opts.pool, cache_features=opts.cache, head_init_std=0.01)
-  c.optim = config_lib.optim_config(
-    name="lars",
-    base_lr=0.1,
-    lr_batch_base=256,
-    weight_decay=0.0,
-    momentum=0.9,
-    trust_coefficient=0.001,
-    min_lr=0.0,
-    schedule="cosine",
-  )
-  c.batch_size = 16384
-  c.num_epochs = 90.0
-  c.warmup_epochs = 10.0
+  common.imagenet_sources(c, opts.data_dir)
+  common.mae_linear_probe(c, pool=opts.pool, cache=opts.cache)
 
   c.eval.batch_size = 1024
   c.eval.every_steps = 780  # about every 10 epochs

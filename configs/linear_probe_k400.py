@@ -17,47 +17,24 @@ pool (mean | cls), cache (true).
 """
 
 from vicmae_jax import config_lib
-from vicmae_jax.data import pipeline
-from vicmae_jax.trainers import classification
-from vicmae_jax.trainers import linear_probe
+
+common = config_lib.load_sibling(__file__, "common")
 
 
 def get_config(arg=None):
   opts = config_lib.parse_arg(
     arg, variant="B/16", data_dir="/data/k400/prepared", frames=8, stride=4, pool="mean", cache=True
   )
-  c = classification.classification_config("linear_probe")
-  c.image_size = 224
-  c.num_classes = 400
-  c.model = config_lib.model_config(variant=opts.variant, dtype="bfloat16")
-  c.input_kind = "clip"
-
-  c.data.sources.k400 = pipeline.default_source_config(
-    kind="prepared", split="train", path=opts.data_dir
+  c = common.downstream(
+    "linear_probe", image_size=224, num_classes=400, input_kind="clip", variant=opts.variant
   )
+  common.prepared_sources(c, "k400", opts.data_dir)
   c.data.clip_num_frames = opts.frames
   c.data.clip_stride = opts.stride
   c.data.clip_augmentation = "decode|random_resized_crop(interpolation='pil_bicubic')|flip"
-  c.eval_data.sources.k400 = pipeline.default_source_config(
-    kind="prepared", split="val", path=opts.data_dir
-  )
   c.eval_data.num_temporal_views = 1
   c.eval_data.num_spatial_views = 1
-
-  c.probe = linear_probe.probe_config(pool=opts.pool, cache_features=opts.cache, head_init_std=0.01)
-  c.optim = config_lib.optim_config(
-    name="lars",
-    base_lr=0.1,
-    lr_batch_base=256,
-    weight_decay=0.0,
-    momentum=0.9,
-    trust_coefficient=0.001,
-    min_lr=0.0,
-    schedule="cosine",
-  )
-  c.batch_size = 16384
-  c.num_epochs = 90.0
-  c.warmup_epochs = 10.0
+  common.mae_linear_probe(c, pool=opts.pool, cache=opts.cache)
 
   c.eval.batch_size = 256
   c.eval.every_steps = 0

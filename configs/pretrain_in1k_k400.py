@@ -10,19 +10,14 @@ Options: `:variant=B/16`, `:runlocal`.
 """
 
 from vicmae_jax import config_lib
-from vicmae_jax.data import pipeline
+
+common = config_lib.load_sibling(__file__, "common")
 
 
 def get_config(arg=None):
   opts = config_lib.parse_arg(arg, variant="L/16", runlocal=False)
-  c = config_lib.paper_pretrain_config(opts.variant)
-  c.data = pipeline.default_data_config()
-  c.data.sources.in1k = pipeline.default_source_config(
-    kind="tfds", dataset="imagenet2012", path="", split="train", weight=1.28
+  return common.paper_pretrain(
+    opts,
+    in1k=common.imagenet(weight=1.28),
+    k400=common.prepared("/data/kinetics400/prepared", weight=0.24),
   )
-  c.data.sources.k400 = pipeline.default_source_config(
-    kind="prepared", path="/data/kinetics400/prepared", split="train", weight=0.24
-  )
-  if opts.runlocal:
-    config_lib.shrink_for_local_run(c)
-  return c

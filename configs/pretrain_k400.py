@@ -11,17 +11,12 @@ On TPU/GPU use bfloat16 matmuls (the default here); ViT-L fits with FSDP: `--con
 """
 
 from vicmae_jax import config_lib
-from vicmae_jax.data import pipeline
+
+common = config_lib.load_sibling(__file__, "common")
 
 
 def get_config(arg=None):
   opts = config_lib.parse_arg(arg, variant="L/16", runlocal=False)
-  c = config_lib.paper_pretrain_config(opts.variant)
-  c.data = pipeline.default_data_config()
-  c.data.sources.k400 = pipeline.default_source_config(
-    kind="prepared", path="/data/kinetics400/prepared", split="train"
-  )
+  c = common.paper_pretrain(opts, k400=common.prepared("/data/kinetics400/prepared"))
   c.data.frame_gap_seconds = 1.06
-  if opts.runlocal:
-    config_lib.shrink_for_local_run(c)
   return c

@@ -11,23 +11,17 @@ example is seen about once per epoch. Options: `:variant=B/16`, `:runlocal`.
 """
 
 from vicmae_jax import config_lib
-from vicmae_jax.data import pipeline
+
+common = config_lib.load_sibling(__file__, "common")
 
 
 def get_config(arg=None):
   opts = config_lib.parse_arg(arg, variant="L/16", runlocal=False)
-  c = config_lib.paper_pretrain_config(opts.variant)
-  c.data = pipeline.default_data_config()
-  video = lambda path, weight: pipeline.default_source_config(
-    kind="prepared", path=path, split="train", weight=weight
+  return common.paper_pretrain(
+    opts,
+    k400=common.prepared("/data/kinetics400/prepared", weight=0.24),
+    k600=common.prepared("/data/kinetics600/prepared", weight=0.39),
+    k700=common.prepared("/data/kinetics700/prepared", weight=0.55),
+    mit=common.prepared("/data/moments_in_time/prepared", weight=0.80),
+    in1k=common.imagenet(weight=1.28),
   )
-  c.data.sources.k400 = video("/data/kinetics400/prepared", 0.24)
-  c.data.sources.k600 = video("/data/kinetics600/prepared", 0.39)
-  c.data.sources.k700 = video("/data/kinetics700/prepared", 0.55)
-  c.data.sources.mit = video("/data/moments_in_time/prepared", 0.80)
-  c.data.sources.in1k = pipeline.default_source_config(
-    kind="tfds", dataset="imagenet2012", path="", split="train", weight=1.28
-  )
-  if opts.runlocal:
-    config_lib.shrink_for_local_run(c)
-  return c

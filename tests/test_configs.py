@@ -13,7 +13,10 @@ from vicmae_jax.data import pipeline
 from vicmae_jax.models import vicmae
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
+# configs/common.py holds the pieces the configs share; every other file there is a config.
+CONFIG_FILES = sorted(
+  p for p in glob.glob(os.path.join(REPO, "configs", "*.py")) if os.path.basename(p) != "common.py"
+)
 
 
 def load(path, arg=None):

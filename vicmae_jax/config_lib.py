@@ -26,6 +26,7 @@ import importlib.util
 import os
 import math
 import re
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -104,9 +105,8 @@ def suggest(name: str, options) -> str:
   return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """`path/to/config.py[:arg]` -> the file's `get_config(arg)` (as `--config=` loads it)."""
-  path, _, arg = spec.partition(":")
+def load_module(path: str) -> types.ModuleType:
+  """Runs the Python file at `path` as a new module named after the file (not put in sys.modules)."""
   module_spec = importlib.util.spec_from_file_location(
     os.path.splitext(os.path.basename(path))[0], path
   )
@@ -114,7 +114,24 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f"config file not found: {path}")
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
+  return module
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """`path/to/config.py[:arg]` -> the file's `get_config(arg)` (as `--config=` loads it)."""
+  path, _, arg = spec.partition(":")
+  module = load_module(path)
   return module.get_config(arg) if arg else module.get_config()
+
+
+def load_sibling(file: str, name: str) -> types.ModuleType:
+  """The module in `name`.py next to `file`, loaded by path.
+
+  For config files, which ml_collections executes by path (`configs/` is no package on sys.path):
+  `common = config_lib.load_sibling(__file__, "common")` finds configs/common.py from any working
+  directory.
+  """
+  return load_module(os.path.join(os.path.dirname(os.path.abspath(file)), f"{name}.py"))
 
 
 def unknown_field(config: ml_collections.ConfigDict, dotted: str) -> str | None:
