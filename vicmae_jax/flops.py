@@ -68,10 +68,18 @@ def num_patches(image_size: int, patch_size: int) -> int:
 
 
 def num_kept(num_patches_: int, mask_ratio: float) -> int:
-  """Visible patches per view: the official `int(L * (1 - mask_ratio))`."""
+  """Visible patches per view: the official `int(L * (1 - mask_ratio))` (the one copy of the
+  rule: the model's masking, the config check and the FLOP count use it).
+
+  Raises:
+    ValueError: `mask_ratio` outside [0, 1) or leaving no visible patch.
+  """
   if not 0.0 <= mask_ratio < 1.0:
     raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-  return int(num_patches_ * (1 - mask_ratio))
+  keep = int(num_patches_ * (1 - mask_ratio))
+  if keep < 1:
+    raise ValueError(f"mask_ratio={mask_ratio} keeps no patch out of {num_patches_}")
+  return keep
 
 
 def vicmae_forward_flops_per_view(

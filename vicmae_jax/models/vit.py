@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vicmae_jax.flops import num_kept  # noqa: F401  (the masking rule, shared)
 from vicmae_jax.models import block_stack, layers
 
 # Names of the layers and block stacks that callers reach through this module.
@@ -124,20 +125,6 @@ def sincos_2d(embed_dim: int, grid_h: int, grid_w: int, cls_token: bool) -> np.n
   order, zero row first for the cls token when ``cls_token``), extended to any grid_h x grid_w.
   """
   return _sincos_2d_cached(int(embed_dim), int(grid_h), int(grid_w), bool(cls_token))
-
-
-def num_kept(num_patches: int, mask_ratio: float) -> int:
-  """Visible patches per sample: ``int(L * (1 - mask_ratio))`` exactly as the official code.
-
-  Raises:
-    ValueError: ``mask_ratio`` outside [0, 1) or leaving no visible patch.
-  """
-  if not 0.0 <= mask_ratio < 1.0:
-    raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-  keep = int(num_patches * (1 - mask_ratio))
-  if keep < 1:
-    raise ValueError(f"mask_ratio={mask_ratio} keeps no patch out of {num_patches}")
-  return keep
 
 
 POOLS = ("mean", "cls")

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from vicmae_jax import config_lib
+from vicmae_jax import flops
 from vicmae_jax import losses
 from vicmae_jax import metrics as metrics_lib
 from vicmae_jax import optim
@@ -49,10 +50,8 @@ def validate(config: ml_collections.ConfigDict, check_data: bool = True) -> dict
     f"{image_size} is not a positive multiple of the patch size {patch}",
   )
   num_patches = (image_size // patch) ** 2
-  config_lib.require(
-    int(num_patches * (1 - float(dims["mask_ratio"]))) >= 1,
-    "model.mask_ratio",
-    f"{dims['mask_ratio']} keeps no patch of {num_patches}",
+  config_lib.as_config_error(
+    "model.mask_ratio", lambda: flops.num_kept(num_patches, float(dims["mask_ratio"]))
   )
   config_lib.as_config_error("optim", lambda: optim.resolve_optim_config(config.optim))
   if check_data:
@@ -354,8 +353,6 @@ def _same_on_all_processes(x: np.ndarray) -> np.ndarray:
 
 def _flops(dims, config):
   try:
-    from vicmae_jax import flops
-
     return flops.vicmae_train_flops(
       dims, int(config.image_size), float(config.model.mask_ratio), int(config.batch_size)
     )
@@ -365,8 +362,6 @@ def _flops(dims, config):
 
 def _peak_flops_total(dims):
   try:
-    from vicmae_jax import flops
-
     peak = flops.peak_flops(jax.devices()[0], dims["dtype"])
     return peak * jax.device_count() if peak else None
   except Exception:
