@@ -8,7 +8,9 @@
   sources.py    grain data sources: prepared clips, raw videos, TFDS, image folders, npz
   finetune_augment.py  RandAugment, random erasing, mixup / cutmix for fine-tuning
   sampling.py   frame pairs a set time apart, clip windows; per-example random generators
-  augment.py    named image ops composed from spec strings (the ViC-MAE two-view recipe)
+  image_codec.py  image decoding (libjpeg-turbo, OpenCV, Pillow) and the numpy pixel kernels
+  augment_spec.py  the op registry, spec strings ("decode|flip|..."), composing ops into a view
+  augment.py    the named image ops and the views built from them (the ViC-MAE two-view recipe)
   pipeline.py   make_pretrain_loader / make_eval_loader / make_clip_loader, the data config, to_global
 
 Modules are imported directly (`from vicmae_jax.data import pipeline`) so that importing the package

@@ -1,21 +1,16 @@
-"""Image augmentations as small named ops, composed from a spec string.
+"""The named image augmentation ops, and the views built from them.
 
-Each op is built by a registered factory and has the signature `op(data, rng) -> data`: it reads
-`data["image"]` and returns a new dict with the new image (the input dict is not changed). All
-randomness comes from the `np.random.Generator` passed in, so a view is a function of (image, rng).
-
-A spec is a string of ops separated by "|", each a name with optional Python-literal arguments:
-
-    "decode|random_resized_crop(224, scale=(0.08, 1.0))|flip|color_jitter(p=0.8)|grayscale(0.2)|blur"
-
-or a list of such op strings. Ops that take `size` (or `scale`, for random_resized_crop) use the
-pipeline's image size (crop scale) when the spec leaves it out, so one spec serves every resolution.
+Each op is built by a factory registered in `augment_spec` (which parses spec strings such as
+"decode|random_resized_crop(224)|flip|blur(p=0.5)" and composes them) and has the signature
+`op(data, rng) -> data`: it reads `data["image"]` and returns a new dict with the new image (the
+input dict is not changed). All randomness comes from the `np.random.Generator` passed in, so a
+view is a function of (image, rng); the pixel work is in `image_codec`. Ops that take `size` (or
+`scale`, for random_resized_crop) use the pipeline's image size (crop scale) when the spec leaves it
+out, so one spec serves every resolution.
 
 Images travel between ops as uint8 [H, W, 3] RGB arrays (or, straight after `decode`, as still
 encoded bytes); `Augmentation.__call__` returns uint8 [S, S, 3]. Normalization to floats happens on
-the device, not here. JPEGs are decoded by libjpeg-turbo (through simplejpeg), other formats by
-OpenCV; resizing and filtering run in OpenCV (SIMD, one thread per call: the pipeline's own workers
-are the parallelism).
+the device, not here.
 
 Ops (probabilities default to the ViC-MAE recipe):
     decode                      encoded bytes (JPEG/PNG/...) stay encoded until a crop or pixel op
@@ -42,183 +37,65 @@ Ops (probabilities default to the ViC-MAE recipe):
     center_crop(size)           torchvision CenterCrop (pads with zeros when the image is smaller).
     resize(size, interpolation="pil_bilinear")        to size x size.
 
-Interpolation names: "area", "nearest", "bilinear", "bicubic", "lanczos" resize with OpenCV (no
-antialiasing filter except "area"; when enlarging, "area" repeats source pixels and blends only
-across their edges, close to nearest-neighbour, where "bilinear" blends throughout); "pil_nearest", "pil_bilinear", "pil_bicubic", "pil_lanczos",
-"pil_box" resize with Pillow's antialiased filters, as torchvision's PIL transforms (and so the
-official evaluation and fine-tuning recipes) do.
+Interpolation names (`INTERPOLATIONS`): OpenCV's "area", "nearest", "bilinear", "bicubic",
+"lanczos" and Pillow's antialiased "pil_nearest", "pil_bilinear", "pil_bicubic", "pil_lanczos",
+"pil_box" (what torchvision's PIL transforms, and so the official evaluation and fine-tuning
+recipes, use); `image_codec` describes how they differ.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
-import io
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import cv2
 import numpy as np
-import simplejpeg
-from PIL import Image
 
-# One thread per OpenCV call: images here are small and the pipeline runs many calls at once
-# (grain threads or worker processes); OpenCV's own thread pool would only add contention.
-cv2.setNumThreads(1)
-
-Data = dict[str, Any]
-Op = Callable[[Data, np.random.Generator], Data]
+from vicmae_jax.data import augment_spec
+from vicmae_jax.data.augment_spec import (
+  Augmentation,
+  Data,
+  Op,
+  parse_spec,  # noqa: F401  (importable from here)
+  register,
+  registered_ops,  # noqa: F401  (importable from here)
+)
+from vicmae_jax.data.image_codec import (
+  INTERPOLATIONS,
+  EncodedImage,
+  adjust_brightness,
+  adjust_contrast,
+  adjust_hue,
+  adjust_saturation,
+  center_crop_array,
+  crop_and_resize,
+  decode_crop_and_resize,
+  decode_image,  # noqa: F401  (importable from here)
+  decode_reduction,  # noqa: F401  (importable from here)
+  flip_array,
+  gaussian_blur_array,
+  gaussian_kernel1d,  # noqa: F401  (importable from here)
+  grayscale_image,
+  resize_array,
+  solarize_array,
+  to_array,
+)
 
 # The two views of the official ViC-MAE pretraining recipe (view 1 blurred, view 2 solarized).
 DEFAULT_VIEW_SPECS = (
   "decode|random_resized_crop|flip|color_jitter|grayscale|blur",
   "decode|random_resized_crop|flip|color_jitter|grayscale|solarize",
 )
+
 # The fast path measured in benchmarks/input_pipeline.py.
 CROP_FLIP_SPEC = "decode|random_resized_crop|flip"
+
 # Evaluation: torchvision Resize(S / 0.875, bicubic) + CenterCrop(S) when `size` is left to the pipeline.
 EVAL_CROP_FRACTION = 224 / 256
 
-_CV2_INTERPOLATIONS = {
-  "area": cv2.INTER_AREA,
-  "nearest": cv2.INTER_NEAREST,
-  "bilinear": cv2.INTER_LINEAR,
-  "bicubic": cv2.INTER_CUBIC,
-  "lanczos": cv2.INTER_LANCZOS4,
-}
-_PIL_INTERPOLATIONS = {
-  "pil_nearest": Image.Resampling.NEAREST,
-  "pil_bilinear": Image.Resampling.BILINEAR,
-  "pil_bicubic": Image.Resampling.BICUBIC,
-  "pil_lanczos": Image.Resampling.LANCZOS,
-  "pil_box": Image.Resampling.BOX,
-}
-INTERPOLATIONS = tuple(_CV2_INTERPOLATIONS) + tuple(_PIL_INTERPOLATIONS)
-
-_REGISTRY: dict[str, Callable[..., Op]] = {}
-
-
-def register(name: str) -> Callable[[Callable[..., Op]], Callable[..., Op]]:
-  """Registers an op factory under `name` (used by specs)."""
-
-  def decorator(factory: Callable[..., Op]) -> Callable[..., Op]:
-    if name in _REGISTRY:
-      raise ValueError(f"augmentation op {name!r} is registered twice")
-    _REGISTRY[name] = factory
-    return factory
-
-  return decorator
-
-
-def registered_ops() -> tuple[str, ...]:
-  """Names usable in specs."""
-  return tuple(sorted(_REGISTRY))
-
 
 # ----------------------------------------------------------------------------------------------------
-# Images: encoded bytes, arrays, and the conversions between them.
-
-# cv2.IMREAD_REDUCED_* without its colour bits (those come from IMREAD_COLOR_RGB): libjpeg DCT scaling.
-_REDUCED_DECODE_FLAGS = {1: 0, 2: 16, 4: 32, 8: 64}
-_DECODE_FLAGS = (
-  cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
-)  # pixels as stored, like PIL and tf.io
-_JPEG_START = b"\xff\xd8"
-
-
-@dataclasses.dataclass(frozen=True)
-class EncodedImage:
-  """Image bytes not decoded yet (what `decode` hands on), so a crop can choose the decode scale."""
-
-  data: bytes
-
-  @property
-  def size(self) -> tuple[int, int]:
-    """(height, width) from the header alone."""
-    if self.data[:2] == _JPEG_START:
-      try:
-        height, width, _, _ = simplejpeg.decode_jpeg_header(self.data)
-        return height, width
-      except ValueError:
-        pass  # Pillow below reads what libjpeg-turbo's header parser refuses, or says why not
-    try:
-      with Image.open(io.BytesIO(self.data)) as image:
-        width, height = image.size
-    except Exception as error:  # PIL raises several types for undecodable bytes
-      raise ValueError(f"cannot decode image bytes ({len(self.data)} bytes): {error}") from error
-    return height, width
-
-
-def decode_image(data: bytes, reduction: int = 1) -> np.ndarray:
-  """uint8 [H, W, 3] RGB from encoded bytes; reduction 2, 4 or 8 decodes JPEGs at that fraction of
-  the size (ceil(H / reduction) x ceil(W / reduction), libjpeg's DCT scaling).
-
-  JPEGs go to libjpeg-turbo through simplejpeg (with the accurate IDCT: the fast one saves ~3% of
-  the time and moves pixels by ~2 grey levels on average at quality 90+), other formats to
-  OpenCV. What those refuse (CMYK JPEGs, damaged files, formats OpenCV lacks) goes to Pillow,
-  which decodes it or raises; a ValueError then says the bytes cannot be decoded.
-  """
-  if data[:2] == _JPEG_START:
-    try:
-      if reduction == 1:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB")
-      height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-      return simplejpeg.decode_jpeg(
-        data, colorspace="RGB", min_height=-(-height // reduction), min_width=-(-width // reduction)
-      )
-    except ValueError:
-      pass  # CMYK, truncated or damaged: Pillow below decodes it or says why not
-  else:
-    try:
-      image = cv2.imdecode(
-        np.frombuffer(data, np.uint8), _DECODE_FLAGS | _REDUCED_DECODE_FLAGS[reduction]
-      )
-    except cv2.error:
-      image = None
-    if image is not None:
-      return image
-  try:
-    with Image.open(io.BytesIO(bytes(data))) as pil:
-      return np.asarray(_rgb(pil))
-  except Exception as error:  # PIL raises several types for undecodable bytes
-    raise ValueError(f"cannot decode image bytes ({len(data)} bytes): {error}") from error
-
-
-def _rgb(image: Image.Image) -> Image.Image:
-  return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def to_array(image: Any) -> np.ndarray:
-  """uint8 [H, W, 3] RGB from encoded bytes, an EncodedImage, a PIL image or a uint8 [H, W(, 1|3|4)] array."""
-  if isinstance(image, EncodedImage):
-    return decode_image(image.data)
-  if isinstance(image, (bytes, bytearray, memoryview)):
-    return decode_image(bytes(image))
-  if isinstance(image, Image.Image):
-    return np.asarray(_rgb(image))
-  array = np.asarray(image)
-  if (
-    array.dtype != np.uint8
-    or array.ndim not in (2, 3)
-    or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4))
-  ):
-    raise ValueError(
-      f"image array must be uint8 [H, W] or [H, W, 1|3|4], got {array.dtype} {array.shape}"
-    )
-  if array.ndim == 3 and array.shape[-1] == 4:
-    array = array[..., :3]  # alpha dropped, as PIL's convert("RGB") does
-  if array.ndim == 3 and array.shape[-1] == 1:
-    array = array[..., 0]
-  if array.ndim == 2:
-    return cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_GRAY2RGB)
-  return array
-
-
-def _with_image(data: Data, image: Any) -> Data:
-  out = dict(data)
-  out["image"] = image
-  return out
+# Argument checks and the two op shapes.
 
 
 def _check_probability(name: str, p: float) -> float:
@@ -251,18 +128,22 @@ def _interpolation(name: str, interpolation: str) -> str:
   return interpolation
 
 
-def resize_array(image: np.ndarray, width: int, height: int, interpolation: str) -> np.ndarray:
-  """uint8 [H, W, 3] -> [height, width, 3] with one of INTERPOLATIONS (OpenCV, or Pillow for "pil_*")."""
-  if interpolation in _PIL_INTERPOLATIONS:
-    pil = Image.fromarray(np.ascontiguousarray(image))
-    return np.asarray(pil.resize((width, height), _PIL_INTERPOLATIONS[interpolation]))
-  return cv2.resize(image, (width, height), interpolation=_CV2_INTERPOLATIONS[interpolation])
+def _with_image(data: Data, image: Any) -> Data:
+  out = dict(data)
+  out["image"] = image
+  return out
 
 
-def _lut(image: np.ndarray, values: np.ndarray) -> np.ndarray:
-  """Applies a per-value table (256 floats, rounded and clipped to uint8) to every channel."""
-  table = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-  return cv2.LUT(np.ascontiguousarray(image), table)
+def _image_op(fn: Callable[[Any, np.random.Generator], Any], p: float | None = None) -> Op:
+  """The op that replaces data["image"] by fn(image, rng); with `p`, only when one uniform draw
+  (made whatever p is) falls below p."""
+
+  def op(data: Data, rng: np.random.Generator) -> Data:
+    if p is not None and rng.random() >= p:
+      return data
+    return _with_image(data, fn(data["image"], rng))
+
+  return op
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -304,50 +185,6 @@ def random_resized_crop_box(
   return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
 
 
-def decode_reduction(box: tuple[int, int, int, int], size: int) -> int:
-  """The largest libjpeg scale-down (1, 2, 4 or 8) that still leaves the crop `size` pixels on each side."""
-  smaller_side = min(box[2], box[3])
-  for reduction in (8, 4, 2):
-    if smaller_side >= reduction * size:
-      return reduction
-  return 1
-
-
-def crop_and_resize(
-  image: np.ndarray, box: tuple[int, int, int, int], size: int, interpolation: str
-) -> np.ndarray:
-  """Crops box=(top, left, height, width) and resizes the crop (only its pixels) to size x size."""
-  top, left, crop_height, crop_width = box
-  return resize_array(
-    image[top : top + crop_height, left : left + crop_width], size, size, interpolation
-  )
-
-
-def decode_crop_and_resize(
-  image: EncodedImage,
-  box: tuple[int, int, int, int],
-  full_size: tuple[int, int],
-  size: int,
-  interpolation: str,
-) -> np.ndarray:
-  """crop_and_resize of an encoded image, decoded at reduced scale when the crop is large enough.
-
-  `box` is in full-resolution pixels; at reduced scale it is mapped onto the decoded grid (to the
-  nearest decoded pixel, at most half a decoded pixel off).
-  """
-  reduction = decode_reduction(box, size)
-  pixels = decode_image(image.data, reduction)
-  height, width = full_size
-  if pixels.shape[:2] != (height, width):
-    scale_y, scale_x = pixels.shape[0] / height, pixels.shape[1] / width
-    top, left, crop_height, crop_width = box
-    y0, y1 = round(top * scale_y), round((top + crop_height) * scale_y)
-    x0, x1 = round(left * scale_x), round((left + crop_width) * scale_x)
-    y0, x0 = min(y0, pixels.shape[0] - 1), min(x0, pixels.shape[1] - 1)
-    box = (y0, x0, max(min(y1, pixels.shape[0]) - y0, 1), max(min(x1, pixels.shape[1]) - x0, 1))
-  return crop_and_resize(pixels, box, size, interpolation)
-
-
 @register("random_resized_crop")
 def random_resized_crop(
   size: int | None = None,
@@ -364,19 +201,18 @@ def random_resized_crop(
     raise ValueError(f"random_resized_crop: ratio must satisfy 0 < lo <= hi, got {ratio}")
   interpolation = _interpolation("random_resized_crop", interpolation)
 
-  def op(data: Data, rng: np.random.Generator) -> Data:
-    image = data["image"]
+  def crop(image: Any, rng: np.random.Generator) -> np.ndarray:
     if isinstance(image, (bytes, bytearray, memoryview)):
       image = EncodedImage(bytes(image))
     if isinstance(image, EncodedImage):
       full_size = image.size
       box = random_resized_crop_box(*full_size, scale, ratio, rng)
-      return _with_image(data, decode_crop_and_resize(image, box, full_size, size, interpolation))
+      return decode_crop_and_resize(image, box, full_size, size, interpolation)
     pixels = to_array(image)
     box = random_resized_crop_box(pixels.shape[0], pixels.shape[1], scale, ratio, rng)
-    return _with_image(data, crop_and_resize(pixels, box, size, interpolation))
+    return crop_and_resize(pixels, box, size, interpolation)
 
-  return op
+  return _image_op(crop)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -387,115 +223,35 @@ def random_resized_crop(
 def decode() -> Op:
   """Encoded bytes stay encoded (a following crop picks the decode scale); anything else becomes an array."""
 
-  def op(data: Data, rng: np.random.Generator) -> Data:
+  def decoded(image: Any, rng: np.random.Generator) -> Any:
     del rng
-    image = data["image"]
     if isinstance(image, (bytes, bytearray, memoryview)):
-      return _with_image(data, EncodedImage(bytes(image)))
+      return EncodedImage(bytes(image))
     if isinstance(image, EncodedImage):
-      return data
-    return _with_image(data, to_array(image))
+      return image
+    return to_array(image)
 
-  return op
+  return _image_op(decoded)
 
 
 @register("flip")
 def flip(p: float = 0.5) -> Op:
-  p = _check_probability("flip", p)
-
-  def op(data: Data, rng: np.random.Generator) -> Data:
-    if rng.random() >= p:
-      return data
-    return _with_image(data, cv2.flip(np.ascontiguousarray(to_array(data["image"])), 1))
-
-  return op
-
-
-def grayscale_image(image: Any) -> np.ndarray:
-  """ITU-R 601-2 luma (299, 587, 114 per mille, rounded) in all three channels."""
-  luma = cv2.cvtColor(np.ascontiguousarray(to_array(image)), cv2.COLOR_RGB2GRAY)
-  return cv2.cvtColor(luma, cv2.COLOR_GRAY2RGB)
+  return _image_op(lambda image, _: flip_array(image), _check_probability("flip", p))
 
 
 @register("grayscale")
 def grayscale(p: float = 0.2) -> Op:
-  p = _check_probability("grayscale", p)
-
-  def op(data: Data, rng: np.random.Generator) -> Data:
-    if rng.random() >= p:
-      return data
-    return _with_image(data, grayscale_image(data["image"]))
-
-  return op
-
-
-def solarize_array(image: Any, threshold: int) -> np.ndarray:
-  """uint8 [H, W, 3] with every value >= threshold replaced by 255 - value."""
-  values = np.arange(256, dtype=np.float32)
-  return _lut(to_array(image), np.where(values >= threshold, 255 - values, values))
+  return _image_op(lambda image, _: grayscale_image(image), _check_probability("grayscale", p))
 
 
 @register("solarize")
 def solarize(p: float = 0.2, threshold: int = 128) -> Op:
   p = _check_probability("solarize", p)
-
-  def op(data: Data, rng: np.random.Generator) -> Data:
-    if rng.random() >= p:
-      return data
-    return _with_image(data, solarize_array(data["image"], threshold))
-
-  return op
+  return _image_op(lambda image, _: solarize_array(image, threshold), p)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Colour jitter.
-
-_VALUES = np.arange(256, dtype=np.float64)
-
-
-def adjust_brightness(image: Any, factor: float) -> np.ndarray:
-  """Blend with black: clip(factor * x) (PIL ImageEnhance.Brightness)."""
-  return _lut(to_array(image), factor * _VALUES)
-
-
-def adjust_contrast(image: Any, factor: float) -> np.ndarray:
-  """Blend with the mean luma (rounded): clip(mean + factor * (x - mean)) (PIL ImageEnhance.Contrast)."""
-  image = np.ascontiguousarray(to_array(image))
-  mean = np.floor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).mean() + 0.5)
-  return _lut(image, mean + factor * (_VALUES - mean))
-
-
-def adjust_saturation(image: Any, factor: float) -> np.ndarray:
-  """Blend with the luma image: clip(luma + factor * (x - luma)) (PIL ImageEnhance.Color)."""
-  image = np.ascontiguousarray(to_array(image))
-  return cv2.addWeighted(image, factor, grayscale_image(image), 1.0 - factor, 0.0)
-
-
-def hue_rotation_matrix(hue_factor: float) -> np.ndarray:
-  """[3, 3] rotation of RGB vectors about the grey axis (1, 1, 1) by hue_factor turns."""
-  angle = 2.0 * np.pi * hue_factor
-  cos, sin = np.cos(angle), np.sin(angle)
-  diagonal_rest, cross = (1.0 - cos) / 3.0, sin / np.sqrt(3.0)
-  return np.array(
-    [
-      [cos + diagonal_rest, diagonal_rest - cross, diagonal_rest + cross],
-      [diagonal_rest + cross, cos + diagonal_rest, diagonal_rest - cross],
-      [diagonal_rest - cross, diagonal_rest + cross, cos + diagonal_rest],
-    ],
-    np.float32,
-  )
-
-
-def adjust_hue(image: Any, hue_factor: float) -> np.ndarray:
-  """Rotates hue by hue_factor turns (in [-0.5, 0.5]) as a rotation about the grey axis.
-
-  This is the hue jitter of the FFCV pipeline the official recipe trains with: greys stay fixed,
-  pure red turns to pure green at 1/3 turn. A PIL 8-bit HSV round trip, torchvision's PIL path, costs
-  about ten times more for the same visual effect.
-  """
-  if not -0.5 <= hue_factor <= 0.5:
-    raise ValueError(f"hue_factor must be in [-0.5, 0.5], got {hue_factor}")
-  return cv2.transform(np.ascontiguousarray(to_array(image)), hue_rotation_matrix(hue_factor))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -554,37 +310,14 @@ def color_jitter(
   if not 0 <= hue <= 0.5:
     raise ValueError(f"color_jitter: hue must be in [0, 0.5], got {hue}")
 
-  def op(data: Data, rng: np.random.Generator) -> Data:
-    if rng.random() >= p:
-      return data
-    params = draw_jitter_params(rng, brightness, contrast, saturation, hue)
-    return _with_image(data, apply_jitter(data["image"], params))
+  def jitter(image: Any, rng: np.random.Generator) -> np.ndarray:
+    return apply_jitter(image, draw_jitter_params(rng, brightness, contrast, saturation, hue))
 
-  return op
+  return _image_op(jitter, p)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Gaussian blur.
-
-
-def gaussian_kernel1d(kernel_size: int, sigma: float) -> np.ndarray:
-  """Normalized Gaussian taps [kernel_size] at -(k-1)/2 .. (k-1)/2."""
-  half = (kernel_size - 1) * 0.5
-  x = np.linspace(-half, half, kernel_size)
-  taps = np.exp(-0.5 * (x / sigma) ** 2)
-  return (taps / taps.sum()).astype(np.float32)
-
-
-def gaussian_blur_array(image: Any, sigma: float, kernel_size: tuple[int, int]) -> np.ndarray:
-  """Separable Gaussian blur of uint8 [H, W, C] with reflect padding; kernel_size = (width, height)."""
-  kernel_width, kernel_height = kernel_size
-  return cv2.sepFilter2D(
-    np.ascontiguousarray(to_array(image)),
-    -1,
-    gaussian_kernel1d(kernel_width, sigma),
-    gaussian_kernel1d(kernel_height, sigma),
-    borderType=cv2.BORDER_REFLECT_101,  # torch "reflect": the edge pixel is not repeated
-  )
 
 
 @register("blur")
@@ -601,13 +334,10 @@ def blur(
   if any(k <= 0 or k % 2 == 0 for k in kernel):
     raise ValueError(f"blur: kernel_size must be odd and positive, got {kernel_size}")
 
-  def op(data: Data, rng: np.random.Generator) -> Data:
-    if rng.random() >= p:
-      return data
-    drawn_sigma = float(rng.uniform(sigma[0], sigma[1]))
-    return _with_image(data, gaussian_blur_array(data["image"], drawn_sigma, kernel))
+  def blurred(image: Any, rng: np.random.Generator) -> np.ndarray:
+    return gaussian_blur_array(image, float(rng.uniform(sigma[0], sigma[1])), kernel)
 
-  return op
+  return _image_op(blurred, p)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -620,112 +350,36 @@ def resize_short(size: int | None = None, interpolation: str = "pil_bicubic") ->
   size = _size("resize_short", size)
   interpolation = _interpolation("resize_short", interpolation)
 
-  def op(data: Data, rng: np.random.Generator) -> Data:
+  def resized(image: Any, rng: np.random.Generator) -> np.ndarray:
     del rng
-    image = to_array(data["image"])
+    image = to_array(image)
     height, width = image.shape[:2]
     if width <= height:
       new_width, new_height = size, int(size * height / width)
     else:
       new_width, new_height = int(size * width / height), size
     if (new_height, new_width) == (height, width):
-      return _with_image(data, image)
-    return _with_image(data, resize_array(image, new_width, new_height, interpolation))
+      return image
+    return resize_array(image, new_width, new_height, interpolation)
 
-  return op
-
-
-def center_crop_array(image: np.ndarray, size: int) -> np.ndarray:
-  """torchvision CenterCrop: top = round((H - S) / 2); zero padding where the image is smaller."""
-  height, width = image.shape[:2]
-  if height < size or width < size:
-    pad_h, pad_w = max(size - height, 0), max(size - width, 0)
-    image = np.pad(
-      image, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0))
-    )
-    height, width = image.shape[:2]
-  top = int(round((height - size) / 2.0))
-  left = int(round((width - size) / 2.0))
-  return image[top : top + size, left : left + size]
+  return _image_op(resized)
 
 
 @register("center_crop")
 def center_crop(size: int | None = None) -> Op:
   size = _size("center_crop", size)
-
-  def op(data: Data, rng: np.random.Generator) -> Data:
-    del rng
-    return _with_image(data, np.ascontiguousarray(center_crop_array(to_array(data["image"]), size)))
-
-  return op
+  return _image_op(lambda image, _: np.ascontiguousarray(center_crop_array(to_array(image), size)))
 
 
 @register("resize")
 def resize(size: int | None = None, interpolation: str = "pil_bilinear") -> Op:
   size = _size("resize", size)
   interpolation = _interpolation("resize", interpolation)
-
-  def op(data: Data, rng: np.random.Generator) -> Data:
-    del rng
-    return _with_image(data, resize_array(to_array(data["image"]), size, size, interpolation))
-
-  return op
+  return _image_op(lambda image, _: resize_array(to_array(image), size, size, interpolation))
 
 
 # ----------------------------------------------------------------------------------------------------
-# Specs.
-
-
-def parse_spec(spec: str | Sequence[str]) -> list[tuple[str, tuple, dict]]:
-  """ "a|b(1, x=2)" or ["a", "b(1, x=2)"] -> [("a", (), {}), ("b", (1,), {"x": 2})]. Literals only."""
-  if isinstance(spec, str):
-    parts = [part.strip() for part in spec.split("|")]
-  else:
-    parts = [str(part).strip() for part in spec]
-  ops = []
-  for part in parts:
-    if not part:
-      raise ValueError(f"augmentation spec {spec!r} has an empty op")
-    try:
-      node = ast.parse(part, mode="eval").body
-    except SyntaxError as error:
-      raise ValueError(
-        f"augmentation op {part!r} is not `name` or `name(args)`: {error}"
-      ) from error
-    if isinstance(node, ast.Name):
-      ops.append((node.id, (), {}))
-      continue
-    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
-      raise ValueError(f"augmentation op {part!r} is not `name` or `name(args)`")
-    try:
-      args = tuple(ast.literal_eval(arg) for arg in node.args)
-      kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords}
-    except ValueError as error:
-      raise ValueError(f"augmentation op {part!r}: arguments must be Python literals") from error
-    ops.append((node.func.id, args, kwargs))
-  return ops
-
-
-@dataclasses.dataclass(frozen=True)
-class Augmentation:
-  """A composed spec: `aug(image, rng) -> uint8 [S, S, 3]` (image: bytes, uint8 array or PIL image)."""
-
-  spec: str
-  ops: tuple[Op, ...]
-  output_size: int | None
-
-  def apply(self, data: Data, rng: np.random.Generator) -> Data:
-    for op in self.ops:
-      data = op(data, rng)
-    return data
-
-  def __call__(self, image: Any, rng: np.random.Generator) -> np.ndarray:
-    out = np.ascontiguousarray(to_array(self.apply({"image": image}, rng)["image"]))
-    if self.output_size is not None and out.shape[:2] != (self.output_size, self.output_size):
-      raise ValueError(
-        f"augmentation {self.spec!r} produced {out.shape}, expected [{self.output_size}, {self.output_size}, 3]"
-      )
-    return out
+# Views.
 
 
 def build(
@@ -740,28 +394,14 @@ def build(
 
   Raises ValueError naming the op for unknown names or bad arguments.
   """
-  ops = []
   if eval_resize is None and image_size is not None:
     eval_resize = int(image_size / EVAL_CROP_FRACTION)
-  for name, args, kwargs in parse_spec(spec):
-    if name not in _REGISTRY:
-      raise ValueError(
-        f"unknown augmentation op {name!r} in {spec!r}; known ops: {', '.join(registered_ops())}"
-      )
-    factory = _REGISTRY[name]
-    signature = inspect.signature(factory)
-    try:
-      bound = signature.bind_partial(*args, **kwargs)
-    except TypeError as error:
-      raise ValueError(f"augmentation op {name!r}: {error}") from error
-    arguments = dict(bound.arguments)
-    if "size" in signature.parameters and "size" not in arguments:
-      arguments["size"] = eval_resize if name == "resize_short" else image_size
-    if name == "random_resized_crop" and "scale" not in arguments and crop_scale is not None:
-      arguments["scale"] = tuple(crop_scale)
-    ops.append(factory(**arguments))
-  text = spec if isinstance(spec, str) else "|".join(spec)
-  return Augmentation(text, tuple(ops), image_size)
+  op_defaults = {"resize_short": {"size": eval_resize}}
+  if crop_scale is not None:
+    op_defaults["random_resized_crop"] = {"scale": tuple(crop_scale)}
+  return augment_spec.compose(
+    spec, defaults={"size": image_size}, op_defaults=op_defaults, output_size=image_size
+  )
 
 
 def build_views(

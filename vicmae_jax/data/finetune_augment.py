@@ -51,20 +51,16 @@ RAND_AUGMENT_OPS = (
   "TranslateXRel",
   "TranslateYRel",
 )
-# Ops whose argument gets a random sign.
-SIGNED_OPS = frozenset(
-  {
-    "Rotate",
-    "Color",
-    "Contrast",
-    "Brightness",
-    "Sharpness",
-    "ShearX",
-    "ShearY",
-    "TranslateXRel",
-    "TranslateYRel",
-  }
-)
+# Ops whose argument gets a random sign: all but those without argument, Posterize (bits kept) and
+# the two Solarize thresholds.
+SIGNED_OPS = frozenset(RAND_AUGMENT_OPS) - {
+  "AutoContrast",
+  "Equalize",
+  "Invert",
+  "Posterize",
+  "Solarize",
+  "SolarizeAdd",
+}
 _RESAMPLE = {
   "bicubic": Image.Resampling.BICUBIC,
   "bilinear": Image.Resampling.BILINEAR,
@@ -298,23 +294,6 @@ def random_erasing(
       rng, (box.height, box.width, image.shape[-1]), mode
     )
   return out
-
-
-def augment_for_finetune(
-  image: np.ndarray,
-  rng: np.random.Generator,
-  *,
-  num_ops: int = 2,
-  magnitude: float = 9.0,
-  magnitude_std: float = 0.5,
-  erase_prob: float = 0.25,
-) -> np.ndarray:
-  """Per-image part of the recipe, after crop and flip: RandAugment, then random erasing.
-  uint8 [H, W, 3] -> uint8 [H, W, 3]."""
-  image = rand_augment(
-    image, rng, num_ops=num_ops, magnitude=magnitude, magnitude_std=magnitude_std
-  )
-  return random_erasing(image, rng, prob=erase_prob)
 
 
 # ----------------------------------------------------------------------------------------------
