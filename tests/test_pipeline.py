@@ -545,7 +545,7 @@ def test_a_gap_longer_than_every_clip_is_refused(media, tmp_path):
   pipeline.validate_data_config(
     _prepared_config(media, frame_gap_range=(1.0, 5.0))
   )  # part of the range fits
-  # Images hold no clips; a raw video source may hold long ones (its lengths are not known up front).
+  # Images hold no clips; a raw video source's clips are probed (the same 3 s videos).
   with_images = _mixture_config(media)
   with_images.frame_gap_seconds = 3.5
   with pytest.raises(ValueError, match="data.frame_gap_seconds"):
@@ -555,7 +555,12 @@ def test_a_gap_longer_than_every_clip_is_refused(media, tmp_path):
     raw=dict(kind="raw", format="folder", path=str(media / "videos")),
   )
   with_raw.frame_gap_seconds = 3.5
-  pipeline.validate_data_config(with_raw)
+  with pytest.raises(
+    ValueError,
+    match=r"data.frame_gap_seconds: a gap of 3.5 s is longer than the longest clip of "
+    r"every video source \(clips: 3 s, raw: 3 s\), so no frame pair",
+  ):
+    pipeline.validate_data_config(with_raw)
 
   # One long clip is enough; the short ones keep giving their largest gap (first and last frame).
   videos = tmp_path / "videos"
@@ -579,6 +584,79 @@ def test_a_gap_longer_than_every_clip_is_refused(media, tmp_path):
   cfg.frame_gap_seconds = 3.1
   with pytest.raises(ValueError, match=r"data.frame_gap_seconds: .*\(clips: 3 s\)"):
     pipeline.validate_data_config(cfg)
+
+
+def _raw_config(path, **overrides):
+  cfg = _config(raw=dict(kind="raw", format="folder", path=str(path), short_side=0))
+  cfg.view_augmentations = READABLE_VIEWS
+  for key, value in overrides.items():
+    cfg[key] = value
+  return cfg
+
+
+def test_raw_sources_refuse_a_gap_longer_than_every_probed_clip(media, tmp_path):
+  """Raw videos (mp4, webm, a live webm without a duration) of 3 s: the loader builder refuses a
+  gap of 3.5 s with the prepared sources' message; 3 s still trains on pairs 29 frames apart."""
+  with pytest.raises(
+    ValueError,
+    match=r"^data.frame_gap_seconds: a gap of 3.5 s is longer than the longest clip of every "
+    r"video source \(raw: 3 s\), so no frame pair can be that far apart: ask for a shorter gap",
+  ):
+    pipeline.make_pretrain_loader(
+      _raw_config(media / "videos", frame_gap_seconds=3.5),
+      global_batch_size=4,
+      image_size=32,
+      seed=0,
+      process_index=0,
+      process_count=1,
+    )
+  with pytest.raises(ValueError, match=r"^data.frame_gap_range: a gap of 3.2 s .*\(raw: 3 s\)"):
+    pipeline.validate_data_config(_raw_config(media / "videos", frame_gap_range=(3.2, 4.0)))
+  pipeline.validate_data_config(_raw_config(media / "videos", frame_gap_range=(2.0, 4.0)))
+  loader = pipeline.make_pretrain_loader(
+    _raw_config(media / "videos", frame_gap_seconds=3.0),
+    global_batch_size=4,
+    image_size=32,
+    seed=0,
+    process_index=0,
+    process_count=1,
+  )
+  assert {abs(a - b) for _, a, b in _pairs(_batches(loader, 2))} == {NUM_FRAMES - 1}
+
+  # Corrupt and unreadable files are left out of the probe, not fatal: the one good clip decides.
+  videos = tmp_path / "videos"
+  make_bad_files(videos / "broken")
+  make_video(videos / "fine" / "f.mp4", num_frames=12, fps=FPS)
+  with pytest.raises(ValueError, match=r"\(raw: 1.2 s, longest of 2 probed of 6 files\)"):
+    pipeline.validate_data_config(_raw_config(videos, frame_gap_seconds=2.0))
+  pipeline.validate_data_config(_raw_config(videos, frame_gap_seconds=1.2))
+  # Nothing opens: the length is unknown, so nothing is refused (training skips the files).
+  only_bad = tmp_path / "only_bad"
+  make_bad_files(only_bad / "broken")
+  (only_bad / "broken" / "too_short.mp4").unlink()
+  pipeline.validate_data_config(_raw_config(only_bad, frame_gap_seconds=100.0))
+  # Clips (frame_pairs=False) never probe for the gap.
+  pipeline.validate_data_config(_raw_config(videos, frame_gap_seconds=2.0), frame_pairs=False)
+
+
+def test_raw_source_warns_when_most_probed_clips_are_shorter_than_the_gap(tmp_path, monkeypatch):
+  videos = tmp_path / "videos"
+  for number, frames in enumerate((5, 8, 30)):  # 0.5 s, 0.8 s, 3 s
+    make_video(videos / "c" / f"v{number}.mp4", num_frames=frames, fps=FPS)
+  warnings = []
+  monkeypatch.setattr(
+    pipeline.logging, "warning", lambda message, *args: warnings.append(message % args)
+  )
+  pipeline.validate_data_config(_raw_config(videos, frame_gap_seconds=1.0))
+  assert warnings == [
+    (
+      "data.sources.raw: 2 of its 3 probed clips last less than the frame gap of up to 1 s "
+      "(data.frame_gap_seconds); such clips give their largest gap (first and last frame) instead"
+    )
+  ]
+  warnings.clear()
+  pipeline.validate_data_config(_raw_config(videos, frame_gap_seconds=0.6))
+  assert warnings == []
 
 
 def test_dataset_size(media):

@@ -240,6 +240,25 @@ def test_raw_source_skips_and_counts_bad_files(tmp_path):
   assert log.by_reason().get("no video stream") == 1
 
 
+def test_raw_clip_seconds_probes_a_fixed_sample_and_skips_files_that_do_not_open(tmp_path):
+  root = tmp_path / "videos"
+  make_bad_files(root / "broken")
+  make_video(root / "broken" / "fine.mp4", num_frames=12, fps=FPS)
+  probed = sources.raw_clip_seconds("folder", str(root))
+  # zero_byte, random_bytes, audio_only do not open; the truncated mp4 (cut before its index) neither.
+  assert (probed.num_files, probed.failed, len(probed.seconds)) == (6, 4, 2)
+  assert probed.longest == pytest.approx(1.2, abs=1e-3)  # fine.mp4; too_short.mp4 lasts 0.1 s
+  assert probed.describe() == ", longest of 2 probed of 6 files"
+  # A sample: the same files every time, spread over the listing, first and last included.
+  assert sources.probe_sample(6, 32).tolist() == list(range(6))
+  sample = sources.probe_sample(1000, 32)
+  assert len(sample) == 32 and sample[0] == 0 and sample[-1] == 999
+  assert np.all(np.diff(sample) > 0) and sample.tolist() == sources.probe_sample(1000, 32).tolist()
+  # Files 0 and 5 of the sorted listing, audio_only.mp4 and zero_byte.mp4: no length known.
+  few = sources.raw_clip_seconds("folder", str(root), max_files=2)
+  assert (few.num_files, few.failed, few.longest) == (6, 2, None)
+
+
 def test_raw_source_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match=str(tmp_path / "missing")):
     sources.build_source({"kind": "raw", "format": "folder", "path": str(tmp_path / "missing")})

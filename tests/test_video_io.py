@@ -174,6 +174,20 @@ def test_frame_times_from_packets_match_decoded_times(media, kind):
   np.testing.assert_allclose(video_io.frame_times(media[kind]), decoded_times, atol=1e-9)
 
 
+@pytest.mark.parametrize("kind", ["mp4", "webm", "live_webm", "ntsc"])
+def test_clip_seconds_from_the_header_or_the_packets(media, kind):
+  """30 frames cover 30 frame intervals, whether the container states a duration (mp4, webm) or
+  not (live webm: last packet time plus one interval)."""
+  fps = 30000 / 1001 if kind == "ntsc" else FPS
+  assert video_io.clip_seconds(media[kind]) == pytest.approx(NUM_FRAMES / fps, abs=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["zero_byte", "random_bytes", "audio_only"])
+def test_clip_seconds_of_a_bad_file_raises_decode_error(media, kind):
+  with pytest.raises(VideoDecodeError):
+    video_io.clip_seconds(media["bad"][kind])
+
+
 def test_truncated_webm_gives_the_frames_before_the_cut(tmp_path):
   path = make_truncated(tmp_path / "cut.webm", num_frames=NUM_FRAMES, keep_fraction=0.6)
   frames, timestamps, _ = read_frames(path)

@@ -48,7 +48,9 @@ The data config (`default_data_config()`), field by field:
     short_side              raw: resize decoded frames so the shorter side is this (0 = native)
   frame_gap_seconds         time between the two frames of a pair (1.06 s; 0 = same frame twice);
                             a clip shorter than the gap gives its first and last frames, but a gap
-                            longer than every video source's longest clip is refused
+                            longer than every video source's longest clip is refused (prepared: from
+                            the meta json; raw: the longest of up to 32 files, evenly spread over the
+                            listing, probed from their headers)
   frame_gap_range           () or (lo, hi): draw the gap uniformly in [lo, hi] seconds instead
   view_augmentations        two augmentation specs (see augment.py), view 1 and view 2
   crop_scale                (lo, hi) area range of random_resized_crop when a spec leaves it out
@@ -176,9 +178,10 @@ def _source_items(cfg: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]
 def validate_data_config(cfg: Mapping[str, Any], *, frame_pairs: bool = True) -> None:
   """Checks every field; raises ValueError starting with `data.<field>:`.
 
-  Reads no data, only the prepared sources' meta json: with frame_pairs (the data feeds frame
-  pairs, as in pretraining), a frame gap longer than the longest clip of every video source fails
-  here, naming data.frame_gap_seconds (or data.frame_gap_range).
+  Decodes nothing: with frame_pairs (the data feeds frame pairs, as in pretraining), a frame gap
+  longer than the longest clip of every video source fails here, naming data.frame_gap_seconds (or
+  data.frame_gap_range). The longest clip of a prepared source is in its meta json; a raw source's
+  is the longest of up to sources.RAW_PROBE_FILES of its files, read from their container headers.
   """
   items = _source_items(cfg)
   for name, source in items:
@@ -255,34 +258,54 @@ def validate_data_config(cfg: Mapping[str, Any], *, frame_pairs: bool = True) ->
 
 def _check_gap_fits_clips(items, gap_seconds: float, gap_range: tuple[float, float] | None) -> None:
   """Raises naming the gap field when the smallest gap asked for is longer than every video source's
-  longest clip (prepared sources state theirs in the meta json); warns for a single such source.
+  longest clip; warns for a single such source, and for a raw source most of whose probed clips are
+  shorter than the gap.
 
-  Unknown lengths (a raw video source, a meta json without durations) never fail: a clip shorter
-  than the gap gives its largest gap, so only a gap that no clip at all can hold is a mistake.
+  Prepared sources state their longest clip in the meta json; raw sources are probed
+  (sources.raw_clip_seconds: the container headers of up to RAW_PROBE_FILES files, a deterministic
+  sample; the longest probed clip stands for the source). Unknown lengths (a meta json without
+  durations, a raw source none of whose sampled files open) never fail: a clip shorter than the gap
+  gives its largest gap, so only a gap that no clip at all can hold is a mistake.
   """
   longest: dict[str, float] = {}
+  described: dict[str, str] = {}
+  probed: dict[str, sources_lib.ProbedClipSeconds] = {}
   for name, source in items:
     kind = source.get("kind")
     if kind == "raw":
-      return
-    if kind == "prepared":
+      try:
+        lengths = sources_lib.raw_clip_seconds(
+          source.get("format") or "folder",
+          str(source.get("path")),
+          annotations=source.get("annotations") or None,
+          split=source.get("split") or None,
+          labels=source.get("labels") or None,
+        )
+      except (OSError, ValueError):
+        return  # an unreadable listing: building the source names the file
+      if lengths.longest is None:
+        return
+      longest[name], probed[name] = lengths.longest, lengths
+      described[name] = f"{name}: {lengths.longest:.3g} s{lengths.describe()}"
+    elif kind == "prepared":
       seconds = sources_lib.prepared_max_clip_seconds(
         str(source.get("path")), source.get("split") or "train"
       )
       if seconds is None:
         return
       longest[name] = seconds
+      described[name] = f"{name}: {seconds:.3g} s"
   if not longest:
     return
   if gap_range is not None:
     field, smallest, largest = "frame_gap_range", float(gap_range[0]), float(gap_range[1])
   else:
     field, smallest, largest = "frame_gap_seconds", float(gap_seconds), float(gap_seconds)
-  described = ", ".join(f"{name}: {seconds:.3g} s" for name, seconds in longest.items())
   if smallest > max(longest.values()) + 1e-6:
     raise ValueError(
       f"data.{field}: a gap of {smallest:g} s is longer than the longest clip of every video source "
-      f"({described}), so no frame pair can be that far apart: ask for a shorter gap or prepare longer clips"
+      f"({', '.join(described.values())}), so no frame pair can be that far apart: ask for a shorter "
+      "gap or use longer clips"
     )
   for name, seconds in longest.items():
     if largest > seconds + 1e-6:
@@ -294,6 +317,19 @@ def _check_gap_fits_clips(items, gap_seconds: float, gap_range: tuple[float, flo
         largest,
         field,
       )
+    elif name in probed:
+      lengths = probed[name]
+      shorter = sum(1 for s in lengths.seconds if largest > s + 1e-6)
+      if 2 * shorter > len(lengths.seconds):
+        logging.warning(
+          "data.sources.%s: %d of its %d probed clips last less than the frame gap of up to %g s "
+          "(data.%s); such clips give their largest gap (first and last frame) instead",
+          name,
+          shorter,
+          len(lengths.seconds),
+          largest,
+          field,
+        )
 
 
 def build_sources(

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from absl import logging
+import av
 import grain
 import numpy as np
 
@@ -323,6 +324,80 @@ class PreparedClipSource(Source):
 
 # --------------------------------------------------------------------------------------------------
 # Raw videos.
+
+
+# Files of a raw video source probed for their length when the config is validated.
+RAW_PROBE_FILES = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbedClipSeconds:
+  """Lengths of a deterministic sample of a raw source's videos (video_io.clip_seconds).
+
+  seconds: one per file that probed; num_files: videos the source lists; failed: sampled files that
+  did not open (skipped, as training skips them).
+  """
+
+  seconds: tuple[float, ...]
+  num_files: int
+  failed: int
+
+  @property
+  def longest(self) -> float | None:
+    return max(self.seconds) if self.seconds else None
+
+  def describe(self) -> str:
+    """How far the sample reaches, for messages: "" when every listed file probed."""
+    if len(self.seconds) == self.num_files:
+      return ""
+    return f", longest of {len(self.seconds)} probed of {self.num_files} files"
+
+
+def probe_sample(num_files: int, max_files: int = RAW_PROBE_FILES) -> np.ndarray:
+  """Indices of the files to probe: all of them up to max_files, else max_files spread evenly."""
+  if num_files <= max_files:
+    return np.arange(num_files)
+  return np.unique(np.round(np.linspace(0, num_files - 1, max_files)).astype(int))
+
+
+_PROBED: dict[tuple[Any, ...], ProbedClipSeconds] = {}
+
+
+def raw_clip_seconds(
+  format: str,
+  path: str,
+  *,
+  annotations: str | None = None,
+  split: str | None = None,
+  labels: str | None = None,
+  max_files: int = RAW_PROBE_FILES,
+) -> ProbedClipSeconds:
+  """Clip lengths of up to `max_files` videos of a raw source, read from the container headers
+  (a demux of the packet timestamps, no decoding, when a header states no duration).
+
+  The sample is the same on every call and host (`probe_sample` over the sorted listing); a file that
+  does not open is counted in `failed`, never raised. Cached per process, as validation runs more
+  than once per run.
+  """
+  key = (format, os.path.abspath(os.path.expanduser(str(path))), annotations, split, labels)
+  key += (int(max_files),)
+  cached = _PROBED.get(key)
+  if cached is not None:
+    return cached
+  listing = formats.list_dataset(
+    format, os.path.expanduser(str(path)), annotations=annotations, split=split, labels=labels
+  )
+  entries = listing.entries
+  seconds, failed = [], 0
+  for index in probe_sample(len(entries), max_files):
+    try:
+      seconds.append(video_io.clip_seconds(entries[index].path))
+    except (video_io.VideoDecodeError, av.FFmpegError, OSError, ValueError) as error:
+      failed += 1
+      logging.info("Not probed: %s (%s)", entries[index].path, error)
+  result = ProbedClipSeconds(tuple(seconds), len(entries), failed)
+  _PROBED[key] = result
+  return result
 
 
 class RawVideoSource(Source):

@@ -134,6 +134,22 @@ def frame_times(path: str | os.PathLike) -> np.ndarray:
     return (ticks - origin).astype(np.float64) * float(stream.time_base)
 
 
+def clip_seconds(path: str | os.PathLike) -> float:
+  """The time a video's frames cover, in seconds, without decoding: the duration in the container
+  header, else (webm/mkv recorded live state none) the last packet's timestamp plus one frame
+  interval, from a demux. The same measure as a prepared clip's duration. Raises VideoDecodeError.
+  """
+  info = probe(path)
+  if info.duration_s is not None:
+    return float(info.duration_s)
+  times = frame_times(path)
+  if times.size < 2:
+    interval = 1.0 / info.fps if info.fps else 0.0
+  else:
+    interval = float(np.median(np.diff(times)))
+  return float(times[-1] - times[0]) + interval
+
+
 def resized_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
   """(height, width) with the shorter side set to `short_side`, aspect kept; unchanged for None."""
   if short_side is None:
