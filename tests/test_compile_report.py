@@ -1,8 +1,8 @@
 """Ahead-of-time compile report: memory per device before any data is read, FSDP shrinks it."""
 
-import importlib.util
 import os
 
+from vicmae_jax import config_lib
 from vicmae_jax.trainers import pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -10,10 +10,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _config(fsdp):
   path = os.path.join(REPO, "configs", "pretrain_k400.py")
-  spec = importlib.util.spec_from_file_location("k400", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("runlocal")
+  c = config_lib.load_config_file(f"{path}:runlocal")
   c.data.sources.k400.path = "/nonexistent/never/read"  # the report must not touch the data
   c.model.embed_dim = 128
   c.mesh.fsdp = fsdp

@@ -1,7 +1,6 @@
 """Every config file loads, with each of its options, and passes the checks made before a run."""
 
 import glob
-import importlib.util
 import os
 
 import pytest
@@ -20,9 +19,7 @@ CONFIG_FILES = sorted(
 
 
 def load(path, arg=None):
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_lib.load_module(path)
   return module, module.get_config(arg)
 
 

@@ -6,7 +6,6 @@ project's checkpointer, and 8 fake CPU devices.
 """
 
 import glob
-import importlib.util
 import io
 import json
 import os
@@ -46,10 +45,7 @@ NUM_CLASSES = 4
 
 
 def load_config(name: str, arg: str | None = None):
-  spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), REPO / "configs" / name)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_config_file(str(REPO / "configs" / name) + (f":{arg}" if arg else ""))
 
 
 # ----------------------------------------------------------------------------------------------
