@@ -132,12 +132,15 @@ def main(argv):
   logging.info("JAX %s: %s", jax.__version__, distributed.describe())
   config = FLAGS.config
   from vicmae_jax.config_lib import ConfigError
+  from vicmae_jax.data.records import DamagedShardError
 
   try:
     summary = run(config, FLAGS.workdir)
   except ConfigError as e:
     _fail(str(e))
   except FileNotFoundError as e:
+    _fail(str(e))
+  except DamagedShardError as e:  # a prepared shard or index cut short on disk
     _fail(str(e))
   except FloatingPointError as e:
     _fail(str(e))
