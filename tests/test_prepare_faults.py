@@ -1,14 +1,21 @@
 """Faults around prepared data, through the real commands in subprocesses: a prepare killed with
-SIGKILL, two prepares on one folder, shards damaged after they were written, and training on them."""
+SIGKILL, two prepares on one folder, and training on a damaged shard."""
 
+import glob
+import json
 import os
+import random
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from media_utils import make_video
+from vicmae_jax.data import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,6 +41,17 @@ def small_videos(tmp_path_factory):
   root = tmp_path_factory.mktemp("small_videos")
   for number in range(8):
     make_video(root / f"c{number % 2}" / f"v{number}.mp4", num_frames=20, fps=10.0)
+  return root
+
+
+@pytest.fixture(scope="module")
+def longer_videos(tmp_path_factory):
+  """16 videos of 150 frames at 160x120: 8 shards of 2 take a couple of seconds to prepare."""
+  root = tmp_path_factory.mktemp("longer_videos")
+  for number in range(16):
+    make_video(
+      root / f"c{number % 2}" / f"v{number:02d}.mp4", num_frames=150, width=160, height=120
+    )
   return root
 
 
@@ -69,3 +87,209 @@ def test_training_on_a_truncated_shard_stops_with_one_line_naming_it(small_video
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith(f"error: {shard} is truncated or damaged"), last
   assert "--verify" in last
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes.
+
+
+def _stat(pid):
+  """(state, parent pid) of a process from /proc, None once it is gone."""
+  try:
+    with open(f"/proc/{pid}/stat") as file:
+      fields = file.read().rsplit(")", 1)[1].split()
+  except (FileNotFoundError, ProcessLookupError):
+    return None
+  return fields[0], int(fields[1])
+
+
+def _alive(pid):
+  """Running (a zombie, dead but not yet reaped by whoever adopted it, does not count)."""
+  stat = _stat(pid)
+  return stat is not None and stat[0] not in ("Z", "X")
+
+
+def _children(pid):
+  children = []
+  for entry in os.listdir("/proc"):
+    if entry.isdigit():
+      stat = _stat(int(entry))
+      if stat is not None and stat[1] == pid:
+        children.append(int(entry))
+  return children
+
+
+def _cmdline(pid):
+  try:
+    with open(f"/proc/{pid}/cmdline", "rb") as file:
+      return file.read().replace(b"\0", b" ").decode()
+  except OSError:
+    return ""
+
+
+def _wait_until_gone(pids, seconds):
+  deadline = time.time() + seconds
+  while any(_alive(pid) for pid in pids) and time.time() < deadline:
+    time.sleep(0.05)
+  return [pid for pid in pids if _alive(pid)]
+
+
+def _end(pids):
+  for pid in pids:
+    if _alive(pid):
+      os.kill(pid, signal.SIGKILL)
+
+
+def _folder_bytes(folder):
+  return {path.name: path.read_bytes() for path in sorted(Path(folder).iterdir())}
+
+
+LINUX_PROC = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc (Linux)")
+
+
+@LINUX_PROC
+def test_kill_9_leaves_no_worker_and_a_rerun_matches_an_uninterrupted_prepare(
+  longer_videos, tmp_path
+):
+  options = ("--workers=2", "--num_shards=8", "--fps=15", "--short_side=0")
+  reference = tmp_path / "reference"
+  assert _run(*_prepare_args(longer_videos, reference, *options)).returncode == 0
+
+  seed = random.randrange(1 << 30)
+  wanted = random.Random(seed).randint(1, 3)  # finished shards before the kill
+  output = tmp_path / "killed"
+  proc = subprocess.Popen(
+    [sys.executable, *_prepare_args(longer_videos, output, *options)],
+    env=_env(),
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  deadline = time.time() + 120
+  while len(glob.glob(str(output / "train-*.array_record"))) < wanted:
+    assert proc.poll() is None and time.time() < deadline, f"seed {seed}: not killed in time"
+    time.sleep(0.005)
+  children = _children(proc.pid)
+  workers = [pid for pid in children if "multiprocessing.spawn" in _cmdline(pid)]
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  try:
+    assert not (output / "train_meta.json").exists(), f"seed {seed}: it had finished"
+    assert workers, f"seed {seed}: no worker process was running: {children}"
+    survivors = _wait_until_gone(children, seconds=5)
+    assert not survivors, f"seed {seed}: still running after the kill: {survivors}"
+  finally:
+    _end(children)
+
+  rerun = _run(*_prepare_args(longer_videos, output, *options))
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert "an earlier prepare there did not finish" in rerun.stderr
+  # Every file: shards, indexes, per-shard states and the meta json (it holds no timing field, so
+  # it is compared whole); the lock file is gone once a run ends.
+  assert _folder_bytes(output) == _folder_bytes(reference), f"seed {seed}"
+
+
+@LINUX_PROC
+def test_a_second_prepare_on_the_same_output_is_refused_with_one_line(longer_videos, tmp_path):
+  output = tmp_path / "out"
+  options = ("--workers=1", "--num_shards=4")
+  first = subprocess.Popen(
+    [sys.executable, *_prepare_args(longer_videos, output, *options)],
+    env=_env(),
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  lock = output / prepare.LOCK_NAME
+  holder = None
+  deadline = time.time() + 60
+  while holder is None:
+    assert first.poll() is None and time.time() < deadline
+    try:
+      holder = json.loads(lock.read_text())
+    except (FileNotFoundError, ValueError):
+      time.sleep(0.005)
+  os.kill(first.pid, signal.SIGSTOP)  # the first holds the lock as long as it wants
+  try:
+    started = time.time()
+    second = _run(*_prepare_args(longer_videos, output, *options))
+    seconds = time.time() - started
+  finally:
+    os.kill(first.pid, signal.SIGCONT)
+  assert first.wait(timeout=120) == 0
+  assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
+  described = f"host {holder['host']}, pid {first.pid}, started {holder['started']}"
+  assert second.returncode == 1 and seconds < 30
+  assert second.stderr.strip().splitlines() == [
+    f"error: {output} is in use by another prepare ({described}): wait for it to end, or use "
+    "another --output"
+  ]
+  assert not lock.exists()
+
+
+@LINUX_PROC
+def test_workers_ask_the_kernel_to_end_them_with_their_parent():
+  code = (
+    "import ctypes\n"
+    "from vicmae_jax.data import prepare\n"
+    "prepare._worker_init(__import__('os').getppid())\n"
+    "signal = ctypes.c_int()\n"
+    "ctypes.CDLL(None).prctl(2, ctypes.byref(signal), 0, 0, 0)  # PR_GET_PDEATHSIG\n"
+    "print(signal.value)\n"
+  )
+  proc = _run("-c", code)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.split() == [str(int(signal.SIGKILL))]
+
+
+@LINUX_PROC
+def test_without_prctl_a_worker_still_ends_with_its_parent(tmp_path):
+  """The fallback for systems without PR_SET_PDEATHSIG: a thread watching the parent pid."""
+  child_code = (
+    "import sys, time\n"
+    "from vicmae_jax.data import prepare\n"
+    "prepare._exit_when_parent_dies(int(sys.argv[1]), interval=0.05)\n"
+    "time.sleep(120)\n"
+  )
+  parent_code = (
+    "import os, subprocess, sys, time\n"
+    f"child = subprocess.Popen([sys.executable, '-c', {child_code!r}, str(os.getpid())])\n"
+    "print(child.pid, flush=True)\n"
+    "time.sleep(120)\n"
+  )
+  parent = subprocess.Popen(
+    [sys.executable, "-c", parent_code], env=_env(), cwd=REPO, stdout=subprocess.PIPE, text=True
+  )
+  child = int(parent.stdout.readline())
+  try:
+    time.sleep(1.0)  # the child is up and watching
+    assert _alive(child)
+    parent.kill()
+    parent.wait()
+    assert not _wait_until_gone([child], seconds=5)
+  finally:
+    _end([child])
+    parent.stdout.close()
+
+
+def test_temporary_names_are_unique_per_writer_and_stale_ones_are_removed(small_videos, tmp_path):
+  first, second = prepare._temp_path("/x/a.array_record"), prepare._temp_path("/x/a.array_record")
+  assert first != second and f".{os.getpid()}-" in first and first.endswith(".incomplete")
+  output = tmp_path / "out"
+  assert _run(*_prepare_args(small_videos, output, "--num_shards=2", "--workers=1")).returncode == 0
+  intact = _folder_bytes(output)
+  name = "train-00001-of-00002.array_record"
+  for stale in (f"{name}.123-0a1b2c3d.incomplete", f"{name}.index.9-ff.incomplete"):
+    (output / stale).write_bytes(b"left by a killed run")
+  rerun = _run(*_prepare_args(small_videos, output, "--num_shards=2", "--workers=1"))
+  assert "removed 2 unfinished file(s) of an earlier run" in rerun.stderr
+  assert _folder_bytes(output) == intact
+
+
+def test_a_refused_run_leaves_no_lock_behind(small_videos, tmp_path):
+  """A settings mismatch is refused (before anything is checked or written); the lock goes with it."""
+  output = tmp_path / "out"
+  prepare.prepare_dataset("folder", small_videos, output, fps=5.0, num_shards=2, progress=False)
+  with pytest.raises(ValueError, match="fps=5.0.*fps=4.0"):
+    prepare.prepare_dataset("folder", small_videos, output, fps=4.0, num_shards=2, progress=False)
+  assert not (output / prepare.LOCK_NAME).exists()

@@ -23,6 +23,9 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
+import contextlib
+import ctypes
+import datetime
 import hashlib
 import io
 import json
@@ -30,10 +33,20 @@ import logging
 import math
 import multiprocessing
 import os
+import re
+import secrets
+import signal
+import socket
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+try:
+  import fcntl
+except ImportError:  # not on Windows: there the output folder is not locked
+  fcntl = None
 
 import numpy as np
 from PIL import Image
@@ -45,7 +58,14 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CLIPS_PER_SHARD = 256
 REASON_UNEXPECTED = "unexpected error"
+LOCK_NAME = ".prepare.lock"
 _SHOWN_SKIPS = 5
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_PARENT_POLL_SECONDS = 1.0
+
+
+class OutputLockedError(RuntimeError):
+  """Another prepare holds the lock on the output folder."""
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
@@ -105,49 +125,212 @@ def _state_path(output: str, name: str) -> str:
   return os.path.join(output, f".{name}.json")
 
 
+# --------------------------------------------------------------------------------------------------
+# Temporary names.
+
+
+def _temp_path(path: str) -> str:
+  """A temporary name beside `path`, unique to this writer: its pid and a random suffix."""
+  return f"{path}.{os.getpid()}-{secrets.token_hex(4)}.incomplete"
+
+
+# `<name>.<pid>-<hex>.incomplete`, and the plain `<name>.incomplete` of earlier versions.
+_TEMP_SUFFIX = re.compile(r"\.(?:\d+-[0-9a-f]+\.)?incomplete$")
+
+
+def _remove_stale_temporaries(output: str, names: set[str]) -> int:
+  """Deletes the temporary files of `names` left by runs that died; returns how many."""
+  removed = 0
+  for entry in os.listdir(output):
+    match = _TEMP_SUFFIX.search(entry)
+    if match and entry[: match.start()] in names:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(output, entry))
+        removed += 1
+  return removed
+
+
+def _write_json(path: str, value: Any, **options) -> None:
+  """Writes `value` to `path` atomically (a temporary file renamed into place)."""
+  temp = _temp_path(path)
+  try:
+    with open(temp, "w") as file:
+      json.dump(value, file, **options)
+    os.replace(temp, path)
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(temp)
+
+
+# --------------------------------------------------------------------------------------------------
+# Worker processes end with the prepare that started them.
+
+
+def _die_with_parent() -> bool:
+  """Linux: has the kernel SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
+  if not sys.platform.startswith("linux"):
+    return False
+  try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+  except (OSError, AttributeError):
+    return False
+
+
+def _exit_when_parent_dies(parent_pid: int, interval: float = _PARENT_POLL_SECONDS) -> None:
+  """Watches the parent pid from a daemon thread and ends this process once it changes: a dead
+  parent's children are handed to another process (init or a subreaper)."""
+
+  def watch():
+    while True:
+      if os.getppid() != parent_pid:
+        os._exit(1)
+      time.sleep(interval)
+
+  threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _worker_init(parent_pid: int) -> None:
+  if not _die_with_parent():
+    _exit_when_parent_dies(parent_pid)
+  if os.getppid() != parent_pid:  # the parent died before the line above took effect
+    os._exit(1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The lock on the output folder.
+
+
+def _describe_holder(holder: dict[str, Any] | None) -> str:
+  if not holder:
+    return "holder unknown: it is just starting"
+  return f"host {holder.get('host')}, pid {holder.get('pid')}, started {holder.get('started')}"
+
+
+def _read_holder(fd: int) -> dict[str, Any] | None:
+  try:
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = os.read(fd, 4096)
+    holder = json.loads(data) if data else None
+  except (OSError, ValueError):
+    return None
+  return holder if isinstance(holder, dict) else None
+
+
+class _OutputLock:
+  """An exclusive, non-blocking flock on `OUTPUT/.prepare.lock`, holding who took it.
+
+  The kernel drops a flock when its process dies, so the lock of a killed prepare is free for the
+  next one; the file is removed when a run ends (a file left behind names a run that was killed).
+  """
+
+  def __init__(self, output: str):
+    self.path = os.path.join(output, LOCK_NAME)
+    self._fd: int | None = None
+    self.previous: dict[str, Any] | None = None  # the holder a killed run left in the file
+
+  def acquire(self) -> None:
+    if fcntl is None:
+      logger.warning("%s: no file locks on this system; run one prepare per folder", self.path)
+      return
+    while True:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        holder = _read_holder(fd)
+        os.close(fd)
+        output = os.path.dirname(self.path)
+        raise OutputLockedError(
+          f"{output} is in use by another prepare ({_describe_holder(holder)}): wait for it to "
+          "end, or use another --output"
+        ) from None
+      # The holder before may have removed the file between our open and flock: lock the new one.
+      try:
+        same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+      except FileNotFoundError:
+        same = False
+      if same:
+        break
+      os.close(fd)
+    self.previous = _read_holder(fd)
+    holder = {
+      "host": socket.gethostname(),
+      "pid": os.getpid(),
+      "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, json.dumps(holder).encode())
+    self._fd = fd
+
+  def release(self) -> None:
+    if self._fd is None:
+      return
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(self.path)
+    os.close(self._fd)
+    self._fd = None
+
+  def __enter__(self) -> "_OutputLock":
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.release()
+
+
+# --------------------------------------------------------------------------------------------------
+# Shards.
+
+
 def _write_shard(task: dict[str, Any], on_clip=None) -> dict[str, Any]:
   """Writes one shard and its index; returns its state (counts, skips, longest clip, settings)."""
   output, name, entries, settings = task["output"], task["name"], task["entries"], task["settings"]
   final_path = os.path.join(output, name)
-  writer = records.ShardWriter(
-    final_path + ".incomplete", records.index_path(final_path) + ".incomplete"
-  )
-  num_clips = num_frames = 0
-  max_clip_seconds = 0.0
-  skipped = []
+  shard_temp = _temp_path(final_path)
+  index_temp = _temp_path(records.index_path(final_path))
   try:
-    for entry in entries:
-      try:
-        clip, duration = read_clip(entry, settings)
-      except video_io.VideoDecodeError as error:
-        skipped.append({"path": entry.path, "reason": error.reason, "detail": error.detail or ""})
-      except Exception as error:  # noqa: BLE001 - one odd file must not stop a day-long job
-        detail = f"{type(error).__name__}: {error}"
-        skipped.append({"path": entry.path, "reason": REASON_UNEXPECTED, "detail": detail})
-      else:
-        writer.write(clip)
-        num_clips += 1
-        num_frames += len(clip["frames"])
-        max_clip_seconds = max(max_clip_seconds, duration)
-      if on_clip is not None:
-        on_clip()
+    writer = records.ShardWriter(shard_temp, index_temp)
+    num_clips = num_frames = 0
+    max_clip_seconds = 0.0
+    skipped = []
+    try:
+      for entry in entries:
+        try:
+          clip, duration = read_clip(entry, settings)
+        except video_io.VideoDecodeError as error:
+          skipped.append({"path": entry.path, "reason": error.reason, "detail": error.detail or ""})
+        except Exception as error:  # noqa: BLE001 - one odd file must not stop a day-long job
+          detail = f"{type(error).__name__}: {error}"
+          skipped.append({"path": entry.path, "reason": REASON_UNEXPECTED, "detail": detail})
+        else:
+          writer.write(clip)
+          num_clips += 1
+          num_frames += len(clip["frames"])
+          max_clip_seconds = max(max_clip_seconds, duration)
+        if on_clip is not None:
+          on_clip()
+    finally:
+      writer.close()
+    state = {
+      "name": name,
+      "format_version": records.FORMAT_VERSION,
+      "num_clips": num_clips,
+      "num_frames": num_frames,
+      "max_clip_seconds": max_clip_seconds,
+      "skipped": skipped,
+      "settings": settings,
+      "entries_digest": task["entries_digest"],
+    }
+    # State first, the shard itself last: a shard file present means its index and state are complete.
+    _write_json(_state_path(output, name), state)
+    os.replace(index_temp, records.index_path(final_path))
+    os.replace(shard_temp, final_path)
   finally:
-    writer.close()
-  state = {
-    "name": name,
-    "format_version": records.FORMAT_VERSION,
-    "num_clips": num_clips,
-    "num_frames": num_frames,
-    "max_clip_seconds": max_clip_seconds,
-    "skipped": skipped,
-    "settings": settings,
-    "entries_digest": task["entries_digest"],
-  }
-  # State first, the shard itself last: a shard file present means its index and state are complete.
-  with open(_state_path(output, name), "w") as file:
-    json.dump(state, file)
-  os.replace(writer.index_file, records.index_path(final_path))
-  os.replace(writer.shard_path, final_path)
+    for temp in (shard_temp, index_temp):
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(temp)
   return state
 
 
@@ -165,8 +348,12 @@ def _completed_state(
     _state_path(output, name)
   ):
     return None
-  with open(_state_path(output, name)) as file:
-    state = json.load(file)
+  try:
+    with open(_state_path(output, name)) as file:
+      state = json.load(file)
+  except ValueError:
+    logger.warning("%s: unreadable, preparing %s again", _state_path(output, name), name)
+    return None
   for key, value in settings.items():
     if state["settings"].get(key) != value:
       raise ValueError(
@@ -210,6 +397,8 @@ def prepare_entries(
   min_duration: seconds; a clip whose kept frames cover less time (last - first timestamp plus one
     frame interval; with `max_frames`, only the kept frames count) is skipped as too short. Clips
     always need at least 2 frames.
+
+  Raises OutputLockedError while another prepare runs on `output`.
   """
   if not entries:
     raise ValueError(
@@ -234,90 +423,126 @@ def prepare_entries(
     "label_names": list(label_names),
   }
   started = time.time()
-
-  tasks, states, old_format = [], {}, []
-  for index, shard_entries in enumerate(np.array_split(np.arange(len(entries)), num_shards)):
-    name = shard_name(split, index, num_shards)
-    shard_entries = [entries[i] for i in shard_entries]
-    digest = _entries_digest(shard_entries)
-    state = _completed_state(output, name, settings, digest)
-    if isinstance(state, dict):
-      states[name] = state
-    else:
-      if state == _OLD_FORMAT:
-        old_format.append(name)
-      tasks.append(
-        {
-          "output": output,
-          "name": name,
-          "entries": shard_entries,
-          "settings": settings,
-          "entries_digest": digest,
-        }
-      )
-  if states:
-    logger.warning(
-      "%s: %d of %d shards already complete, skipping them", output, len(states), num_shards
-    )
-  if old_format:
-    logger.warning(
-      "%s: %d shard(s) hold whole-clip records (format %d, one record per clip); preparing them "
-      "again as frame records with a clip index (format %d): %s",
-      output,
-      len(old_format),
-      records.CLIP_RECORD_VERSION,
-      records.FORMAT_VERSION,
-      ", ".join(old_format),
-    )
-
-  total_clips = sum(len(task["entries"]) for task in tasks)
-  with tqdm(total=total_clips, unit="clip", desc=f"prepare {split}", disable=not progress) as bar:
-    if workers == 1 or len(tasks) <= 1:
-      for task in tasks:
-        states[task["name"]] = _write_shard(task, on_clip=lambda: bar.update(1))
-    else:
-      # spawn: the caller may hold JAX / threads, which do not survive fork.
-      context = multiprocessing.get_context("spawn")
-      with concurrent.futures.ProcessPoolExecutor(
-        min(workers, len(tasks)), mp_context=context
-      ) as pool:
-        futures = {pool.submit(_write_shard, task): task for task in tasks}
-        for future in concurrent.futures.as_completed(futures):
-          state = future.result()
-          states[state["name"]] = state
-          bar.update(len(futures[future]["entries"]))
-
   names = [shard_name(split, index, num_shards) for index in range(num_shards)]
-  skipped = [
-    {"path": entry.path, "reason": video_io.REASON_NOT_FOUND, "detail": "listed in the annotations"}
-    for entry in missing
-  ]
-  for name in names:
-    skipped.extend(states[name]["skipped"])
-  skipped_by_reason = dict(collections.Counter(item["reason"] for item in skipped))
-  meta = {
-    "split": split,
-    "num_clips": sum(states[name]["num_clips"] for name in names),
-    "label_names": list(label_names),
-    "fps": float(fps),
-    "short_side": short_side,
-    "jpeg_quality": int(jpeg_quality),
-    "min_duration": float(min_duration),
-    "num_shards": num_shards,
-    "shards": names,
-    "shard_num_clips": [states[name]["num_clips"] for name in names],
-    "num_frames": sum(states[name]["num_frames"] for name in names),
-    "shard_max_clip_seconds": [states[name]["max_clip_seconds"] for name in names],
-    "max_clip_seconds": max(states[name]["max_clip_seconds"] for name in names),
-    "skipped_by_reason": skipped_by_reason,
-    "skipped": skipped,
-    "record_version": records.FORMAT_VERSION,
-    **(extra_meta or {}),
-  }
   meta_path = os.path.join(output, f"{split}_meta.json")
-  with open(meta_path + ".incomplete", "w") as file:
-    json.dump(meta, file, indent=1)
-  os.replace(meta_path + ".incomplete", meta_path)
+
+  with _OutputLock(output) as lock, contextlib.ExitStack() as stack:
+    if lock.previous:
+      logger.warning(
+        "%s: an earlier prepare there did not finish (%s); taking over its lock and resuming",
+        output,
+        _describe_holder(lock.previous),
+      )
+    ours = {os.path.basename(meta_path)}
+    for name in names:
+      ours.update((name, records.index_path(name), os.path.basename(_state_path(output, name))))
+    stale = _remove_stale_temporaries(output, ours)
+    if stale:
+      logger.warning("%s: removed %d unfinished file(s) of an earlier run", output, stale)
+
+    pool = None
+
+    def run_each(function, jobs) -> Iterator[tuple[dict[str, Any], Any]]:
+      """(job, function(job)) for every job, in worker processes when there are several."""
+      nonlocal pool
+      if workers == 1 or len(jobs) <= 1:
+        for job in jobs:
+          yield job, function(job)
+        return
+      if pool is None:
+        # spawn: the caller may hold JAX / threads, which do not survive fork.
+        pool = stack.enter_context(
+          concurrent.futures.ProcessPoolExecutor(
+            min(workers, num_shards),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(os.getpid(),),
+          )
+        )
+      futures = {pool.submit(function, job): job for job in jobs}
+      for future in concurrent.futures.as_completed(futures):
+        yield futures[future], future.result()
+
+    task_of, tasks, states, old_format = {}, {}, {}, []
+    for index, shard_entries in enumerate(np.array_split(np.arange(len(entries)), num_shards)):
+      name = names[index]
+      shard_entries = [entries[i] for i in shard_entries]
+      digest = _entries_digest(shard_entries)
+      state = _completed_state(output, name, settings, digest)
+      task_of[name] = {
+        "output": output,
+        "name": name,
+        "entries": shard_entries,
+        "settings": settings,
+        "entries_digest": digest,
+      }
+      if isinstance(state, dict):
+        states[name] = state
+      else:
+        if state == _OLD_FORMAT:
+          old_format.append(name)
+        tasks[name] = task_of[name]
+
+    tasks = [tasks[name] for name in names if name in tasks]
+    if states:
+      logger.warning(
+        "%s: %d of %d shards already complete, skipping them",
+        output,
+        len(states),
+        num_shards,
+      )
+    if old_format:
+      logger.warning(
+        "%s: %d shard(s) hold whole-clip records (format %d, one record per clip); preparing them "
+        "again as frame records with a clip index (format %d): %s",
+        output,
+        len(old_format),
+        records.CLIP_RECORD_VERSION,
+        records.FORMAT_VERSION,
+        ", ".join(old_format),
+      )
+
+    total_clips = sum(len(task["entries"]) for task in tasks)
+    with tqdm(total=total_clips, unit="clip", desc=f"prepare {split}", disable=not progress) as bar:
+      if workers == 1 or len(tasks) <= 1:
+        for task in tasks:
+          states[task["name"]] = _write_shard(task, on_clip=lambda: bar.update(1))
+      else:
+        for task, state in run_each(_write_shard, tasks):
+          states[state["name"]] = state
+          bar.update(len(task["entries"]))
+
+    skipped = [
+      {
+        "path": entry.path,
+        "reason": video_io.REASON_NOT_FOUND,
+        "detail": "listed in the annotations",
+      }
+      for entry in missing
+    ]
+    for name in names:
+      skipped.extend(states[name]["skipped"])
+    skipped_by_reason = dict(collections.Counter(item["reason"] for item in skipped))
+    meta = {
+      "split": split,
+      "num_clips": sum(states[name]["num_clips"] for name in names),
+      "label_names": list(label_names),
+      "fps": float(fps),
+      "short_side": short_side,
+      "jpeg_quality": int(jpeg_quality),
+      "min_duration": float(min_duration),
+      "num_shards": num_shards,
+      "shards": names,
+      "shard_num_clips": [states[name]["num_clips"] for name in names],
+      "num_frames": sum(states[name]["num_frames"] for name in names),
+      "shard_max_clip_seconds": [states[name]["max_clip_seconds"] for name in names],
+      "max_clip_seconds": max(states[name]["max_clip_seconds"] for name in names),
+      "skipped_by_reason": skipped_by_reason,
+      "skipped": skipped,
+      "record_version": records.FORMAT_VERSION,
+      **(extra_meta or {}),
+    }
+    _write_json(meta_path, meta, indent=1)
 
   seconds = time.time() - started
   lines = [
@@ -437,5 +662,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 if __name__ == "__main__":
   try:
     main()
-  except (ValueError, FileNotFoundError) as error:
+  except (ValueError, FileNotFoundError, OutputLockedError) as error:
     sys.exit(f"error: {error}")
