@@ -1,5 +1,5 @@
 """Faults around prepared data, through the real commands in subprocesses: a prepare killed with
-SIGKILL, two prepares on one folder, and training on a damaged shard."""
+SIGKILL, two prepares on one folder, shards damaged after they were written, and training on them."""
 
 import glob
 import json
@@ -214,6 +214,7 @@ def test_a_second_prepare_on_the_same_output_is_refused_with_one_line(longer_vid
     started = time.time()
     second = _run(*_prepare_args(longer_videos, output, *options))
     seconds = time.time() - started
+    verify = _run("-m", "vicmae_jax.data.prepare", "--verify", f"--output={output}")
   finally:
     os.kill(first.pid, signal.SIGCONT)
   assert first.wait(timeout=120) == 0
@@ -224,7 +225,12 @@ def test_a_second_prepare_on_the_same_output_is_refused_with_one_line(longer_vid
     f"error: {output} is in use by another prepare ({described}): wait for it to end, or use "
     "another --output"
   ]
+  assert verify.returncode == 1
+  assert verify.stderr.strip().splitlines() == [
+    f"error: {output} is being prepared now ({described}): verify it once that prepare has ended"
+  ]
   assert not lock.exists()
+  assert _run("-m", "vicmae_jax.data.prepare", "--verify", f"--output={output}").returncode == 0
 
 
 @LINUX_PROC
@@ -283,6 +289,115 @@ def test_temporary_names_are_unique_per_writer_and_stale_ones_are_removed(small_
     (output / stale).write_bytes(b"left by a killed run")
   rerun = _run(*_prepare_args(small_videos, output, "--num_shards=2", "--workers=1"))
   assert "removed 2 unfinished file(s) of an earlier run" in rerun.stderr
+  assert _folder_bytes(output) == intact
+
+
+# --------------------------------------------------------------------------------------------------
+# Damaged shards.
+
+
+def _damage(output):
+  """Cuts one shard short and flips a byte of another shard's index: returns those two paths."""
+  shard = output / "train-00001-of-00004.array_record"
+  data = shard.read_bytes()
+  shard.write_bytes(data[: len(data) // 2])
+  index = output / "train-00002-of-00004.array_record.index"
+  data = bytearray(index.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  index.write_bytes(bytes(data))
+  return shard, index
+
+
+def test_a_rerun_verifies_finished_shards_and_redoes_damaged_ones(small_videos, tmp_path):
+  output = tmp_path / "out"
+  options = ("--num_shards=4", "--workers=2")
+  assert _run(*_prepare_args(small_videos, output, *options)).returncode == 0
+  intact = _folder_bytes(output)
+  meta = json.loads((output / "train_meta.json").read_text())
+  assert [item["name"] for item in meta["shard_files"]] == meta["shards"]
+  for item in meta["shard_files"]:
+    shard = output / item["name"]
+    assert item["size"] == shard.stat().st_size
+    assert item["index_size"] == (output / (item["name"] + ".index")).stat().st_size
+    assert len(item["sha256"]) == len(item["index_sha256"]) == 64
+    state = json.loads((output / f".{item['name']}.json").read_text())
+    assert state["files"] == {key: value for key, value in item.items() if key != "name"}
+
+  shard, index = _damage(output)
+  size = len(intact[shard.name])
+  rerun = _run(*_prepare_args(small_videos, output, *options))
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  lines = rerun.stderr.splitlines()
+  assert (
+    f"{shard}: truncated ({size // 2} bytes, {size} when written); preparing the shard again"
+    in lines
+  )
+  assert (
+    f"{index}: damaged (its sha256 differs from the one recorded when it was written); preparing "
+    "the shard again" in lines
+  )
+  assert (
+    f"{output}: 2 of 4 shards already complete (sizes and sha256 verified), skipping them" in lines
+  )
+  assert _folder_bytes(output) == intact
+
+
+def test_verify_names_each_damaged_file_and_writes_nothing(small_videos, tmp_path):
+  output = tmp_path / "out"
+  assert _run(*_prepare_args(small_videos, output, "--num_shards=4", "--workers=1")).returncode == 0
+  verify = ("-m", "vicmae_jax.data.prepare", "--verify", f"--output={output}")
+  fine = _run(*verify)
+  assert fine.returncode == 0, fine.stderr
+  assert fine.stdout.splitlines() == [
+    f"{output}: 4 shard(s) of split(s) train verified, every shard and index file intact"
+  ]
+
+  shard, index = _damage(output)
+  missing = output / "train-00003-of-00004.array_record.index"
+  missing.unlink()
+  before = {path.name: (path.stat().st_mtime_ns, path.stat().st_size) for path in output.iterdir()}
+  damaged = _run(*verify, "--split=train")
+  assert damaged.returncode == 1
+  size = shard.stat().st_size * 2
+  assert damaged.stdout.splitlines() == [
+    f"{shard}: truncated ({size // 2} bytes, {size} when written)",
+    f"{index}: damaged (its sha256 differs from the one recorded when it was written)",
+    f"{missing}: missing",
+    f"{output}: 3 damaged or missing file(s) in 4 shard(s) of split(s) train: re-run the prepare "
+    "command with the same options to prepare them again",
+  ]
+  after = {path.name: (path.stat().st_mtime_ns, path.stat().st_size) for path in output.iterdir()}
+  assert after == before
+  nothing = _run("-m", "vicmae_jax.data.prepare", "--verify", f"--output={tmp_path}")
+  assert nothing.returncode == 1
+  assert nothing.stderr.strip().splitlines() == [
+    f"error: no *_meta.json in {tmp_path}: not a prepared folder, or its prepare has not finished"
+  ]
+
+
+def test_shards_written_before_checksums_are_checked_and_then_recorded(small_videos, tmp_path):
+  """States and meta without sizes and sums (an earlier version): a structural check, then the sums
+  are recorded; a shard cut short is prepared again."""
+  output = tmp_path / "out"
+  options = dict(fps=5.0, short_side=32, num_shards=4, progress=False)
+  prepare.prepare_dataset("folder", small_videos, output, **options)
+  intact = _folder_bytes(output)
+  for path in output.glob(".*.json"):
+    state = json.loads(path.read_text())
+    del state["files"]
+    path.write_text(json.dumps(state))
+  meta = json.loads((output / "train_meta.json").read_text())
+  del meta["shard_files"]
+  (output / "train_meta.json").write_text(json.dumps(meta, indent=1))
+  result = prepare.verify_output(output)
+  assert result["problems"] == [] and result["unchecked"] == [str(output / "train_meta.json")]
+  shard = output / "train-00001-of-00004.array_record"
+  shard.write_bytes(intact[shard.name][:1000])
+  problems = prepare.verify_output(output)["problems"]
+  assert len(problems) == 1 and problems[0].startswith(f"{shard}: truncated or damaged (")
+
+  summary = prepare.prepare_dataset("folder", small_videos, output, **options)
+  assert summary["rewritten_damaged"] == [shard.name] and summary["resumed_shards"] == 3
   assert _folder_bytes(output) == intact
 
 

@@ -26,6 +26,7 @@ import concurrent.futures
 import contextlib
 import ctypes
 import datetime
+import glob
 import hashlib
 import io
 import json
@@ -60,6 +61,7 @@ DEFAULT_CLIPS_PER_SHARD = 256
 REASON_UNEXPECTED = "unexpected error"
 LOCK_NAME = ".prepare.lock"
 _SHOWN_SKIPS = 5
+_HASH_CHUNK = 1 << 20
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _PARENT_POLL_SECONDS = 1.0
 
@@ -126,7 +128,7 @@ def _state_path(output: str, name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Temporary names.
+# Files: temporary names, checksums, checks.
 
 
 def _temp_path(path: str) -> str:
@@ -160,6 +162,89 @@ def _write_json(path: str, value: Any, **options) -> None:
   finally:
     with contextlib.suppress(FileNotFoundError):
       os.remove(temp)
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as file:
+    while chunk := file.read(_HASH_CHUNK):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _file_record(shard_file: str, index_file: str) -> dict[str, Any]:
+  """Sizes and sha256 of a shard and its index, as recorded in its state and the meta json."""
+  return {
+    "size": os.path.getsize(shard_file),
+    "sha256": _sha256(shard_file),
+    "index_size": os.path.getsize(index_file),
+    "index_sha256": _sha256(index_file),
+  }
+
+
+def _file_problem(path: str, size: int, sha256: str) -> str | None:
+  """One line naming `path` when it is not the file that was written, else None."""
+  try:
+    actual = os.path.getsize(path)
+  except FileNotFoundError:
+    return f"{path}: missing"
+  if actual < size:
+    return f"{path}: truncated ({actual} bytes, {size} when written)"
+  if actual != size:
+    return f"{path}: damaged ({actual} bytes, {size} when written)"
+  if _sha256(path) != sha256:
+    return f"{path}: damaged (its sha256 differs from the one recorded when it was written)"
+  return None
+
+
+def _files_problems(shard_path: str, files: dict[str, Any]) -> list[str]:
+  """Checks a shard and its index against their recorded sizes and sha256 sums."""
+  problems = [
+    _file_problem(shard_path, files["size"], files["sha256"]),
+    _file_problem(records.index_path(shard_path), files["index_size"], files["index_sha256"]),
+  ]
+  return [problem for problem in problems if problem is not None]
+
+
+def _structure_problems(shard_path: str, num_clips: int | None = None) -> list[str]:
+  """For shards written before checksums were kept: the shard opens, its index decodes, they agree."""
+  problems = []
+  index_file = records.index_path(shard_path)
+  try:
+    num_records = records.count_records(shard_path)
+  except FileNotFoundError:
+    problems.append(f"{shard_path}: missing")
+    num_records = None
+  except records.DamagedShardError as error:
+    problems.append(f"{shard_path}: truncated or damaged ({error.detail})")
+    num_records = None
+  try:
+    index = records.read_index(index_file)
+  except FileNotFoundError:
+    problems.append(f"{index_file}: missing")
+    index = None
+  except records.DamagedShardError as error:
+    problems.append(f"{index_file}: truncated or damaged ({error.detail})")
+    index = None
+  if index is not None and num_records is not None and index.num_records != num_records:
+    problems.append(
+      f"{shard_path}: damaged (holds {num_records} frame records, its index lists "
+      f"{index.num_records})"
+    )
+  if index is not None and num_clips is not None and len(index) != num_clips:
+    problems.append(f"{index_file}: damaged (lists {len(index)} clips, {num_clips} were written)")
+  return problems
+
+
+def _check_shard(job: dict[str, Any]) -> dict[str, Any]:
+  """Verifies a completed shard against its state: {name, problems (lines), files (to record)}."""
+  path = os.path.join(job["output"], job["name"])
+  state = job["state"]
+  if "files" in state:
+    return {"name": job["name"], "problems": _files_problems(path, state["files"]), "files": None}
+  problems = _structure_problems(path, state["num_clips"])
+  files = None if problems else _file_record(path, records.index_path(path))
+  return {"name": job["name"], "problems": problems, "files": files}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -280,12 +365,31 @@ class _OutputLock:
     self.release()
 
 
+def _running_prepare(output: str) -> dict[str, Any] | None:
+  """The holder of `output`'s lock while a prepare runs there, else None (takes nothing: a shared
+  lock tried and dropped at once, on a file opened read-only)."""
+  path = os.path.join(output, LOCK_NAME)
+  if fcntl is None or not os.path.isfile(path):
+    return None
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+      return _read_holder(fd) or {}
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return None
+  finally:
+    os.close(fd)
+
+
 # --------------------------------------------------------------------------------------------------
 # Shards.
 
 
 def _write_shard(task: dict[str, Any], on_clip=None) -> dict[str, Any]:
-  """Writes one shard and its index; returns its state (counts, skips, longest clip, settings)."""
+  """Writes one shard and its index; returns its state (counts, skips, longest clip, settings,
+  sizes and sha256 of both files)."""
   output, name, entries, settings = task["output"], task["name"], task["entries"], task["settings"]
   final_path = os.path.join(output, name)
   shard_temp = _temp_path(final_path)
@@ -322,8 +426,10 @@ def _write_shard(task: dict[str, Any], on_clip=None) -> dict[str, Any]:
       "skipped": skipped,
       "settings": settings,
       "entries_digest": task["entries_digest"],
+      "files": _file_record(shard_temp, index_temp),
     }
-    # State first, the shard itself last: a shard file present means its index and state are complete.
+    # State first, the shard itself last: a shard file present means its index and state are
+    # complete (and a rerun checks both files against the sizes and sums in the state).
     _write_json(_state_path(output, name), state)
     os.replace(index_temp, records.index_path(final_path))
     os.replace(shard_temp, final_path)
@@ -342,7 +448,8 @@ def _completed_state(
 ) -> dict[str, Any] | str | None:
   """The state of an already written shard; None if absent; _OLD_FORMAT if it must be written again.
 
-  Raises if the shard was made with other settings or from other videos.
+  Raises if the shard was made with other settings or from other videos. Its files are checked
+  against the state later (`_check_shard`).
   """
   if not os.path.isfile(os.path.join(output, name)) or not os.path.isfile(
     _state_path(output, name)
@@ -483,10 +590,24 @@ def prepare_entries(
           old_format.append(name)
         tasks[name] = task_of[name]
 
+    # Completed shards are verified (sizes and sha256 recorded when they were written), not trusted.
+    damaged = []
+    checks = [{"output": output, "name": name, "state": state} for name, state in states.items()]
+    for _, result in run_each(_check_shard, checks):
+      name = result["name"]
+      if result["problems"]:
+        for problem in result["problems"]:
+          logger.warning("%s; preparing the shard again", problem)
+        damaged.append(name)
+        del states[name]
+        tasks[name] = task_of[name]
+      elif result["files"] is not None:  # written before checksums were kept: record them now
+        states[name]["files"] = result["files"]
+        _write_json(_state_path(output, name), states[name])
     tasks = [tasks[name] for name in names if name in tasks]
     if states:
       logger.warning(
-        "%s: %d of %d shards already complete, skipping them",
+        "%s: %d of %d shards already complete (sizes and sha256 verified), skipping them",
         output,
         len(states),
         num_shards,
@@ -537,6 +658,7 @@ def prepare_entries(
       "num_frames": sum(states[name]["num_frames"] for name in names),
       "shard_max_clip_seconds": [states[name]["max_clip_seconds"] for name in names],
       "max_clip_seconds": max(states[name]["max_clip_seconds"] for name in names),
+      "shard_files": [{"name": name, **states[name]["files"]} for name in names],
       "skipped_by_reason": skipped_by_reason,
       "skipped": skipped,
       "record_version": records.FORMAT_VERSION,
@@ -564,6 +686,7 @@ def prepare_entries(
     "shard_paths": [os.path.join(output, name) for name in names],
     "resumed_shards": num_shards - len(tasks),
     "rewritten_old_format": old_format,
+    "rewritten_damaged": damaged,
     "seconds": seconds,
   }
 
@@ -594,6 +717,88 @@ def prepare_dataset(
   )
 
 
+def verify_output(output: str | os.PathLike, split: str | None = None) -> dict[str, Any]:
+  """Checks a prepared folder without writing anything: every shard and index file of `split`
+  (default: every split with a `<split>_meta.json` there) against the size and sha256 recorded in
+  the meta json when it was written. Meta files from before checksums were kept get a structural
+  check (the shard opens, its index decodes, their counts agree).
+
+  Returns {output, splits, num_shards, problems: one line per damaged or missing file, unchecked:
+  the meta files without checksums}. Raises FileNotFoundError when there is nothing prepared to
+  check, OutputLockedError while a prepare runs there.
+  """
+  output = os.fspath(output)
+  if not os.path.isdir(output):
+    raise FileNotFoundError(f"prepared folder not found: {output}")
+  holder = _running_prepare(output)
+  if holder is not None:
+    raise OutputLockedError(
+      f"{output} is being prepared now ({_describe_holder(holder)}): verify it once that "
+      "prepare has ended"
+    )
+  if split:
+    meta_paths = [os.path.join(output, f"{split}_meta.json")]
+    if not os.path.isfile(meta_paths[0]):
+      raise FileNotFoundError(
+        f"{meta_paths[0]} not found: no finished prepare of split {split!r} in {output}"
+      )
+  else:
+    meta_paths = sorted(glob.glob(os.path.join(glob.escape(output), "*_meta.json")))
+    if not meta_paths:
+      raise FileNotFoundError(
+        f"no *_meta.json in {output}: not a prepared folder, or its prepare has not finished"
+      )
+  problems, splits, unchecked, num_shards = [], [], [], 0
+  for meta_path in meta_paths:
+    try:
+      with open(meta_path) as file:
+        meta = json.load(file)
+    except ValueError as error:
+      raise ValueError(f"{meta_path}: not a readable meta json ({error})") from None
+    if not isinstance(meta, dict) or "shards" not in meta:
+      raise ValueError(f"{meta_path}: not a prepare meta json (no list of shards)")
+    splits.append(meta.get("split") or os.path.basename(meta_path).removesuffix("_meta.json"))
+    files = meta.get("shard_files")
+    if files is None:
+      unchecked.append(meta_path)
+    for number, name in enumerate(meta["shards"]):
+      path = os.path.join(output, name)
+      if files is not None:
+        problems.extend(_files_problems(path, files[number]))
+      else:
+        problems.extend(_structure_problems(path, meta["shard_num_clips"][number]))
+      num_shards += 1
+  return {
+    "output": output,
+    "splits": splits,
+    "num_shards": num_shards,
+    "problems": problems,
+    "unchecked": unchecked,
+  }
+
+
+def _print_verification(result: dict[str, Any]) -> None:
+  for problem in result["problems"]:
+    print(problem)
+  for meta_path in result["unchecked"]:
+    print(
+      f"{meta_path} records no checksums (written by an earlier version): its shards were only "
+      "checked to open and to match their index"
+    )
+  splits = ", ".join(result["splits"])
+  if result["problems"]:
+    print(
+      f"{result['output']}: {len(result['problems'])} damaged or missing file(s) in "
+      f"{result['num_shards']} shard(s) of split(s) {splits}: re-run the prepare command with the "
+      "same options to prepare them again"
+    )
+  else:
+    print(
+      f"{result['output']}: {result['num_shards']} shard(s) of split(s) {splits} verified, every "
+      "shard and index file intact"
+    )
+
+
 def _label_names_from(path: str) -> list[str]:
   """A `_meta.json` (its label_names) or a text file with one class name per line."""
   if path.endswith(".json"):
@@ -607,8 +812,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m vicmae_jax.data.prepare", description=__doc__.split("\n\n")[0]
   )
-  parser.add_argument("--format", required=True, choices=formats.FORMATS)
-  parser.add_argument("--root", required=True, help="directory holding the videos")
+  parser.add_argument("--format", choices=formats.FORMATS, help="required unless --verify")
+  parser.add_argument("--root", help="directory holding the videos (required unless --verify)")
   parser.add_argument("--annotations", help="Kinetics / MiT csv, or the SSv2 split json")
   parser.add_argument(
     "--labels", help="SSv2 labels.json (default: beside --annotations) or MiT categories txt"
@@ -617,9 +822,18 @@ def build_parser() -> argparse.ArgumentParser:
     "--label_names_from", help="class list to index by: a *_meta.json or one name per line"
   )
   parser.add_argument(
-    "--split", default="train", help="split name: filters Kinetics rows, names the output"
+    "--split",
+    default=None,
+    help="split name: filters Kinetics rows, names the output (default train; with --verify "
+    "every split in --output)",
   )
   parser.add_argument("--output", required=True)
+  parser.add_argument(
+    "--verify",
+    action="store_true",
+    help="check the prepared --output against its recorded sizes and sha256 sums, write "
+    "nothing; prints one line per damaged file and exits 1 if there is any",
+  )
   parser.add_argument("--fps", type=float, default=8.0)
   parser.add_argument("--short_side", type=int, default=256, help="0 keeps the source size")
   parser.add_argument("--jpeg_quality", type=int, default=90)
@@ -638,14 +852,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  args = build_parser().parse_args(argv)
+  """Prepares (returns the summary) or, with --verify, checks (returns verify_output's result)."""
+  parser = build_parser()
+  args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
+  if args.verify:
+    result = verify_output(args.output, args.split)
+    _print_verification(result)
+    return result
+  absent = [flag for flag in ("format", "root") if getattr(args, flag) is None]
+  if absent:
+    parser.error(f"the following arguments are required: {', '.join('--' + f for f in absent)}")
   return prepare_dataset(
     args.format,
     args.root,
     args.output,
     annotations=args.annotations,
-    split=args.split,
+    split=args.split or "train",
     labels=args.labels,
     label_names=_label_names_from(args.label_names_from) if args.label_names_from else None,
     fps=args.fps,
@@ -661,6 +884,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
   try:
-    main()
+    outcome = main()
   except (ValueError, FileNotFoundError, OutputLockedError) as error:
     sys.exit(f"error: {error}")
+  if outcome.get("problems"):  # --verify found damaged files
+    sys.exit(1)

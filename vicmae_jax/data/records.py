@@ -65,6 +65,7 @@ class DamagedShardError(ValueError):
     detail = " ".join(str(detail).split())  # one line, whatever the reader said
     if len(detail) > 200:
       detail = detail[:197] + "..."
+    self.detail = detail
     super().__init__(
       f"{self.path} is truncated or damaged" + (f" ({detail})" if detail else "") + ": re-run "
       "python -m vicmae_jax.data.prepare with the same options to prepare it again "
