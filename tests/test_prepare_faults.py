@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from media_utils import make_video
+from media_utils import make_random_bytes, make_truncated, make_video, make_zero_byte
 from vicmae_jax.data import prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -408,3 +410,81 @@ def test_a_refused_run_leaves_no_lock_behind(small_videos, tmp_path):
   with pytest.raises(ValueError, match="fps=5.0.*fps=4.0"):
     prepare.prepare_dataset("folder", small_videos, output, fps=4.0, num_shards=2, progress=False)
   assert not (output / prepare.LOCK_NAME).exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Skipped inputs.
+
+
+def _gif(path):
+  frames = [Image.new("RGB", (16, 16), (value, 0, 0)) for value in (0, 128, 255)]
+  frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+
+
+def test_every_skipped_input_is_counted_in_the_summary_and_the_meta(tmp_path):
+  root = tmp_path / "videos"
+  for number in range(3):
+    make_video(root / "c0" / f"v{number}.mp4", num_frames=12)
+  _gif(root / "c0" / "anim.gif")
+  (root / "notes.txt").write_text("shot on a phone")
+  make_zero_byte(root / "c0" / "empty.mp4")
+  make_random_bytes(root / "c0" / "noise.webm")
+  output = root / "prepared"  # inside the root: its own files are not inputs
+  for attempt in range(2):
+    proc = _run(*_prepare_args(root, output, "--workers=1"))
+    assert proc.returncode == 0, proc.stderr
+    meta_path = output / "train_meta.json"
+    lines = proc.stderr.splitlines()
+    assert f"train: 3 clips in 1 shard(s) under {output} (" in lines[-9] and lines[-9].endswith(
+      f"); 4 skipped, every one with its reason in {meta_path}"
+    ), lines
+    assert sorted(lines[-8:-4]) == [
+      "  1 x corrupt",
+      "  1 x empty file",
+      "  1 x not a video file (.gif)",
+      "  1 x not a video file (.txt)",
+    ]
+    meta = json.loads(meta_path.read_text())
+    assert meta["skipped_by_reason"] == {
+      "not a video file (.gif)": 1,
+      "not a video file (.txt)": 1,
+      "empty file": 1,
+      "corrupt": 1,
+    }
+    assert sorted(os.path.basename(item["path"]) for item in meta["skipped"]) == [
+      "anim.gif",
+      "empty.mp4",
+      "noise.webm",
+      "notes.txt",
+    ]
+
+
+def test_a_source_whose_every_file_is_bad_ends_with_one_line(tmp_path):
+  root = tmp_path / "bad"
+  (root / "a").mkdir(parents=True)
+  (root / "b").mkdir()
+  make_zero_byte(root / "a" / "empty.mp4")
+  make_random_bytes(root / "a" / "noise.mp4")
+  make_truncated(root / "b" / "cut.mp4")
+  _gif(root / "b" / "anim.gif")
+  output = tmp_path / "out"
+  proc = _run(*_prepare_args(root, output, "--workers=2", "--num_shards=2"))
+  assert proc.returncode == 1
+  assert "Traceback" not in proc.stderr
+  meta_path = output / "train_meta.json"
+  assert proc.stderr.strip().splitlines()[-1] == (
+    "error: no clip could be prepared for split 'train': all 4 input(s) were skipped (2 x corrupt, "
+    f"1 x not a video file (.gif), 1 x empty file); every file with its reason is in {meta_path}"
+  )
+  assert len(json.loads(meta_path.read_text())["skipped"]) == 4
+
+  shutil.rmtree(root / "a")
+  for video in (root / "b").glob("*.mp4"):
+    video.unlink()
+  (root / "b" / "notes.txt").write_text("")
+  proc = _run(*_prepare_args(root, tmp_path / "out2"))
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines() == [
+    f"error: no videos listed in {root}: its 2 file(s) are not videos (video files end in "
+    ".mp4, .webm, .mkv, .avi, .mov, .m4v, .mpg, .mpeg, .ogv, .3gp, .flv)"
+  ]

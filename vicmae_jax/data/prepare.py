@@ -70,6 +70,16 @@ class OutputLockedError(RuntimeError):
   """Another prepare holds the lock on the output folder."""
 
 
+class NothingPreparedError(ValueError):
+  """Every input was skipped: the shards hold no clip."""
+
+
+def not_a_video_reason(path: str) -> str:
+  """The skip reason of a file that is not a video container: 'not a video file (.gif)'."""
+  extension = os.path.splitext(path)[1].lower()
+  return f"not a video file ({extension or 'no extension'})"
+
+
 def shard_name(split: str, index: int, num_shards: int) -> str:
   return f"{split}-{index:05d}-of-{num_shards:05d}.array_record"
 
@@ -486,6 +496,7 @@ def prepare_entries(
   *,
   split: str = "train",
   missing: Sequence[formats.VideoEntry] = (),
+  not_videos: Sequence[str] = (),
   fps: float = 8.0,
   short_side: int | None = 256,
   jpeg_quality: int = 90,
@@ -498,6 +509,8 @@ def prepare_entries(
 ) -> dict[str, Any]:
   """Writes `entries` into `num_shards` shards under `output`; returns the summary (also the meta json).
 
+  missing: annotated videos whose file was not found; not_videos: paths of files found that are not
+    videos. Both are counted as skipped.
   num_shards: default ceil(len(entries) / 256); capped at len(entries).
   workers: processes (1 runs in this process). Frames are decoded at `fps` with the shorter side
     resized to `short_side` (None keeps the size).
@@ -505,7 +518,8 @@ def prepare_entries(
     frame interval; with `max_frames`, only the kept frames count) is skipped as too short. Clips
     always need at least 2 frames.
 
-  Raises OutputLockedError while another prepare runs on `output`.
+  Raises OutputLockedError while another prepare runs on `output`, and NothingPreparedError (after
+  writing the meta json with every skipped file) when no clip could be prepared.
   """
   if not entries:
     raise ValueError(
@@ -641,6 +655,9 @@ def prepare_entries(
       }
       for entry in missing
     ]
+    skipped.extend(
+      {"path": path, "reason": not_a_video_reason(path), "detail": ""} for path in not_videos
+    )
     for name in names:
       skipped.extend(states[name]["skipped"])
     skipped_by_reason = dict(collections.Counter(item["reason"] for item in skipped))
@@ -669,7 +686,7 @@ def prepare_entries(
   seconds = time.time() - started
   lines = [
     f"{split}: {meta['num_clips']} clips in {num_shards} shard(s) under {output} ({seconds:.1f} s); "
-    f"{len(skipped)} skipped"
+    f"{len(skipped)} skipped" + (f", every one with its reason in {meta_path}" if skipped else "")
   ]
   for reason, count in sorted(skipped_by_reason.items(), key=lambda item: -item[1]):
     lines.append(f"  {count} x {reason}")
@@ -680,6 +697,15 @@ def prepare_entries(
   if len(skipped) > _SHOWN_SKIPS:
     lines.append(f"    ... all in {meta_path}")
   logger.info("\n".join(lines))
+  if meta["num_clips"] == 0:
+    reasons = ", ".join(
+      f"{count} x {reason}"
+      for reason, count in sorted(skipped_by_reason.items(), key=lambda item: -item[1])
+    )
+    raise NothingPreparedError(
+      f"no clip could be prepared for split {split!r}: all {len(skipped)} input(s) were skipped "
+      f"({reasons}); every file with its reason is in {meta_path}"
+    )
   return {
     **meta,
     "meta_path": meta_path,
@@ -702,16 +728,25 @@ def prepare_dataset(
   label_names: Sequence[str] | None = None,
   **options,
 ) -> dict[str, Any]:
-  """Lists a dataset in one of `formats.FORMATS` and prepares it; options as in `prepare_entries`."""
+  """Lists a dataset in one of `formats.FORMATS` and prepares it; options as in `prepare_entries`.
+
+  Files of the listing that are not videos (in a folder layout) are counted as skipped, except
+  those inside `output` (a prepared folder may sit under the videos' root).
+  """
   listing = formats.list_dataset(
     format, root, annotations=annotations, split=split, labels=labels, label_names=label_names
   )
+  inside_output = os.path.realpath(output) + os.sep
+  not_videos = [
+    path for path in listing.not_videos if not os.path.realpath(path).startswith(inside_output)
+  ]
   return prepare_entries(
     listing.entries,
     listing.label_names,
     output,
     split=split,
     missing=listing.missing,
+    not_videos=not_videos,
     extra_meta={"format": format, "root": os.fspath(root)},
     **options,
   )
