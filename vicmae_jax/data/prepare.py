@@ -3,19 +3,41 @@
     python -m vicmae_jax.data.prepare --format=kinetics --root=/data/k400/videos \
         --annotations=/data/k400/annotations/train.csv --split=train --output=/data/k400/prepared \
         --fps=8 --short_side=256 --workers=16
+    python -m vicmae_jax.data.prepare --verify --output=/data/k400/prepared   # checks, writes nothing
 
 writes, per shard, `OUTPUT/<split>-SSSSS-of-NNNNN.array_record` (one record per frame, the frames of a
 clip consecutive) with its clip index `<shard>.index` (records.py describes both), and
 `OUTPUT/<split>_meta.json`: {num_clips, label_names, fps, short_side, skipped: [{path, reason, detail}],
-shard_max_clip_seconds, max_clip_seconds, ...}. A clip's duration is the time its kept frames cover
-(last - first timestamp plus one frame interval); the longest one per shard lets the data config
-refuse a frame gap no clip can hold.
+skipped_by_reason, shard_max_clip_seconds, max_clip_seconds, shard_files: [{name, size, sha256,
+index_size, index_sha256}], ...}. A clip's duration is the time its kept frames cover (last - first
+timestamp plus one frame interval); the longest one per shard lets the data config refuse a frame gap
+no clip can hold.
 
-Each shard is one task for a worker process. A shard is written under temporary names and renamed when
-complete, next to a small hidden `.<shard>.json` with its counts, so an interrupted run resumes where it
-stopped: a rerun skips the completed shards (and refuses to mix shards made with other settings).
-Shards of the earlier whole-clip format (no index file) are prepared again, with a warning.
-Bad videos (corrupt, truncated, empty, audio-only, too short) are skipped and counted, never fatal.
+Each shard is one task for a worker process. A shard is written under temporary names unique to its
+writer (`<name>.<pid>-<random>.incomplete`) and renamed when complete, next to a small hidden
+`.<shard>.json` with its counts and the size and sha256 of the shard and of its index, so an
+interrupted run resumes where it stopped: a rerun checks every completed shard against those sizes and
+sums, skips the intact ones, prepares damaged ones again with a warning naming the file, and refuses to
+mix shards made with other settings. Shards of the earlier whole-clip format (no index file) are
+prepared again, with a warning; shards written before sums were kept get a structural check (the shard
+opens, its index decodes, their counts agree) and their sums are recorded.
+
+One prepare at a time per output folder: a run holds an exclusive flock on `OUTPUT/.prepare.lock`
+(holding its host, pid and start time); a second one exits at once with one line naming the folder
+and that holder. The kernel drops the lock when its process dies, so after a `kill -9` the next run
+takes it over (with a warning) and removes the dead run's temporary files; the worker processes end
+with the prepare that started them (Linux: prctl PR_SET_PDEATHSIG; elsewhere a thread watching the
+parent pid), so none is left writing. The lock file is removed when a run ends.
+
+`--verify` checks a prepared folder without writing anything: every shard and index file of each split
+(or of --split) against the sizes and sums in its meta json; it prints one line per damaged or missing
+file and a summary, and exits 1 if any file is damaged, 0 if all are intact.
+
+Bad videos (corrupt, truncated, empty, audio-only, too short) are skipped and counted, never fatal, as
+are annotated videos not found and, in a folder layout, files that are not videos ("not a video file
+(.gif)"; files inside OUTPUT do not count). The summary gives every skip reason with its count and the
+meta json that lists each skipped file; a run in which every input was skipped writes that list and
+ends with one line saying so (exit 1).
 """
 
 from __future__ import annotations
