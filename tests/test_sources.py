@@ -2,6 +2,7 @@
 
 import io
 import os
+import shutil
 import threading
 
 import numpy as np
@@ -151,6 +152,23 @@ def test_prepared_source_skips_short_clips_and_checks_its_index(tmp_path):
   os.remove(records.index_path(tmp_path / "train-00001-of-00002.array_record"))
   with pytest.raises(ValueError, match="mixes shard formats: 1 shard"):
     sources.PreparedClipSource(str(tmp_path), "train")
+
+
+def test_a_truncated_shard_or_index_is_one_error_naming_the_file(prepared, tmp_path):
+  """A shard or index cut short on disk: one line naming the file, not the reader's bare message."""
+  for victim in ("train-00001-of-00002.array_record", "train-00000-of-00002.array_record.index"):
+    copy = tmp_path / victim.replace(".", "_")
+    shutil.copytree(prepared, copy)
+    data = (copy / victim).read_bytes()
+    (copy / victim).write_bytes(data[: len(data) // 2])
+    with pytest.raises(records.DamagedShardError) as caught:
+      sources.build_source({"name": "clips", "kind": "prepared", "path": str(copy)})
+    message = str(caught.value)
+    assert "\n" not in message and caught.value.path == str(copy / victim)
+    assert message.startswith(f"{copy / victim} is truncated or damaged")
+    assert "re-run python -m vicmae_jax.data.prepare" in message and "--verify" in message
+    with pytest.raises(records.DamagedShardError, match=victim.replace(".", "\\.")):
+      records.read_clips(copy / victim.removesuffix(records.INDEX_SUFFIX))
 
 
 def test_prepared_source_errors_name_the_path(tmp_path):

@@ -170,6 +170,7 @@ def main(argv):
   logging.info("JAX %s: %s", jax.__version__, distributed.describe())
   from vicmae_jax import checkpoint, dirlock
   from vicmae_jax.config_lib import ConfigError
+  from vicmae_jax.data.records import DamagedShardError
 
   try:
     summary = run(FLAGS.config, FLAGS.workdir)
@@ -177,6 +178,7 @@ def main(argv):
     ConfigError,
     FileNotFoundError,
     FloatingPointError,
+    DamagedShardError,  # a prepared shard or index cut short on disk
     checkpoint.CheckpointError,
     dirlock.LockedError,
   ) as e:

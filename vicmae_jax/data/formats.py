@@ -15,7 +15,7 @@ Layouts:
   Something-Something   `labels.json` {name: "index"}, split json [{id, label, template, placeholders}];
   v2                    the class is the template without brackets; videos `<id>.webm` under root.
   folder                `<root>/<class>/**/<video>`; classes are the sorted sub-folder names; videos
-                        directly in root get label -1.
+                        directly in root get label -1. Other files are listed in `.not_videos`.
 """
 
 from __future__ import annotations
@@ -54,11 +54,19 @@ class VideoEntry:
 
 
 class VideoListing(tuple):
-  """`(entries, label_names)`; `.missing` lists the annotated entries whose file was not found."""
+  """`(entries, label_names)`; `.missing` lists the annotated entries whose file was not found,
+  `.not_videos` the paths of files found that are not videos (folder layout)."""
 
-  def __new__(cls, entries: list[VideoEntry], label_names: list[str], missing: list[VideoEntry]):
+  def __new__(
+    cls,
+    entries: list[VideoEntry],
+    label_names: list[str],
+    missing: list[VideoEntry],
+    not_videos: Sequence[str] = (),
+  ):
     listing = super().__new__(cls, (entries, label_names))
     listing.missing = missing
+    listing.not_videos = list(not_videos)
     return listing
 
   @property
@@ -296,10 +304,16 @@ def list_ssv2(
 def list_folder(root: str | os.PathLike) -> VideoListing:
   """Videos in `<root>/<class>/**`; classes are the sorted sub-folders holding videos."""
   root = _require_dir(root)
-  videos = []
+  videos, not_videos = [], []
   for directory, subdirs, files in os.walk(root):
     subdirs.sort()
-    videos.extend(os.path.join(directory, name) for name in sorted(files) if _is_video(name))
+    for name in sorted(files):
+      (videos if _is_video(name) else not_videos).append(os.path.join(directory, name))
+  if not videos:
+    others = f": its {len(not_videos)} file(s) are not videos" if not_videos else ""
+    raise ValueError(
+      f"no videos listed in {root}{others} (video files end in {', '.join(VIDEO_EXTENSIONS)})"
+    )
   classes = sorted(
     {Path(p).relative_to(root).parts[0] for p in videos if len(Path(p).relative_to(root).parts) > 1}
   )
@@ -309,7 +323,7 @@ def list_folder(root: str | os.PathLike) -> VideoListing:
     relative = Path(path).relative_to(root)
     name = relative.parts[0] if len(relative.parts) > 1 else ""
     entries.append(VideoEntry(path, label_of.get(name, -1), name, str(relative.with_suffix(""))))
-  return _finish(entries, classes, [], root)
+  return VideoListing(entries, classes, [], not_videos)
 
 
 def list_dataset(

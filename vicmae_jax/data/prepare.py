@@ -3,19 +3,41 @@
     python -m vicmae_jax.data.prepare --format=kinetics --root=/data/k400/videos \
         --annotations=/data/k400/annotations/train.csv --split=train --output=/data/k400/prepared \
         --fps=8 --short_side=256 --workers=16
+    python -m vicmae_jax.data.prepare --verify --output=/data/k400/prepared   # checks, writes nothing
 
 writes, per shard, `OUTPUT/<split>-SSSSS-of-NNNNN.array_record` (one record per frame, the frames of a
 clip consecutive) with its clip index `<shard>.index` (records.py describes both), and
 `OUTPUT/<split>_meta.json`: {num_clips, label_names, fps, short_side, skipped: [{path, reason, detail}],
-shard_max_clip_seconds, max_clip_seconds, ...}. A clip's duration is the time its kept frames cover
-(last - first timestamp plus one frame interval); the longest one per shard lets the data config
-refuse a frame gap no clip can hold.
+skipped_by_reason, shard_max_clip_seconds, max_clip_seconds, shard_files: [{name, size, sha256,
+index_size, index_sha256}], ...}. A clip's duration is the time its kept frames cover (last - first
+timestamp plus one frame interval); the longest one per shard lets the data config refuse a frame gap
+no clip can hold.
 
-Each shard is one task for a worker process. A shard is written under temporary names and renamed when
-complete, next to a small hidden `.<shard>.json` with its counts, so an interrupted run resumes where it
-stopped: a rerun skips the completed shards (and refuses to mix shards made with other settings).
-Shards of the earlier whole-clip format (no index file) are prepared again, with a warning.
-Bad videos (corrupt, truncated, empty, audio-only, too short) are skipped and counted, never fatal.
+Each shard is one task for a worker process. A shard is written under temporary names unique to its
+writer (`<name>.<pid>-<random>.incomplete`) and renamed when complete, next to a small hidden
+`.<shard>.json` with its counts and the size and sha256 of the shard and of its index, so an
+interrupted run resumes where it stopped: a rerun checks every completed shard against those sizes and
+sums, skips the intact ones, prepares damaged ones again with a warning naming the file, and refuses to
+mix shards made with other settings. Shards of the earlier whole-clip format (no index file) are
+prepared again, with a warning; shards written before sums were kept get a structural check (the shard
+opens, its index decodes, their counts agree) and their sums are recorded.
+
+One prepare at a time per output folder: a run holds an exclusive flock on `OUTPUT/.prepare.lock`
+(holding its host, pid and start time); a second one exits at once with one line naming the folder
+and that holder. The kernel drops the lock when its process dies, so after a `kill -9` the next run
+takes it over (with a warning) and removes the dead run's temporary files; the worker processes end
+with the prepare that started them (Linux: prctl PR_SET_PDEATHSIG; elsewhere a thread watching the
+parent pid), so none is left writing. The lock file is removed when a run ends.
+
+`--verify` checks a prepared folder without writing anything: every shard and index file of each split
+(or of --split) against the sizes and sums in its meta json; it prints one line per damaged or missing
+file and a summary, and exits 1 if any file is damaged, 0 if all are intact.
+
+Bad videos (corrupt, truncated, empty, audio-only, too short) are skipped and counted, never fatal, as
+are annotated videos not found and, in a folder layout, files that are not videos ("not a video file
+(.gif)"; files inside OUTPUT do not count). The summary gives every skip reason with its count and the
+meta json that lists each skipped file; a run in which every input was skipped writes that list and
+ends with one line saying so (exit 1).
 """
 
 from __future__ import annotations
@@ -23,6 +45,10 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
+import contextlib
+import ctypes
+import datetime
+import glob
 import hashlib
 import io
 import json
@@ -30,10 +56,20 @@ import logging
 import math
 import multiprocessing
 import os
+import re
+import secrets
+import signal
+import socket
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+try:
+  import fcntl
+except ImportError:  # not on Windows: there the output folder is not locked
+  fcntl = None
 
 import numpy as np
 from PIL import Image
@@ -45,7 +81,25 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CLIPS_PER_SHARD = 256
 REASON_UNEXPECTED = "unexpected error"
+LOCK_NAME = ".prepare.lock"
 _SHOWN_SKIPS = 5
+_HASH_CHUNK = 1 << 20
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_PARENT_POLL_SECONDS = 1.0
+
+
+class OutputLockedError(RuntimeError):
+  """Another prepare holds the lock on the output folder."""
+
+
+class NothingPreparedError(ValueError):
+  """Every input was skipped: the shards hold no clip."""
+
+
+def not_a_video_reason(path: str) -> str:
+  """The skip reason of a file that is not a video container: 'not a video file (.gif)'."""
+  extension = os.path.splitext(path)[1].lower()
+  return f"not a video file ({extension or 'no extension'})"
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
@@ -105,49 +159,316 @@ def _state_path(output: str, name: str) -> str:
   return os.path.join(output, f".{name}.json")
 
 
+# --------------------------------------------------------------------------------------------------
+# Files: temporary names, checksums, checks.
+
+
+def _temp_path(path: str) -> str:
+  """A temporary name beside `path`, unique to this writer: its pid and a random suffix."""
+  return f"{path}.{os.getpid()}-{secrets.token_hex(4)}.incomplete"
+
+
+# `<name>.<pid>-<hex>.incomplete`, and the plain `<name>.incomplete` of earlier versions.
+_TEMP_SUFFIX = re.compile(r"\.(?:\d+-[0-9a-f]+\.)?incomplete$")
+
+
+def _remove_stale_temporaries(output: str, names: set[str]) -> int:
+  """Deletes the temporary files of `names` left by runs that died; returns how many."""
+  removed = 0
+  for entry in os.listdir(output):
+    match = _TEMP_SUFFIX.search(entry)
+    if match and entry[: match.start()] in names:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(output, entry))
+        removed += 1
+  return removed
+
+
+def _write_json(path: str, value: Any, **options) -> None:
+  """Writes `value` to `path` atomically (a temporary file renamed into place)."""
+  temp = _temp_path(path)
+  try:
+    with open(temp, "w") as file:
+      json.dump(value, file, **options)
+    os.replace(temp, path)
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(temp)
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as file:
+    while chunk := file.read(_HASH_CHUNK):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _file_record(shard_file: str, index_file: str) -> dict[str, Any]:
+  """Sizes and sha256 of a shard and its index, as recorded in its state and the meta json."""
+  return {
+    "size": os.path.getsize(shard_file),
+    "sha256": _sha256(shard_file),
+    "index_size": os.path.getsize(index_file),
+    "index_sha256": _sha256(index_file),
+  }
+
+
+def _file_problem(path: str, size: int, sha256: str) -> str | None:
+  """One line naming `path` when it is not the file that was written, else None."""
+  try:
+    actual = os.path.getsize(path)
+  except FileNotFoundError:
+    return f"{path}: missing"
+  if actual < size:
+    return f"{path}: truncated ({actual} bytes, {size} when written)"
+  if actual != size:
+    return f"{path}: damaged ({actual} bytes, {size} when written)"
+  if _sha256(path) != sha256:
+    return f"{path}: damaged (its sha256 differs from the one recorded when it was written)"
+  return None
+
+
+def _files_problems(shard_path: str, files: dict[str, Any]) -> list[str]:
+  """Checks a shard and its index against their recorded sizes and sha256 sums."""
+  problems = [
+    _file_problem(shard_path, files["size"], files["sha256"]),
+    _file_problem(records.index_path(shard_path), files["index_size"], files["index_sha256"]),
+  ]
+  return [problem for problem in problems if problem is not None]
+
+
+def _structure_problems(shard_path: str, num_clips: int | None = None) -> list[str]:
+  """For shards written before checksums were kept: the shard opens, its index decodes, they agree."""
+  problems = []
+  index_file = records.index_path(shard_path)
+  try:
+    num_records = records.count_records(shard_path)
+  except FileNotFoundError:
+    problems.append(f"{shard_path}: missing")
+    num_records = None
+  except records.DamagedShardError as error:
+    problems.append(f"{shard_path}: truncated or damaged ({error.detail})")
+    num_records = None
+  try:
+    index = records.read_index(index_file)
+  except FileNotFoundError:
+    problems.append(f"{index_file}: missing")
+    index = None
+  except records.DamagedShardError as error:
+    problems.append(f"{index_file}: truncated or damaged ({error.detail})")
+    index = None
+  if index is not None and num_records is not None and index.num_records != num_records:
+    problems.append(
+      f"{shard_path}: damaged (holds {num_records} frame records, its index lists "
+      f"{index.num_records})"
+    )
+  if index is not None and num_clips is not None and len(index) != num_clips:
+    problems.append(f"{index_file}: damaged (lists {len(index)} clips, {num_clips} were written)")
+  return problems
+
+
+def _check_shard(job: dict[str, Any]) -> dict[str, Any]:
+  """Verifies a completed shard against its state: {name, problems (lines), files (to record)}."""
+  path = os.path.join(job["output"], job["name"])
+  state = job["state"]
+  if "files" in state:
+    return {"name": job["name"], "problems": _files_problems(path, state["files"]), "files": None}
+  problems = _structure_problems(path, state["num_clips"])
+  files = None if problems else _file_record(path, records.index_path(path))
+  return {"name": job["name"], "problems": problems, "files": files}
+
+
+# --------------------------------------------------------------------------------------------------
+# Worker processes end with the prepare that started them.
+
+
+def _die_with_parent() -> bool:
+  """Linux: has the kernel SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
+  if not sys.platform.startswith("linux"):
+    return False
+  try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+  except (OSError, AttributeError):
+    return False
+
+
+def _exit_when_parent_dies(parent_pid: int, interval: float = _PARENT_POLL_SECONDS) -> None:
+  """Watches the parent pid from a daemon thread and ends this process once it changes: a dead
+  parent's children are handed to another process (init or a subreaper)."""
+
+  def watch():
+    while True:
+      if os.getppid() != parent_pid:
+        os._exit(1)
+      time.sleep(interval)
+
+  threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _worker_init(parent_pid: int) -> None:
+  if not _die_with_parent():
+    _exit_when_parent_dies(parent_pid)
+  if os.getppid() != parent_pid:  # the parent died before the line above took effect
+    os._exit(1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The lock on the output folder.
+
+
+def _describe_holder(holder: dict[str, Any] | None) -> str:
+  if not holder:
+    return "holder unknown: it is just starting"
+  return f"host {holder.get('host')}, pid {holder.get('pid')}, started {holder.get('started')}"
+
+
+def _read_holder(fd: int) -> dict[str, Any] | None:
+  try:
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = os.read(fd, 4096)
+    holder = json.loads(data) if data else None
+  except (OSError, ValueError):
+    return None
+  return holder if isinstance(holder, dict) else None
+
+
+class _OutputLock:
+  """An exclusive, non-blocking flock on `OUTPUT/.prepare.lock`, holding who took it.
+
+  The kernel drops a flock when its process dies, so the lock of a killed prepare is free for the
+  next one; the file is removed when a run ends (a file left behind names a run that was killed).
+  """
+
+  def __init__(self, output: str):
+    self.path = os.path.join(output, LOCK_NAME)
+    self._fd: int | None = None
+    self.previous: dict[str, Any] | None = None  # the holder a killed run left in the file
+
+  def acquire(self) -> None:
+    if fcntl is None:
+      logger.warning("%s: no file locks on this system; run one prepare per folder", self.path)
+      return
+    while True:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        holder = _read_holder(fd)
+        os.close(fd)
+        output = os.path.dirname(self.path)
+        raise OutputLockedError(
+          f"{output} is in use by another prepare ({_describe_holder(holder)}): wait for it to "
+          "end, or use another --output"
+        ) from None
+      # The holder before may have removed the file between our open and flock: lock the new one.
+      try:
+        same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+      except FileNotFoundError:
+        same = False
+      if same:
+        break
+      os.close(fd)
+    self.previous = _read_holder(fd)
+    holder = {
+      "host": socket.gethostname(),
+      "pid": os.getpid(),
+      "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, json.dumps(holder).encode())
+    self._fd = fd
+
+  def release(self) -> None:
+    if self._fd is None:
+      return
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(self.path)
+    os.close(self._fd)
+    self._fd = None
+
+  def __enter__(self) -> "_OutputLock":
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.release()
+
+
+def _running_prepare(output: str) -> dict[str, Any] | None:
+  """The holder of `output`'s lock while a prepare runs there, else None (takes nothing: a shared
+  lock tried and dropped at once, on a file opened read-only)."""
+  path = os.path.join(output, LOCK_NAME)
+  if fcntl is None or not os.path.isfile(path):
+    return None
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+      return _read_holder(fd) or {}
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return None
+  finally:
+    os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shards.
+
+
 def _write_shard(task: dict[str, Any], on_clip=None) -> dict[str, Any]:
-  """Writes one shard and its index; returns its state (counts, skips, longest clip, settings)."""
+  """Writes one shard and its index; returns its state (counts, skips, longest clip, settings,
+  sizes and sha256 of both files)."""
   output, name, entries, settings = task["output"], task["name"], task["entries"], task["settings"]
   final_path = os.path.join(output, name)
-  writer = records.ShardWriter(
-    final_path + ".incomplete", records.index_path(final_path) + ".incomplete"
-  )
-  num_clips = num_frames = 0
-  max_clip_seconds = 0.0
-  skipped = []
+  shard_temp = _temp_path(final_path)
+  index_temp = _temp_path(records.index_path(final_path))
   try:
-    for entry in entries:
-      try:
-        clip, duration = read_clip(entry, settings)
-      except video_io.VideoDecodeError as error:
-        skipped.append({"path": entry.path, "reason": error.reason, "detail": error.detail or ""})
-      except Exception as error:  # noqa: BLE001 - one odd file must not stop a day-long job
-        detail = f"{type(error).__name__}: {error}"
-        skipped.append({"path": entry.path, "reason": REASON_UNEXPECTED, "detail": detail})
-      else:
-        writer.write(clip)
-        num_clips += 1
-        num_frames += len(clip["frames"])
-        max_clip_seconds = max(max_clip_seconds, duration)
-      if on_clip is not None:
-        on_clip()
+    writer = records.ShardWriter(shard_temp, index_temp)
+    num_clips = num_frames = 0
+    max_clip_seconds = 0.0
+    skipped = []
+    try:
+      for entry in entries:
+        try:
+          clip, duration = read_clip(entry, settings)
+        except video_io.VideoDecodeError as error:
+          skipped.append({"path": entry.path, "reason": error.reason, "detail": error.detail or ""})
+        except Exception as error:  # noqa: BLE001 - one odd file must not stop a day-long job
+          detail = f"{type(error).__name__}: {error}"
+          skipped.append({"path": entry.path, "reason": REASON_UNEXPECTED, "detail": detail})
+        else:
+          writer.write(clip)
+          num_clips += 1
+          num_frames += len(clip["frames"])
+          max_clip_seconds = max(max_clip_seconds, duration)
+        if on_clip is not None:
+          on_clip()
+    finally:
+      writer.close()
+    state = {
+      "name": name,
+      "format_version": records.FORMAT_VERSION,
+      "num_clips": num_clips,
+      "num_frames": num_frames,
+      "max_clip_seconds": max_clip_seconds,
+      "skipped": skipped,
+      "settings": settings,
+      "entries_digest": task["entries_digest"],
+      "files": _file_record(shard_temp, index_temp),
+    }
+    # State first, the shard itself last: a shard file present means its index and state are
+    # complete (and a rerun checks both files against the sizes and sums in the state).
+    _write_json(_state_path(output, name), state)
+    os.replace(index_temp, records.index_path(final_path))
+    os.replace(shard_temp, final_path)
   finally:
-    writer.close()
-  state = {
-    "name": name,
-    "format_version": records.FORMAT_VERSION,
-    "num_clips": num_clips,
-    "num_frames": num_frames,
-    "max_clip_seconds": max_clip_seconds,
-    "skipped": skipped,
-    "settings": settings,
-    "entries_digest": task["entries_digest"],
-  }
-  # State first, the shard itself last: a shard file present means its index and state are complete.
-  with open(_state_path(output, name), "w") as file:
-    json.dump(state, file)
-  os.replace(writer.index_file, records.index_path(final_path))
-  os.replace(writer.shard_path, final_path)
+    for temp in (shard_temp, index_temp):
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(temp)
   return state
 
 
@@ -159,14 +480,19 @@ def _completed_state(
 ) -> dict[str, Any] | str | None:
   """The state of an already written shard; None if absent; _OLD_FORMAT if it must be written again.
 
-  Raises if the shard was made with other settings or from other videos.
+  Raises if the shard was made with other settings or from other videos. Its files are checked
+  against the state later (`_check_shard`).
   """
   if not os.path.isfile(os.path.join(output, name)) or not os.path.isfile(
     _state_path(output, name)
   ):
     return None
-  with open(_state_path(output, name)) as file:
-    state = json.load(file)
+  try:
+    with open(_state_path(output, name)) as file:
+      state = json.load(file)
+  except ValueError:
+    logger.warning("%s: unreadable, preparing %s again", _state_path(output, name), name)
+    return None
   for key, value in settings.items():
     if state["settings"].get(key) != value:
       raise ValueError(
@@ -192,6 +518,7 @@ def prepare_entries(
   *,
   split: str = "train",
   missing: Sequence[formats.VideoEntry] = (),
+  not_videos: Sequence[str] = (),
   fps: float = 8.0,
   short_side: int | None = 256,
   jpeg_quality: int = 90,
@@ -204,12 +531,17 @@ def prepare_entries(
 ) -> dict[str, Any]:
   """Writes `entries` into `num_shards` shards under `output`; returns the summary (also the meta json).
 
+  missing: annotated videos whose file was not found; not_videos: paths of files found that are not
+    videos. Both are counted as skipped.
   num_shards: default ceil(len(entries) / 256); capped at len(entries).
   workers: processes (1 runs in this process). Frames are decoded at `fps` with the shorter side
     resized to `short_side` (None keeps the size).
   min_duration: seconds; a clip whose kept frames cover less time (last - first timestamp plus one
     frame interval; with `max_frames`, only the kept frames count) is skipped as too short. Clips
     always need at least 2 frames.
+
+  Raises OutputLockedError while another prepare runs on `output`, and NothingPreparedError (after
+  writing the meta json with every skipped file) when no clip could be prepared.
   """
   if not entries:
     raise ValueError(
@@ -234,95 +566,149 @@ def prepare_entries(
     "label_names": list(label_names),
   }
   started = time.time()
-
-  tasks, states, old_format = [], {}, []
-  for index, shard_entries in enumerate(np.array_split(np.arange(len(entries)), num_shards)):
-    name = shard_name(split, index, num_shards)
-    shard_entries = [entries[i] for i in shard_entries]
-    digest = _entries_digest(shard_entries)
-    state = _completed_state(output, name, settings, digest)
-    if isinstance(state, dict):
-      states[name] = state
-    else:
-      if state == _OLD_FORMAT:
-        old_format.append(name)
-      tasks.append(
-        {
-          "output": output,
-          "name": name,
-          "entries": shard_entries,
-          "settings": settings,
-          "entries_digest": digest,
-        }
-      )
-  if states:
-    logger.warning(
-      "%s: %d of %d shards already complete, skipping them", output, len(states), num_shards
-    )
-  if old_format:
-    logger.warning(
-      "%s: %d shard(s) hold whole-clip records (format %d, one record per clip); preparing them "
-      "again as frame records with a clip index (format %d): %s",
-      output,
-      len(old_format),
-      records.CLIP_RECORD_VERSION,
-      records.FORMAT_VERSION,
-      ", ".join(old_format),
-    )
-
-  total_clips = sum(len(task["entries"]) for task in tasks)
-  with tqdm(total=total_clips, unit="clip", desc=f"prepare {split}", disable=not progress) as bar:
-    if workers == 1 or len(tasks) <= 1:
-      for task in tasks:
-        states[task["name"]] = _write_shard(task, on_clip=lambda: bar.update(1))
-    else:
-      # spawn: the caller may hold JAX / threads, which do not survive fork.
-      context = multiprocessing.get_context("spawn")
-      with concurrent.futures.ProcessPoolExecutor(
-        min(workers, len(tasks)), mp_context=context
-      ) as pool:
-        futures = {pool.submit(_write_shard, task): task for task in tasks}
-        for future in concurrent.futures.as_completed(futures):
-          state = future.result()
-          states[state["name"]] = state
-          bar.update(len(futures[future]["entries"]))
-
   names = [shard_name(split, index, num_shards) for index in range(num_shards)]
-  skipped = [
-    {"path": entry.path, "reason": video_io.REASON_NOT_FOUND, "detail": "listed in the annotations"}
-    for entry in missing
-  ]
-  for name in names:
-    skipped.extend(states[name]["skipped"])
-  skipped_by_reason = dict(collections.Counter(item["reason"] for item in skipped))
-  meta = {
-    "split": split,
-    "num_clips": sum(states[name]["num_clips"] for name in names),
-    "label_names": list(label_names),
-    "fps": float(fps),
-    "short_side": short_side,
-    "jpeg_quality": int(jpeg_quality),
-    "min_duration": float(min_duration),
-    "num_shards": num_shards,
-    "shards": names,
-    "shard_num_clips": [states[name]["num_clips"] for name in names],
-    "num_frames": sum(states[name]["num_frames"] for name in names),
-    "shard_max_clip_seconds": [states[name]["max_clip_seconds"] for name in names],
-    "max_clip_seconds": max(states[name]["max_clip_seconds"] for name in names),
-    "skipped_by_reason": skipped_by_reason,
-    "skipped": skipped,
-    "record_version": records.FORMAT_VERSION,
-    **(extra_meta or {}),
-  }
   meta_path = os.path.join(output, f"{split}_meta.json")
-  with open(meta_path + ".incomplete", "w") as file:
-    json.dump(meta, file, indent=1)
-  os.replace(meta_path + ".incomplete", meta_path)
+
+  with _OutputLock(output) as lock, contextlib.ExitStack() as stack:
+    if lock.previous:
+      logger.warning(
+        "%s: an earlier prepare there did not finish (%s); taking over its lock and resuming",
+        output,
+        _describe_holder(lock.previous),
+      )
+    ours = {os.path.basename(meta_path)}
+    for name in names:
+      ours.update((name, records.index_path(name), os.path.basename(_state_path(output, name))))
+    stale = _remove_stale_temporaries(output, ours)
+    if stale:
+      logger.warning("%s: removed %d unfinished file(s) of an earlier run", output, stale)
+
+    pool = None
+
+    def run_each(function, jobs) -> Iterator[tuple[dict[str, Any], Any]]:
+      """(job, function(job)) for every job, in worker processes when there are several."""
+      nonlocal pool
+      if workers == 1 or len(jobs) <= 1:
+        for job in jobs:
+          yield job, function(job)
+        return
+      if pool is None:
+        # spawn: the caller may hold JAX / threads, which do not survive fork.
+        pool = stack.enter_context(
+          concurrent.futures.ProcessPoolExecutor(
+            min(workers, num_shards),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(os.getpid(),),
+          )
+        )
+      futures = {pool.submit(function, job): job for job in jobs}
+      for future in concurrent.futures.as_completed(futures):
+        yield futures[future], future.result()
+
+    task_of, tasks, states, old_format = {}, {}, {}, []
+    for index, shard_entries in enumerate(np.array_split(np.arange(len(entries)), num_shards)):
+      name = names[index]
+      shard_entries = [entries[i] for i in shard_entries]
+      digest = _entries_digest(shard_entries)
+      state = _completed_state(output, name, settings, digest)
+      task_of[name] = {
+        "output": output,
+        "name": name,
+        "entries": shard_entries,
+        "settings": settings,
+        "entries_digest": digest,
+      }
+      if isinstance(state, dict):
+        states[name] = state
+      else:
+        if state == _OLD_FORMAT:
+          old_format.append(name)
+        tasks[name] = task_of[name]
+
+    # Completed shards are verified (sizes and sha256 recorded when they were written), not trusted.
+    damaged = []
+    checks = [{"output": output, "name": name, "state": state} for name, state in states.items()]
+    for _, result in run_each(_check_shard, checks):
+      name = result["name"]
+      if result["problems"]:
+        for problem in result["problems"]:
+          logger.warning("%s; preparing the shard again", problem)
+        damaged.append(name)
+        del states[name]
+        tasks[name] = task_of[name]
+      elif result["files"] is not None:  # written before checksums were kept: record them now
+        states[name]["files"] = result["files"]
+        _write_json(_state_path(output, name), states[name])
+    tasks = [tasks[name] for name in names if name in tasks]
+    if states:
+      logger.warning(
+        "%s: %d of %d shards already complete (sizes and sha256 verified), skipping them",
+        output,
+        len(states),
+        num_shards,
+      )
+    if old_format:
+      logger.warning(
+        "%s: %d shard(s) hold whole-clip records (format %d, one record per clip); preparing them "
+        "again as frame records with a clip index (format %d): %s",
+        output,
+        len(old_format),
+        records.CLIP_RECORD_VERSION,
+        records.FORMAT_VERSION,
+        ", ".join(old_format),
+      )
+
+    total_clips = sum(len(task["entries"]) for task in tasks)
+    with tqdm(total=total_clips, unit="clip", desc=f"prepare {split}", disable=not progress) as bar:
+      if workers == 1 or len(tasks) <= 1:
+        for task in tasks:
+          states[task["name"]] = _write_shard(task, on_clip=lambda: bar.update(1))
+      else:
+        for task, state in run_each(_write_shard, tasks):
+          states[state["name"]] = state
+          bar.update(len(task["entries"]))
+
+    skipped = [
+      {
+        "path": entry.path,
+        "reason": video_io.REASON_NOT_FOUND,
+        "detail": "listed in the annotations",
+      }
+      for entry in missing
+    ]
+    skipped.extend(
+      {"path": path, "reason": not_a_video_reason(path), "detail": ""} for path in not_videos
+    )
+    for name in names:
+      skipped.extend(states[name]["skipped"])
+    skipped_by_reason = dict(collections.Counter(item["reason"] for item in skipped))
+    meta = {
+      "split": split,
+      "num_clips": sum(states[name]["num_clips"] for name in names),
+      "label_names": list(label_names),
+      "fps": float(fps),
+      "short_side": short_side,
+      "jpeg_quality": int(jpeg_quality),
+      "min_duration": float(min_duration),
+      "num_shards": num_shards,
+      "shards": names,
+      "shard_num_clips": [states[name]["num_clips"] for name in names],
+      "num_frames": sum(states[name]["num_frames"] for name in names),
+      "shard_max_clip_seconds": [states[name]["max_clip_seconds"] for name in names],
+      "max_clip_seconds": max(states[name]["max_clip_seconds"] for name in names),
+      "shard_files": [{"name": name, **states[name]["files"]} for name in names],
+      "skipped_by_reason": skipped_by_reason,
+      "skipped": skipped,
+      "record_version": records.FORMAT_VERSION,
+      **(extra_meta or {}),
+    }
+    _write_json(meta_path, meta, indent=1)
 
   seconds = time.time() - started
   lines = [
     f"{split}: {meta['num_clips']} clips in {num_shards} shard(s) under {output} ({seconds:.1f} s); "
-    f"{len(skipped)} skipped"
+    f"{len(skipped)} skipped" + (f", every one with its reason in {meta_path}" if skipped else "")
   ]
   for reason, count in sorted(skipped_by_reason.items(), key=lambda item: -item[1]):
     lines.append(f"  {count} x {reason}")
@@ -333,12 +719,22 @@ def prepare_entries(
   if len(skipped) > _SHOWN_SKIPS:
     lines.append(f"    ... all in {meta_path}")
   logger.info("\n".join(lines))
+  if meta["num_clips"] == 0:
+    reasons = ", ".join(
+      f"{count} x {reason}"
+      for reason, count in sorted(skipped_by_reason.items(), key=lambda item: -item[1])
+    )
+    raise NothingPreparedError(
+      f"no clip could be prepared for split {split!r}: all {len(skipped)} input(s) were skipped "
+      f"({reasons}); every file with its reason is in {meta_path}"
+    )
   return {
     **meta,
     "meta_path": meta_path,
     "shard_paths": [os.path.join(output, name) for name in names],
     "resumed_shards": num_shards - len(tasks),
     "rewritten_old_format": old_format,
+    "rewritten_damaged": damaged,
     "seconds": seconds,
   }
 
@@ -354,19 +750,110 @@ def prepare_dataset(
   label_names: Sequence[str] | None = None,
   **options,
 ) -> dict[str, Any]:
-  """Lists a dataset in one of `formats.FORMATS` and prepares it; options as in `prepare_entries`."""
+  """Lists a dataset in one of `formats.FORMATS` and prepares it; options as in `prepare_entries`.
+
+  Files of the listing that are not videos (in a folder layout) are counted as skipped, except
+  those inside `output` (a prepared folder may sit under the videos' root).
+  """
   listing = formats.list_dataset(
     format, root, annotations=annotations, split=split, labels=labels, label_names=label_names
   )
+  inside_output = os.path.realpath(output) + os.sep
+  not_videos = [
+    path for path in listing.not_videos if not os.path.realpath(path).startswith(inside_output)
+  ]
   return prepare_entries(
     listing.entries,
     listing.label_names,
     output,
     split=split,
     missing=listing.missing,
+    not_videos=not_videos,
     extra_meta={"format": format, "root": os.fspath(root)},
     **options,
   )
+
+
+def verify_output(output: str | os.PathLike, split: str | None = None) -> dict[str, Any]:
+  """Checks a prepared folder without writing anything: every shard and index file of `split`
+  (default: every split with a `<split>_meta.json` there) against the size and sha256 recorded in
+  the meta json when it was written. Meta files from before checksums were kept get a structural
+  check (the shard opens, its index decodes, their counts agree).
+
+  Returns {output, splits, num_shards, problems: one line per damaged or missing file, unchecked:
+  the meta files without checksums}. Raises FileNotFoundError when there is nothing prepared to
+  check, OutputLockedError while a prepare runs there.
+  """
+  output = os.fspath(output)
+  if not os.path.isdir(output):
+    raise FileNotFoundError(f"prepared folder not found: {output}")
+  holder = _running_prepare(output)
+  if holder is not None:
+    raise OutputLockedError(
+      f"{output} is being prepared now ({_describe_holder(holder)}): verify it once that "
+      "prepare has ended"
+    )
+  if split:
+    meta_paths = [os.path.join(output, f"{split}_meta.json")]
+    if not os.path.isfile(meta_paths[0]):
+      raise FileNotFoundError(
+        f"{meta_paths[0]} not found: no finished prepare of split {split!r} in {output}"
+      )
+  else:
+    meta_paths = sorted(glob.glob(os.path.join(glob.escape(output), "*_meta.json")))
+    if not meta_paths:
+      raise FileNotFoundError(
+        f"no *_meta.json in {output}: not a prepared folder, or its prepare has not finished"
+      )
+  problems, splits, unchecked, num_shards = [], [], [], 0
+  for meta_path in meta_paths:
+    try:
+      with open(meta_path) as file:
+        meta = json.load(file)
+    except ValueError as error:
+      raise ValueError(f"{meta_path}: not a readable meta json ({error})") from None
+    if not isinstance(meta, dict) or "shards" not in meta:
+      raise ValueError(f"{meta_path}: not a prepare meta json (no list of shards)")
+    splits.append(meta.get("split") or os.path.basename(meta_path).removesuffix("_meta.json"))
+    files = meta.get("shard_files")
+    if files is None:
+      unchecked.append(meta_path)
+    for number, name in enumerate(meta["shards"]):
+      path = os.path.join(output, name)
+      if files is not None:
+        problems.extend(_files_problems(path, files[number]))
+      else:
+        problems.extend(_structure_problems(path, meta["shard_num_clips"][number]))
+      num_shards += 1
+  return {
+    "output": output,
+    "splits": splits,
+    "num_shards": num_shards,
+    "problems": problems,
+    "unchecked": unchecked,
+  }
+
+
+def _print_verification(result: dict[str, Any]) -> None:
+  for problem in result["problems"]:
+    print(problem)
+  for meta_path in result["unchecked"]:
+    print(
+      f"{meta_path} records no checksums (written by an earlier version): its shards were only "
+      "checked to open and to match their index"
+    )
+  splits = ", ".join(result["splits"])
+  if result["problems"]:
+    print(
+      f"{result['output']}: {len(result['problems'])} damaged or missing file(s) in "
+      f"{result['num_shards']} shard(s) of split(s) {splits}: re-run the prepare command with the "
+      "same options to prepare them again"
+    )
+  else:
+    print(
+      f"{result['output']}: {result['num_shards']} shard(s) of split(s) {splits} verified, every "
+      "shard and index file intact"
+    )
 
 
 def _label_names_from(path: str) -> list[str]:
@@ -382,8 +869,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m vicmae_jax.data.prepare", description=__doc__.split("\n\n")[0]
   )
-  parser.add_argument("--format", required=True, choices=formats.FORMATS)
-  parser.add_argument("--root", required=True, help="directory holding the videos")
+  parser.add_argument("--format", choices=formats.FORMATS, help="required unless --verify")
+  parser.add_argument("--root", help="directory holding the videos (required unless --verify)")
   parser.add_argument("--annotations", help="Kinetics / MiT csv, or the SSv2 split json")
   parser.add_argument(
     "--labels", help="SSv2 labels.json (default: beside --annotations) or MiT categories txt"
@@ -392,9 +879,18 @@ def build_parser() -> argparse.ArgumentParser:
     "--label_names_from", help="class list to index by: a *_meta.json or one name per line"
   )
   parser.add_argument(
-    "--split", default="train", help="split name: filters Kinetics rows, names the output"
+    "--split",
+    default=None,
+    help="split name: filters Kinetics rows, names the output (default train; with --verify "
+    "every split in --output)",
   )
   parser.add_argument("--output", required=True)
+  parser.add_argument(
+    "--verify",
+    action="store_true",
+    help="check the prepared --output against its recorded sizes and sha256 sums, write "
+    "nothing; prints one line per damaged file and exits 1 if there is any",
+  )
   parser.add_argument("--fps", type=float, default=8.0)
   parser.add_argument("--short_side", type=int, default=256, help="0 keeps the source size")
   parser.add_argument("--jpeg_quality", type=int, default=90)
@@ -413,14 +909,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  args = build_parser().parse_args(argv)
+  """Prepares (returns the summary) or, with --verify, checks (returns verify_output's result)."""
+  parser = build_parser()
+  args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
+  if args.verify:
+    result = verify_output(args.output, args.split)
+    _print_verification(result)
+    return result
+  absent = [flag for flag in ("format", "root") if getattr(args, flag) is None]
+  if absent:
+    parser.error(f"the following arguments are required: {', '.join('--' + f for f in absent)}")
   return prepare_dataset(
     args.format,
     args.root,
     args.output,
     annotations=args.annotations,
-    split=args.split,
+    split=args.split or "train",
     labels=args.labels,
     label_names=_label_names_from(args.label_names_from) if args.label_names_from else None,
     fps=args.fps,
@@ -436,6 +941,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
   try:
-    main()
-  except (ValueError, FileNotFoundError) as error:
+    outcome = main()
+  except (ValueError, FileNotFoundError, OutputLockedError) as error:
     sys.exit(f"error: {error}")
+  if outcome.get("problems"):  # --verify found damaged files
+    sys.exit(1)

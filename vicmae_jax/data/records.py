@@ -23,6 +23,9 @@ Shard format (FORMAT_VERSION 2), written by `ShardWriter`:
 A frame pair therefore reads two small records, not the whole clip. The index of a K400-sized
 split at 8 fps (240k clips, 19M frames) is about 80 MB, mostly timestamps.
 
+A shard or index file that cannot be read (cut short by a full disk or an interrupted copy, or
+otherwise damaged) raises `DamagedShardError`: one line naming the file, saying to prepare it again.
+
 The earlier format (version 1) stored a whole clip as one msgpack record (`encode_clip` /
 `decode_clip`); readers still accept such shards (they have no index file), `prepare` rewrites them.
 Numbers are stored as raw little-endian bytes so nothing needs numpy pickling.
@@ -52,6 +55,53 @@ _REQUIRED_KEYS = (
   "height",
   "width",
 )
+
+
+class DamagedShardError(ValueError):
+  """A shard or clip index file on disk that cannot be read: truncated or otherwise damaged."""
+
+  def __init__(self, path: str | os.PathLike, detail: str = ""):
+    self.path = os.fspath(path)
+    detail = " ".join(str(detail).split())  # one line, whatever the reader said
+    if len(detail) > 200:
+      detail = detail[:197] + "..."
+    self.detail = detail
+    super().__init__(
+      f"{self.path} is truncated or damaged" + (f" ({detail})" if detail else "") + ": re-run "
+      "python -m vicmae_jax.data.prepare with the same options to prepare it again "
+      "(--verify --output=DIR checks a prepared folder)"
+    )
+
+
+def open_reader(shard_path: str | os.PathLike):
+  """An ArrayRecordReader on `shard_path`; a file that does not open raises DamagedShardError."""
+  from array_record.python.array_record_module import ArrayRecordReader
+
+  shard_path = os.fspath(shard_path)
+  if not os.path.isfile(shard_path):
+    raise FileNotFoundError(f"shard not found: {shard_path}")
+  try:
+    reader = ArrayRecordReader(shard_path)
+  except Exception as error:  # the reader raises RuntimeError / ValueError for a damaged file
+    raise DamagedShardError(shard_path, str(error)) from None
+  if not reader.ok():  # a file cut short opens, reports 0 records, and says why on close
+    try:
+      reader.close()
+      detail = "the reader reports an error"
+    except Exception as error:
+      detail = str(error)
+    raise DamagedShardError(shard_path, detail)
+  return reader
+
+
+def count_records(shard_path: str | os.PathLike) -> int:
+  """The number of records in a shard (reads only its footer); raises DamagedShardError."""
+  reader = open_reader(shard_path)
+  try:
+    count = int(reader.num_records())
+  finally:
+    reader.close()
+  return count
 
 
 def _validate(clip: Mapping[str, Any]) -> None:
@@ -252,9 +302,15 @@ def decode_index(data: bytes, where: str = "clip index") -> ClipIndex:
 
 
 def read_index(path: str | os.PathLike) -> ClipIndex:
-  """The clip index file at `path` (see `index_path`)."""
+  """The clip index file at `path` (see `index_path`); one that does not decode raises
+  DamagedShardError (a ValueError) naming it."""
+  path = os.fspath(path)
   with open(path, "rb") as file:
-    return decode_index(file.read(), where=os.fspath(path))
+    data = file.read()
+  try:
+    return decode_index(data, where=path)
+  except ValueError as error:
+    raise DamagedShardError(path, str(error).removeprefix(f"{path}: ")) from None
 
 
 class ShardWriter:
@@ -338,14 +394,17 @@ def read_clips(shard_path: str | os.PathLike) -> list[dict[str, Any]]:
 
   Reads format 2 (with an index file) and the earlier whole-clip format 1 (without one).
   """
-  from array_record.python.array_record_module import ArrayRecordReader
-
   shard_path = os.fspath(shard_path)
-  reader = ArrayRecordReader(shard_path)
+  reader = open_reader(shard_path)
   try:
     records = reader.read_all()
+  except Exception as error:  # a damaged chunk inside the file
+    raise DamagedShardError(shard_path, str(error)) from None
   finally:
-    reader.close()
+    try:
+      reader.close()
+    except Exception:  # already reported by read_all
+      pass
   if not os.path.isfile(index_path(shard_path)):
     return [decode_clip(data) for data in records]
   index = read_index(index_path(shard_path))

@@ -161,6 +161,17 @@ def prepared_shard_paths(path: str, split: str) -> list[str]:
   return shards
 
 
+def _open_shards(shards: Sequence[str]):
+  """grain's reader over `shards`; one that does not open raises records.DamagedShardError naming it
+  (the reader's own error names no file)."""
+  try:
+    return grain.sources.ArrayRecordDataSource(shards)
+  except Exception:
+    for shard in shards:
+      records.count_records(shard)  # raises on the first damaged one
+    raise
+
+
 class RecordReadError(ValueError):
   """A stored record could not be read."""
 
@@ -248,7 +259,7 @@ class PreparedClipSource(Source):
   ):
     super().__init__(name, skip_log)
     self.shards = prepared_shard_paths(path, split)
-    self._records = grain.sources.ArrayRecordDataSource(self.shards)
+    self._records = _open_shards(self.shards)
     index_files = [records.index_path(shard) for shard in self.shards]
     present = [os.path.isfile(index_file) for index_file in index_files]
     if any(present) and not all(present):
