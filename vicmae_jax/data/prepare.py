@@ -47,7 +47,6 @@ import collections
 import concurrent.futures
 import contextlib
 import ctypes
-import datetime
 import glob
 import hashlib
 import io
@@ -59,22 +58,17 @@ import os
 import re
 import secrets
 import signal
-import socket
 import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-try:
-  import fcntl
-except ImportError:  # not on Windows: there the output folder is not locked
-  fcntl = None
-
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from vicmae_jax import dirlock
 from vicmae_jax.data import formats, records, video_io
 
 logger = logging.getLogger(__name__)
@@ -318,101 +312,10 @@ def _worker_init(parent_pid: int) -> None:
 # The lock on the output folder.
 
 
-def _describe_holder(holder: dict[str, Any] | None) -> str:
-  if not holder:
-    return "holder unknown: it is just starting"
-  return f"host {holder.get('host')}, pid {holder.get('pid')}, started {holder.get('started')}"
-
-
-def _read_holder(fd: int) -> dict[str, Any] | None:
-  try:
-    os.lseek(fd, 0, os.SEEK_SET)
-    data = os.read(fd, 4096)
-    holder = json.loads(data) if data else None
-  except (OSError, ValueError):
-    return None
-  return holder if isinstance(holder, dict) else None
-
-
-class _OutputLock:
-  """An exclusive, non-blocking flock on `OUTPUT/.prepare.lock`, holding who took it.
-
-  The kernel drops a flock when its process dies, so the lock of a killed prepare is free for the
-  next one; the file is removed when a run ends (a file left behind names a run that was killed).
-  """
-
-  def __init__(self, output: str):
-    self.path = os.path.join(output, LOCK_NAME)
-    self._fd: int | None = None
-    self.previous: dict[str, Any] | None = None  # the holder a killed run left in the file
-
-  def acquire(self) -> None:
-    if fcntl is None:
-      logger.warning("%s: no file locks on this system; run one prepare per folder", self.path)
-      return
-    while True:
-      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-      try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      except BlockingIOError:
-        holder = _read_holder(fd)
-        os.close(fd)
-        output = os.path.dirname(self.path)
-        raise OutputLockedError(
-          f"{output} is in use by another prepare ({_describe_holder(holder)}): wait for it to "
-          "end, or use another --output"
-        ) from None
-      # The holder before may have removed the file between our open and flock: lock the new one.
-      try:
-        same = os.path.samestat(os.fstat(fd), os.stat(self.path))
-      except FileNotFoundError:
-        same = False
-      if same:
-        break
-      os.close(fd)
-    self.previous = _read_holder(fd)
-    holder = {
-      "host": socket.gethostname(),
-      "pid": os.getpid(),
-      "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
-    os.ftruncate(fd, 0)
-    os.lseek(fd, 0, os.SEEK_SET)
-    os.write(fd, json.dumps(holder).encode())
-    self._fd = fd
-
-  def release(self) -> None:
-    if self._fd is None:
-      return
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(self.path)
-    os.close(self._fd)
-    self._fd = None
-
-  def __enter__(self) -> "_OutputLock":
-    self.acquire()
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    self.release()
-
-
-def _running_prepare(output: str) -> dict[str, Any] | None:
-  """The holder of `output`'s lock while a prepare runs there, else None (takes nothing: a shared
-  lock tried and dropped at once, on a file opened read-only)."""
-  path = os.path.join(output, LOCK_NAME)
-  if fcntl is None or not os.path.isfile(path):
-    return None
-  fd = os.open(path, os.O_RDONLY)
-  try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-      return _read_holder(fd) or {}
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    return None
-  finally:
-    os.close(fd)
+def _output_lock(output: str) -> dirlock.DirLock:
+  """One prepare per output folder; the lock file is removed when a run ends, so one found later
+  names a prepare that was killed."""
+  return dirlock.DirLock(output, name=LOCK_NAME, what="prepare output", remove_on_release=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -569,12 +472,20 @@ def prepare_entries(
   names = [shard_name(split, index, num_shards) for index in range(num_shards)]
   meta_path = os.path.join(output, f"{split}_meta.json")
 
-  with _OutputLock(output) as lock, contextlib.ExitStack() as stack:
+  lock = _output_lock(output)
+  try:
+    lock.acquire()
+  except dirlock.LockedError as e:
+    raise OutputLockedError(
+      f"{output} is in use by another prepare ({dirlock.describe(e.holder)}): wait for it to "
+      "end, or use another --output"
+    ) from None
+  with lock, contextlib.ExitStack() as stack:
     if lock.previous:
       logger.warning(
         "%s: an earlier prepare there did not finish (%s); taking over its lock and resuming",
         output,
-        _describe_holder(lock.previous),
+        dirlock.describe(lock.previous),
       )
     ours = {os.path.basename(meta_path)}
     for name in names:
@@ -787,10 +698,10 @@ def verify_output(output: str | os.PathLike, split: str | None = None) -> dict[s
   output = os.fspath(output)
   if not os.path.isdir(output):
     raise FileNotFoundError(f"prepared folder not found: {output}")
-  holder = _running_prepare(output)
+  holder = dirlock.held_by(output, LOCK_NAME)
   if holder is not None:
     raise OutputLockedError(
-      f"{output} is being prepared now ({_describe_holder(holder)}): verify it once that "
+      f"{output} is being prepared now ({dirlock.describe(holder)}): verify it once that "
       "prepare has ended"
     )
   if split:
