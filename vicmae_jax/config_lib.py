@@ -9,7 +9,7 @@ Config files in `configs/` build on the defaults here, so every experiment has t
   warmup_epochs / warmup_steps  at most one > 0
   model.*            the model (variant and overrides; see models/vicmae.py)
   loss.*             loss weights and temperature
-  optim.*            optimizer (see optim.py)
+  optim.*            optimizer (see optim/config.py)
   data.*             input pipeline (see data/pipeline.py)
   mesh.*             mesh axis sizes: {"data": -1, "fsdp": 1, "model": 1}; -1 takes the remaining devices
   checkpoint.*       every_steps, keep, keep_every, async_save
