@@ -86,3 +86,19 @@ def test_paper_k400_recipe():
   assert dims["mask_ratio"] == 0.5 and dims["temperature"] == 0.1
   assert (dims["weight_recon"], dims["weight_contrast"]) == (0.97, 0.03)
   assert c.data.frame_gap_seconds == pytest.approx(1.06)
+
+
+def test_demo_pins_the_cpu_threads(monkeypatch):
+  """The demo's figures need XLA's per-op CPU thread count fixed (NPROC, read when JAX starts)."""
+  _, c = load(os.path.join(REPO, "configs", "demo.py"))
+  assert c.cpu_threads == 2
+  # The smoke test keeps XLA's default, like the in-process runs the tests compare it with.
+  assert load(os.path.join(REPO, "configs", "demo.py"), "tiny")[1].cpu_threads == 0
+  monkeypatch.delenv("NPROC", raising=False)
+  assert main_lib.pin_cpu_threads(c) == 2 and os.environ["NPROC"] == "2"
+  monkeypatch.delenv("NPROC")
+  _, other = load(os.path.join(REPO, "configs", "pretrain_k400.py"))
+  assert main_lib.pin_cpu_threads(other) == 0 and "NPROC" not in os.environ
+  with c.unlocked():
+    c.cpu_threads = 0
+  assert main_lib.pin_cpu_threads(c) == 0 and "NPROC" not in os.environ

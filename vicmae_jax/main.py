@@ -156,10 +156,26 @@ def _quiet_library_logs():
   py_logging.getLogger().addFilter(_QuietLibraries())
 
 
+def pin_cpu_threads(config) -> int:
+  """Sets the threads XLA's CPU backend splits each op over to `config.cpu_threads` (when the config
+  has it and it is > 0); returns the count set, 0 for none. Must run before JAX starts a backend.
+
+  XLA reads the count from the NPROC environment variable, else takes one thread per core it may run
+  on. Large reductions (a weight gradient summed over every token of the batch) are split across
+  these threads, so their float rounding, and every later step, depend on the count: with it pinned
+  a CPU run gives the same numbers on machines with any number of cores.
+  """
+  threads = int(config.get("cpu_threads", 0) or 0) if "cpu_threads" in config else 0
+  if threads > 0:
+    os.environ["NPROC"] = str(threads)
+  return max(threads, 0)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   _quiet_library_logs()
+  cpu_threads = pin_cpu_threads(FLAGS.config)
   from vicmae_jax import distributed
 
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -168,6 +184,8 @@ def main(argv):
 
   _enable_compilation_cache(FLAGS.workdir)
   logging.info("JAX %s: %s", jax.__version__, distributed.describe())
+  if cpu_threads:
+    logging.info("XLA CPU threads per op: %d (config.cpu_threads)", cpu_threads)
   from vicmae_jax import checkpoint, dirlock
   from vicmae_jax.config_lib import ConfigError
   from vicmae_jax.data.records import DamagedShardError
