@@ -11,7 +11,11 @@
   image_codec.py  image decoding (libjpeg-turbo, OpenCV, Pillow) and the numpy pixel kernels
   augment_spec.py  the op registry, spec strings ("decode|flip|..."), composing ops into a view
   augment.py    the named image ops and the views built from them (the ViC-MAE two-view recipe)
-  pipeline.py   make_pretrain_loader / make_eval_loader / make_clip_loader, the data config, to_global
+  data_config.py  the data config: schema, defaults, validation (frame gap vs. clip lengths)
+  examples.py   the example makers: pretraining pairs, training clips, evaluation rows
+  stream.py     the global stream: epoch orders, each process's rows, worker order, to_global
+  pipeline.py   make_pretrain_loader / make_eval_loader / make_clip_loader, build_sources, Loader
+  classification.py  labeled loaders for the classification trainers (images, clips, features)
 
 Modules are imported directly (`from vicmae_jax.data import pipeline`) so that importing the package
 stays cheap.

@@ -39,10 +39,13 @@ import ml_collections
 import numpy as np
 
 from vicmae_jax.data import augment
+from vicmae_jax.data import data_config
+from vicmae_jax.data import examples
 from vicmae_jax.data import finetune_augment
 from vicmae_jax.data import pipeline
 from vicmae_jax.data import sampling
 from vicmae_jax.data import sources as sources_lib
+from vicmae_jax.data import stream
 
 INPUT_KINDS = ("image", "clip")
 # The official fine-tuning and linear-probe crops: RandomResizedCrop (bicubic) + horizontal flip.
@@ -146,7 +149,7 @@ def num_classes(data_cfg: Mapping[str, Any]) -> int:
   return largest + 1
 
 
-class ImageMaker(pipeline.LazyAugmentation):
+class ImageMaker(examples.LazyAugmentation):
   """(record index, epoch) -> {"image": uint8 [S, S, 3], "label": int32} or a Skipped marker."""
 
   def __init__(
@@ -196,7 +199,7 @@ class ImageMaker(pipeline.LazyAugmentation):
     )
     try:
       image = self.augmentation()(frame, rng)
-    except pipeline._DECODE_ERRORS as error:
+    except examples.DECODE_ERRORS as error:
       return self.source.skip(
         example.get("clip_id") or f"record {record_index}", "undecodable image", str(error)
       )
@@ -269,7 +272,7 @@ def make_train_loader(
   if input_kind not in INPUT_KINDS:
     raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
   augment_cfg = augment_cfg if augment_cfg is not None else augment_config()
-  process_index, process_count = pipeline._processes(process_index, process_count)
+  process_index, process_count = stream.resolve_processes(process_index, process_count)
   if input_kind == "clip":
     loader = pipeline.make_clip_loader(
       data_cfg,
@@ -283,11 +286,11 @@ def make_train_loader(
     dataset = loader.dataset.map(_drop_valid)
     pixel_key = "video"
   else:
-    pipeline.validate_data_config(data_cfg, frame_pairs=False)
-    host_batch = pipeline._host_batch(int(global_batch_size), process_count)
+    data_config.validate_data_config(data_cfg, frame_pairs=False)
+    host_batch = stream.host_batch_size(int(global_batch_size), process_count)
     skip_log = sources_lib.SkipLog()
     built = pipeline.build_sources(data_cfg, skip_log)
-    run_seed = pipeline._run_seed(data_cfg, seed)
+    run_seed = stream.run_seed(data_cfg, seed)
     spec = augment_cfg.get("train_augmentation", TRAIN_IMAGE_SPEC)
 
     def make_example(source, source_index):
@@ -301,7 +304,7 @@ def make_train_loader(
         seed=run_seed,
       )
 
-    mixed = pipeline._training_mixture(
+    mixed = stream.training_mixture(
       data_cfg,
       built,
       seed=run_seed,
@@ -310,14 +313,14 @@ def make_train_loader(
       make_example=make_example,
       host_batch_size=host_batch,
     )
-    dataset = pipeline._finish(mixed, data_cfg, host_batch, drop_remainder=True)
+    dataset = stream.finish(mixed, data_cfg, host_batch, drop_remainder=True)
     names = tuple(built[0][2].label_names) if len(built) == 1 else ()
     loader = pipeline.Loader(
       dataset, skip_log, tuple(n for n, _, _ in built), host_batch, None, names
     )
     pixel_key = "image"
   if mixup_cfg is not None and mixing_enabled(mixup_cfg):
-    mix_seed = pipeline._seed32(pipeline._run_seed(data_cfg, seed), _MIX_STREAM, process_index)
+    mix_seed = stream.seed32(stream.run_seed(data_cfg, seed), _MIX_STREAM, process_index)
     dataset = dataset.random_map(BatchMixing(mixup_cfg, pixel_key), seed=mix_seed)
   return pipeline.Loader(
     dataset, loader.skip_log, loader.source_names, loader.host_batch_size, None, loader.label_names
@@ -387,8 +390,8 @@ def make_feature_loader(
     raise ValueError(
       f"features must be [N, D] with labels [N], got {features.shape} and {labels.shape}"
     )
-  process_index, process_count = pipeline._processes(process_index, process_count)
-  host_batch = pipeline._host_batch(int(global_batch_size), process_count)
+  process_index, process_count = stream.resolve_processes(process_index, process_count)
+  host_batch = stream.host_batch_size(int(global_batch_size), process_count)
   mine = np.arange(len(labels))[process_index::process_count]
   if len(mine) < host_batch:
     raise ValueError(
@@ -398,7 +401,7 @@ def make_feature_loader(
   rows = _FeatureRows(features[mine], labels[mine])
   dataset = (
     grain.MapDataset.source(rows)
-    .shuffle(seed=pipeline._seed32(seed, _MIX_STREAM + 1))
+    .shuffle(seed=stream.seed32(seed, _MIX_STREAM + 1))
     .repeat()
     .to_iter_dataset()
     .batch(host_batch, drop_remainder=True)
@@ -418,8 +421,8 @@ def feature_eval_batches(
 
   Yields {"features": float32 [b, D], "label": int32 [b], "valid": bool [b]}.
   """
-  process_index, process_count = pipeline._processes(process_index, process_count)
-  host_batch = pipeline._host_batch(int(batch_size), process_count)
+  process_index, process_count = stream.resolve_processes(process_index, process_count)
+  host_batch = stream.host_batch_size(int(batch_size), process_count)
   mine = np.arange(len(labels))[process_index::process_count]
   largest_share = -(-len(labels) // process_count)
   num_batches = -(-largest_share // host_batch)
