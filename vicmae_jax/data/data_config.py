@@ -180,15 +180,9 @@ def validate_data_config(cfg: Mapping[str, Any], *, frame_pairs: bool = True) ->
         raise ValueError(f"{where}.annotations: not found: {source.get('annotations')}")
     if kind == "tfds" and path and not os.path.isdir(os.path.expanduser(str(path))):
       raise ValueError(f"{where}.path: TFDS data_dir not found: {path}")
-  gap_range = tuple(cfg.get("frame_gap_range") or ()) or None
-  gap_seconds = cfg.get("frame_gap_seconds", sampling.DEFAULT_FRAME_GAP_SECONDS)
-  try:
-    sampling.validate_gap(gap_seconds, gap_range)
-  except ValueError as error:
-    field = "frame_gap_range" if gap_range is not None else "frame_gap_seconds"
-    raise ValueError(f"data.{field}: {error}") from None
+  gap = frame_gap(cfg)
   if frame_pairs:
-    _check_gap_fits_clips(items, gap_seconds, gap_range)
+    _check_gap_fits_clips(items, gap)
   specs = tuple(cfg.get("view_augmentations", augment.DEFAULT_VIEW_SPECS))
   if len(specs) != 2:
     raise ValueError(
@@ -215,7 +209,19 @@ def validate_data_config(cfg: Mapping[str, Any], *, frame_pairs: bool = True) ->
     )
 
 
-def _check_gap_fits_clips(items, gap_seconds: float, gap_range: tuple[float, float] | None) -> None:
+def frame_gap(cfg: Mapping[str, Any]) -> sampling.FrameGap:
+  """The config's frame gap (frame_gap_range when set, else frame_gap_seconds), checked: raises
+  ValueError naming data.frame_gap_range or data.frame_gap_seconds."""
+  gap_range = tuple(cfg.get("frame_gap_range") or ()) or None
+  gap_seconds = cfg.get("frame_gap_seconds", sampling.DEFAULT_FRAME_GAP_SECONDS)
+  try:
+    return sampling.FrameGap(gap_seconds, gap_range)
+  except ValueError as error:
+    field = "frame_gap_range" if gap_range is not None else "frame_gap_seconds"
+    raise ValueError(f"data.{field}: {error}") from None
+
+
+def _check_gap_fits_clips(items, gap: sampling.FrameGap) -> None:
   """Raises naming the gap field when the smallest gap asked for is longer than every video source's
   longest clip; warns for a single such source, and for a raw source most of whose probed clips are
   shorter than the gap.
@@ -256,10 +262,8 @@ def _check_gap_fits_clips(items, gap_seconds: float, gap_range: tuple[float, flo
       described[name] = f"{name}: {seconds:.3g} s"
   if not longest:
     return
-  if gap_range is not None:
-    field, smallest, largest = "frame_gap_range", float(gap_range[0]), float(gap_range[1])
-  else:
-    field, smallest, largest = "frame_gap_seconds", float(gap_seconds), float(gap_seconds)
+  field = "frame_gap_range" if gap.range is not None else "frame_gap_seconds"
+  smallest, largest = gap.bounds()
   if smallest > max(longest.values()) + 1e-6:
     raise ValueError(
       f"data.{field}: a gap of {smallest:g} s is longer than the longest clip of every video source "

@@ -73,8 +73,9 @@ class PairMaker:
     self.view_specs = tuple(view_specs)
     self.image_size = int(image_size)
     self.crop_scale = tuple(crop_scale)
-    self.frame_gap_seconds = float(frame_gap_seconds)
-    self.frame_gap_range = tuple(frame_gap_range) if frame_gap_range else None
+    self.frame_gap = sampling.FrameGap(
+      frame_gap_seconds, tuple(frame_gap_range) if frame_gap_range else None
+    )
     self.seed = int(seed)
     self._views = None
 
@@ -106,7 +107,7 @@ class PairMaker:
           f"record {example['record_index']}", "undecodable image", str(error)
         )
       return [image, image]
-    gap = sampling.draw_gap_seconds(rng, self.frame_gap_seconds, self.frame_gap_range)
+    gap = self.frame_gap.draw(rng)
     if kind == "clip":
       first, second = sampling.pair_indices(example["timestamps"], gap, rng)
       return [example["frames"][first], example["frames"][second]]

@@ -48,7 +48,6 @@ import numpy as np
 from vicmae_jax.data import augment
 from vicmae_jax.data import data_config
 from vicmae_jax.data import examples
-from vicmae_jax.data import sampling
 from vicmae_jax.data import sources as sources_lib
 from vicmae_jax.data import stream
 from vicmae_jax.data.data_config import (  # noqa: F401  (re-exported)
@@ -153,7 +152,7 @@ def make_pretrain_loader(
   skip_log = sources_lib.SkipLog()
   built = build_sources(data_cfg, skip_log)
   seed = stream.run_seed(data_cfg, seed)
-  gap_range = tuple(data_cfg.get("frame_gap_range") or ())
+  gap = data_config.frame_gap(data_cfg)
 
   def make_example(source, source_index):
     return PairMaker(
@@ -162,8 +161,8 @@ def make_pretrain_loader(
       view_specs=data_cfg.get("view_augmentations", augment.DEFAULT_VIEW_SPECS),
       image_size=image_size,
       crop_scale=data_cfg.get("crop_scale", (0.08, 1.0)),
-      frame_gap_seconds=data_cfg.get("frame_gap_seconds", sampling.DEFAULT_FRAME_GAP_SECONDS),
-      frame_gap_range=gap_range,
+      frame_gap_seconds=gap.seconds,
+      frame_gap_range=gap.range,
       seed=seed,
     )
 

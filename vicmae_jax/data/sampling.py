@@ -57,21 +57,42 @@ def validate_gap(frame_gap_seconds: float | None, frame_gap_range: Sequence[floa
     raise ValueError(f"frame_gap_seconds must be >= 0, got {frame_gap_seconds!r}")
 
 
+class FrameGap:
+  """The time between a pair's two frames: fixed, or uniform in range=(lo, hi) when given.
+
+  The settings are checked once, when it is made (`validate_gap`); `draw` only draws.
+  """
+
+  def __init__(
+    self,
+    seconds: float | None = DEFAULT_FRAME_GAP_SECONDS,
+    range: Sequence[float] | None = None,  # noqa: A002  (the config's name)
+  ):
+    validate_gap(seconds, range)
+    self.seconds = None if seconds is None else float(seconds)
+    self.range = None if range is None else (float(range[0]), float(range[1]))
+
+  def bounds(self) -> tuple[float, float]:
+    """The smallest and largest gap it can draw."""
+    return self.range if self.range is not None else (self.seconds, self.seconds)
+
+  def draw(self, rng: np.random.Generator) -> float:
+    """One gap; the generator is advanced by one draw in both modes, so switching modes keeps later
+    draws aligned."""
+    unit = rng.random()
+    if self.range is not None:
+      lo, hi = self.range
+      return lo + (hi - lo) * unit
+    return self.seconds
+
+
 def draw_gap_seconds(
   rng: np.random.Generator,
   frame_gap_seconds: float = DEFAULT_FRAME_GAP_SECONDS,
   frame_gap_range: Sequence[float] | None = None,
 ) -> float:
-  """The time between the two frames: fixed, or uniform in frame_gap_range=(lo, hi) when given.
-
-  The generator is advanced by one draw in both cases so that switching modes keeps later draws aligned.
-  """
-  validate_gap(frame_gap_seconds, frame_gap_range)
-  unit = rng.random()
-  if frame_gap_range is not None:
-    lo, hi = (float(v) for v in frame_gap_range)
-    return lo + (hi - lo) * unit
-  return float(frame_gap_seconds)
+  """One gap from the given settings (checked on every call; loaders draw from a FrameGap)."""
+  return FrameGap(frame_gap_seconds, frame_gap_range).draw(rng)
 
 
 def pair_indices(
@@ -83,13 +104,12 @@ def pair_indices(
   still have a frame `gap_seconds` later (within half a frame); the later frame is the one nearest
   in time to earlier + gap, so |t_j - t_i - gap| is at most half the local frame interval.
   When the clip is shorter than the gap, the first and last frames (its largest gap) are returned.
-  A gap of 0 returns the same frame twice (the no-gap ablation).
+  A gap of 0 returns the same frame twice (the no-gap ablation). gap_seconds >= 0 (a FrameGap
+  draw; the gap settings are checked once, by FrameGap).
   """
   times = np.asarray(timestamps, dtype=np.float64)
   if times.ndim != 1 or times.size == 0:
     raise ValueError(f"timestamps must be a non-empty [T] array, got shape {times.shape}")
-  if gap_seconds < 0:
-    raise ValueError(f"gap_seconds must be >= 0, got {gap_seconds}")
   count = times.size
   if count == 1:
     return 0, 0
@@ -115,12 +135,10 @@ def pair_times(
   """Two times in [0, duration_s] `gap_seconds` apart, in random order (for raw videos).
 
   duration_s is the time of the last frame. The earlier time is uniform in [0, duration_s - gap];
-  a clip shorter than the gap gives (0, duration_s).
+  a clip shorter than the gap gives (0, duration_s). gap_seconds >= 0 (a FrameGap draw).
   """
   if duration_s < 0:
     raise ValueError(f"duration_s must be >= 0, got {duration_s}")
-  if gap_seconds < 0:
-    raise ValueError(f"gap_seconds must be >= 0, got {gap_seconds}")
   if gap_seconds >= duration_s:
     first, second = 0.0, float(duration_s)
   else:
