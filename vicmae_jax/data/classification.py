@@ -39,7 +39,6 @@ import ml_collections
 import numpy as np
 
 from vicmae_jax.data import augment
-from vicmae_jax.data import data_config
 from vicmae_jax.data import examples
 from vicmae_jax.data import finetune_augment
 from vicmae_jax.data import pipeline
@@ -286,14 +285,9 @@ def make_train_loader(
     dataset = loader.dataset.map(_drop_valid)
     pixel_key = "video"
   else:
-    data_config.validate_data_config(data_cfg, frame_pairs=False)
-    host_batch = stream.host_batch_size(int(global_batch_size), process_count)
-    skip_log = sources_lib.SkipLog()
-    built = pipeline.build_sources(data_cfg, skip_log)
-    run_seed = stream.run_seed(data_cfg, seed)
     spec = augment_cfg.get("train_augmentation", TRAIN_IMAGE_SPEC)
 
-    def make_example(source, source_index):
+    def make_example(source, source_index, run_seed):
       del source_index
       return ImageMaker(
         source,
@@ -304,20 +298,16 @@ def make_train_loader(
         seed=run_seed,
       )
 
-    mixed = stream.training_mixture(
+    loader = pipeline.make_training_loader(
       data_cfg,
-      built,
-      seed=run_seed,
+      global_batch_size=global_batch_size,
+      seed=seed,
+      make_example=make_example,
       process_index=process_index,
       process_count=process_count,
-      make_example=make_example,
-      host_batch_size=host_batch,
+      description="Image training",
     )
-    dataset = stream.finish(mixed, data_cfg, host_batch, drop_remainder=True)
-    names = tuple(built[0][2].label_names) if len(built) == 1 else ()
-    loader = pipeline.Loader(
-      dataset, skip_log, tuple(n for n, _, _ in built), host_batch, None, names
-    )
+    dataset = loader.dataset
     pixel_key = "image"
   if mixup_cfg is not None and mixing_enabled(mixup_cfg):
     mix_seed = stream.seed32(stream.run_seed(data_cfg, seed), _MIX_STREAM, process_index)

@@ -131,6 +131,55 @@ def _close_live_iterators() -> None:
     iterator.close = lambda: None
 
 
+def make_training_loader(
+  data_cfg: Mapping[str, Any],
+  *,
+  global_batch_size: int,
+  seed: int,
+  make_example,
+  frame_pairs: bool = False,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  description: str = "Training",
+) -> Loader:
+  """Infinite stream of this process's training batches over the mixed sources of `data_cfg`.
+
+  The config is checked once, here (`validate_data_config(data_cfg, frame_pairs=frame_pairs)`).
+  Row r of this process is the example at its position of the global stream (stream.GlobalRows),
+  made by the map `make_example(source, source_index, run_seed)` returns (run_seed: data.shuffle_seed
+  when set, else `seed`); b = global_batch_size / process_count rows per batch. label_names: the
+  source's class names when there is one source. Raises ValueError naming the field of a bad config,
+  and `batch_size` when the global batch does not split over processes.
+  """
+  validate_data_config(data_cfg, frame_pairs=frame_pairs)
+  process_index, process_count = stream.resolve_processes(process_index, process_count)
+  host_batch = stream.host_batch_size(int(global_batch_size), process_count)
+  skip_log = sources_lib.SkipLog()
+  built = build_sources(data_cfg, skip_log)
+  run_seed = stream.run_seed(data_cfg, seed)
+  mixed = stream.training_mixture(
+    built,
+    seed=run_seed,
+    process_index=process_index,
+    process_count=process_count,
+    make_example=lambda source, source_index: make_example(source, source_index, run_seed),
+    host_batch_size=host_batch,
+  )
+  dataset = stream.finish(mixed, data_cfg, host_batch, drop_remainder=True)
+  logging.info(
+    "%s data (process %d/%d): %s; host batch %d",
+    description,
+    process_index,
+    process_count,
+    ", ".join(
+      f"{name} ({len(source)} examples, weight {weight:g})" for name, weight, source in built
+    ),
+    host_batch,
+  )
+  labels = tuple(built[0][2].label_names) if len(built) == 1 else ()
+  return Loader(dataset, skip_log, tuple(name for name, _, _ in built), host_batch, None, labels)
+
+
 def make_pretrain_loader(
   data_cfg: Mapping[str, Any],
   *,
@@ -146,15 +195,9 @@ def make_pretrain_loader(
   "label": int32 [b] (-1 when unknown), "source": int32 [b] (index into loader.source_names)}.
   Raises ValueError naming `batch_size` when the global batch does not split over processes.
   """
-  validate_data_config(data_cfg)
-  process_index, process_count = stream.resolve_processes(process_index, process_count)
-  host_batch = stream.host_batch_size(int(global_batch_size), process_count)
-  skip_log = sources_lib.SkipLog()
-  built = build_sources(data_cfg, skip_log)
-  seed = stream.run_seed(data_cfg, seed)
-  gap = data_config.frame_gap(data_cfg)
 
-  def make_example(source, source_index):
+  def make_example(source, source_index, run_seed):
+    gap = data_config.frame_gap(data_cfg)
     return PairMaker(
       source,
       source_index,
@@ -163,29 +206,19 @@ def make_pretrain_loader(
       crop_scale=data_cfg.get("crop_scale", (0.08, 1.0)),
       frame_gap_seconds=gap.seconds,
       frame_gap_range=gap.range,
-      seed=seed,
+      seed=run_seed,
     )
 
-  mixed = stream.training_mixture(
+  return make_training_loader(
     data_cfg,
-    built,
+    global_batch_size=global_batch_size,
     seed=seed,
+    make_example=make_example,
+    frame_pairs=True,
     process_index=process_index,
     process_count=process_count,
-    make_example=make_example,
-    host_batch_size=host_batch,
+    description="Pretraining",
   )
-  dataset = stream.finish(mixed, data_cfg, host_batch, drop_remainder=True)
-  logging.info(
-    "Pretraining data (process %d/%d): %s; host batch %d",
-    process_index,
-    process_count,
-    ", ".join(
-      f"{name} ({len(source)} examples, weight {weight:g})" for name, weight, source in built
-    ),
-    host_batch,
-  )
-  return Loader(dataset, skip_log, tuple(name for name, _, _ in built), host_batch)
 
 
 def _single_source(data_cfg_or_source, skip_log: sources_lib.SkipLog):
@@ -303,14 +336,8 @@ def make_clip_loader(
 
   frames, frame_stride = pick(num_frames, "clip_num_frames", 16), pick(stride, "clip_stride", 4)
   if train:
-    validate_data_config(cfg, frame_pairs=False)
-    process_index, process_count = stream.resolve_processes(process_index, process_count)
-    host_batch = stream.host_batch_size(int(batch_size), process_count)
-    skip_log = sources_lib.SkipLog()
-    built = build_sources(cfg, skip_log)
-    run_seed = stream.run_seed(cfg, seed)
 
-    def make_example(source, source_index):
+    def make_example(source, source_index, run_seed):
       del source_index
       return ClipMaker(
         source,
@@ -322,23 +349,14 @@ def make_clip_loader(
         seed=run_seed,
       )
 
-    mixed = stream.training_mixture(
+    return make_training_loader(
       cfg,
-      built,
-      seed=run_seed,
+      global_batch_size=batch_size,
+      seed=seed,
+      make_example=make_example,
       process_index=process_index,
       process_count=process_count,
-      make_example=make_example,
-      host_batch_size=host_batch,
-    )
-    labels = tuple(built[0][2].label_names) if len(built) == 1 else ()
-    return Loader(
-      stream.finish(mixed, cfg, host_batch, drop_remainder=True),
-      skip_log,
-      tuple(n for n, _, _ in built),
-      host_batch,
-      None,
-      labels,
+      description="Clip training",
     )
   options = dict(
     num_frames=frames,

@@ -214,7 +214,6 @@ class GlobalRows:
 
 
 def training_mixture(
-  data_cfg,
   built,
   *,
   seed: int,
@@ -229,7 +228,6 @@ def training_mixture(
   alternate positions: every global batch then holds the same examples for any process count,
   in another row order.
   """
-  del data_cfg
   streams, weights, makers = [], [], []
   for source_index, (name, weight, source) in enumerate(built):
     order = EpochOrder(len(source), seed32(seed, sampling.source_key(name)))
