@@ -148,7 +148,7 @@ def num_classes(data_cfg: Mapping[str, Any]) -> int:
   return largest + 1
 
 
-class ImageMaker(examples.LazyAugmentation):
+class ImageMaker(examples.LazyAugmentation, examples.RecordMaker):
   """(record index, epoch) -> {"image": uint8 [S, S, 3], "label": int32} or a Skipped marker."""
 
   def __init__(
@@ -161,14 +161,13 @@ class ImageMaker(examples.LazyAugmentation):
     augment_cfg: Mapping[str, Any],
     seed: int,
   ):
-    self.source, self.spec, self.image_size = source, spec, int(image_size)
+    examples.RecordMaker.__init__(self, source, seed)
+    self.spec, self.image_size = spec, int(image_size)
     self.crop_scale = tuple(crop_scale)
     self.rand_augment_ops = int(augment_cfg.get("rand_augment_ops", 0))
     self.magnitude = float(augment_cfg.get("magnitude", 9.0))
     self.magnitude_std = float(augment_cfg.get("magnitude_std", 0.5))
     self.erase_prob = float(augment_cfg.get("erase_prob", 0.0))
-    self.seed = int(seed)
-    self.source_key = sampling.source_key(source.name)
 
   def frame(self, example: Mapping[str, Any], rng: np.random.Generator) -> Any:
     """The record's image: the image itself, a random stored frame, or a raw video frame at a random time."""
@@ -180,22 +179,13 @@ class ImageMaker(examples.LazyAugmentation):
     decoded = self.source.decode(example, [float(rng.uniform(0.0, example["duration_s"]))])
     return decoded if isinstance(decoded, sources_lib.Skipped) else decoded[0]
 
-  def __call__(self, item: tuple[int, int]) -> dict[str, np.ndarray] | sources_lib.Skipped:
-    record_index, epoch = item
-    example = self.source[record_index]
-    if isinstance(example, sources_lib.Skipped):
-      return example
-    frame = self.frame(
-      example,
-      sampling.example_rng(
-        self.seed, self.source_key, record_index, epoch, sampling.STREAM_SAMPLING
-      ),
-    )
+  def make(
+    self, example: Mapping[str, Any], record_index: int, epoch: int
+  ) -> dict[str, np.ndarray] | sources_lib.Skipped:
+    frame = self.frame(example, self.rng(record_index, epoch, sampling.STREAM_SAMPLING))
     if isinstance(frame, sources_lib.Skipped):
       return frame
-    rng = sampling.example_rng(
-      self.seed, self.source_key, record_index, epoch, sampling.STREAM_VIEW
-    )
+    rng = self.rng(record_index, epoch, sampling.STREAM_VIEW)
     try:
       image = self.augmentation()(frame, rng)
     except examples.DECODE_ERRORS as error:

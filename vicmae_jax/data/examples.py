@@ -3,6 +3,7 @@
   PairMaker         pretraining: (record, epoch) -> two augmented views of two frames a gap apart
   ClipMaker         video training: (record, epoch) -> one augmented window of frames
   EvalExample       evaluation: position in a process's padded share -> an image or clip views
+  RecordMaker       the base of the training makers: reads the record, hands a usable one on
   LazyAugmentation  the mixin that builds a maker's augmentation on first use (so makers pickle)
 
 Every random draw comes from sampling.example_rng(seed, source, record, epoch, stream); an example
@@ -49,7 +50,32 @@ class LazyAugmentation:
     return self._augmentation
 
 
-class PairMaker:
+class RecordMaker:
+  """Base of the training makers: (record index, epoch) -> `self.make(example, record_index, epoch)`
+  for a usable record of `self.source`, else the source's Skipped marker.
+
+  `rng(record_index, epoch, stream)` is the example's generator of one stream (sampling.STREAM_*).
+  """
+
+  def __init__(self, source, seed: int):
+    self.source, self.seed = source, int(seed)
+    self.source_key = sampling.source_key(source.name)
+
+  def rng(self, record_index: int, epoch: int, stream: int) -> np.random.Generator:
+    return sampling.example_rng(self.seed, self.source_key, record_index, epoch, stream)
+
+  def make(self, example: Mapping[str, Any], record_index: int, epoch: int) -> Any:
+    raise NotImplementedError
+
+  def __call__(self, item: tuple[int, int]) -> Any:
+    record_index, epoch = item
+    example = self.source[record_index]
+    if isinstance(example, sources_lib.Skipped):
+      return example
+    return self.make(example, record_index, epoch)
+
+
+class PairMaker(RecordMaker):
   """(record index, epoch) -> {"views": uint8 [2, S, S, 3], "label", "source"} or a Skipped marker.
 
   Augmentations are built on first use so the object pickles into worker processes.
@@ -67,16 +93,14 @@ class PairMaker:
     frame_gap_range,
     seed,
   ):
-    self.source = source
+    RecordMaker.__init__(self, source, seed)
     self.source_index = source_index
-    self.source_key = sampling.source_key(source.name)
     self.view_specs = tuple(view_specs)
     self.image_size = int(image_size)
     self.crop_scale = tuple(crop_scale)
     self.frame_gap = sampling.FrameGap(
       frame_gap_seconds, tuple(frame_gap_range) if frame_gap_range else None
     )
-    self.seed = int(seed)
     self._views = None
 
   def __getstate__(self):
@@ -90,9 +114,6 @@ class PairMaker:
         self.view_specs, image_size=self.image_size, crop_scale=self.crop_scale
       )
     return self._views
-
-  def rng(self, record_index: int, epoch: int, stream: int) -> np.random.Generator:
-    return sampling.example_rng(self.seed, self.source_key, record_index, epoch, stream)
 
   def frames(
     self, example: Mapping[str, Any], rng: np.random.Generator
@@ -117,11 +138,9 @@ class PairMaker:
       return decoded
     return [decoded[0], decoded[1]]
 
-  def __call__(self, item: tuple[int, int]) -> dict[str, np.ndarray] | sources_lib.Skipped:
-    record_index, epoch = item
-    example = self.source[record_index]
-    if isinstance(example, sources_lib.Skipped):
-      return example
+  def make(
+    self, example: Mapping[str, Any], record_index: int, epoch: int
+  ) -> dict[str, np.ndarray] | sources_lib.Skipped:
     try:
       images = self.frames(example, self.rng(record_index, epoch, sampling.STREAM_SAMPLING))
     except sources_lib.RecordReadError as error:
@@ -143,7 +162,7 @@ class PairMaker:
     }
 
 
-class ClipMaker(LazyAugmentation):
+class ClipMaker(LazyAugmentation, RecordMaker):
   """(record index, epoch) -> {"video": uint8 [T, S, S, 3], "label", "valid"} for training video models.
 
   A random window of T frames `stride` apart; the clip augmentation is drawn once per clip and
@@ -151,23 +170,14 @@ class ClipMaker(LazyAugmentation):
   """
 
   def __init__(self, source, *, spec, image_size, crop_scale, num_frames, stride, seed):
-    self.source, self.spec, self.image_size, self.crop_scale = (
-      source,
-      spec,
-      int(image_size),
-      tuple(crop_scale),
-    )
-    self.num_frames, self.stride, self.seed = int(num_frames), int(stride), int(seed)
-    self.source_key = sampling.source_key(source.name)
+    RecordMaker.__init__(self, source, seed)
+    self.spec, self.image_size, self.crop_scale = spec, int(image_size), tuple(crop_scale)
+    self.num_frames, self.stride = int(num_frames), int(stride)
 
-  def __call__(self, item: tuple[int, int]) -> dict[str, np.ndarray] | sources_lib.Skipped:
-    record_index, epoch = item
-    example = self.source[record_index]
-    if isinstance(example, sources_lib.Skipped):
-      return example
-    rng = sampling.example_rng(
-      self.seed, self.source_key, record_index, epoch, sampling.STREAM_SAMPLING
-    )
+  def make(
+    self, example: Mapping[str, Any], record_index: int, epoch: int
+  ) -> dict[str, np.ndarray] | sources_lib.Skipped:
+    rng = self.rng(record_index, epoch, sampling.STREAM_SAMPLING)
     if example["kind"] == "clip":
       indices = sampling.clip_indices(len(example["frames"]), self.num_frames, self.stride, rng)
       try:
@@ -183,9 +193,7 @@ class ClipMaker(LazyAugmentation):
       frames = list(decoded)
     else:
       raise ValueError(f"source {self.source.name!r} holds images; clip loaders need video sources")
-    view_seed = sampling.example_rng(
-      self.seed, self.source_key, record_index, epoch, sampling.STREAM_VIEW
-    ).integers(2**63)
+    view_seed = self.rng(record_index, epoch, sampling.STREAM_VIEW).integers(2**63)
     try:
       video = np.stack(
         [self.augmentation()(frame, np.random.default_rng(view_seed)) for frame in frames]
