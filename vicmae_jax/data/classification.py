@@ -39,6 +39,7 @@ import ml_collections
 import numpy as np
 
 from vicmae_jax.data import augment
+from vicmae_jax.data import data_config
 from vicmae_jax.data import examples
 from vicmae_jax.data import finetune_augment
 from vicmae_jax.data import pipeline
@@ -283,7 +284,7 @@ def make_train_loader(
         source,
         spec=spec,
         image_size=image_size,
-        crop_scale=data_cfg.get("crop_scale", (0.08, 1.0)),
+        crop_scale=data_cfg.get("crop_scale", data_config.DEFAULT_CROP_SCALE),
         augment_cfg=augment_cfg,
         seed=run_seed,
       )

@@ -67,6 +67,12 @@ _SOURCE_FIELDS = (
 )
 
 
+# Defaults of the fields that the loaders also read from configs that leave them out.
+DEFAULT_CROP_SCALE = (0.08, 1.0)
+EVAL_AUGMENTATION = "decode|resize_short|center_crop"
+CLIP_AUGMENTATION = augment.CROP_FLIP_SPEC
+
+
 def default_source_config(**overrides: Any) -> ml_collections.ConfigDict:
   """One `data.sources.<name>` entry with every field present (see the module docstring)."""
   cfg = ml_collections.ConfigDict(
@@ -96,9 +102,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   cfg.frame_gap_seconds = sampling.DEFAULT_FRAME_GAP_SECONDS
   cfg.frame_gap_range = ()
   cfg.view_augmentations = tuple(augment.DEFAULT_VIEW_SPECS)
-  cfg.crop_scale = (0.08, 1.0)
-  cfg.eval_augmentation = "decode|resize_short|center_crop"
-  cfg.clip_augmentation = "decode|random_resized_crop|flip"
+  cfg.crop_scale = DEFAULT_CROP_SCALE
+  cfg.eval_augmentation = EVAL_AUGMENTATION
+  cfg.clip_augmentation = CLIP_AUGMENTATION
   cfg.clip_num_frames = 16
   cfg.clip_stride = 4
   cfg.num_temporal_views = 1
@@ -188,10 +194,10 @@ def validate_data_config(cfg: Mapping[str, Any], *, frame_pairs: bool = True) ->
     raise ValueError(
       f"data.view_augmentations: need exactly two specs (one per view), got {len(specs)}"
     )
-  crop_scale = tuple(cfg.get("crop_scale", (0.08, 1.0)))
+  crop_scale = tuple(cfg.get("crop_scale", DEFAULT_CROP_SCALE))
   for field, spec in [("view_augmentations", s) for s in specs] + [
-    ("eval_augmentation", cfg.get("eval_augmentation", "decode|resize_short|center_crop")),
-    ("clip_augmentation", cfg.get("clip_augmentation", "decode|random_resized_crop|flip")),
+    ("eval_augmentation", cfg.get("eval_augmentation", EVAL_AUGMENTATION)),
+    ("clip_augmentation", cfg.get("clip_augmentation", CLIP_AUGMENTATION)),
   ]:
     try:
       augment.build(spec, image_size=224, crop_scale=crop_scale)

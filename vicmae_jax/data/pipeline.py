@@ -203,7 +203,7 @@ def make_pretrain_loader(
       source_index,
       view_specs=data_cfg.get("view_augmentations", augment.DEFAULT_VIEW_SPECS),
       image_size=image_size,
-      crop_scale=data_cfg.get("crop_scale", (0.08, 1.0)),
+      crop_scale=data_cfg.get("crop_scale", data_config.DEFAULT_CROP_SCALE),
       frame_gap_seconds=gap.seconds,
       frame_gap_range=gap.range,
       seed=run_seed,
@@ -289,7 +289,7 @@ def make_eval_loader(
   Rows past the end, and examples that cannot be decoded, have valid = False (label -1, zero pixels).
   `data_cfg_or_source`: a data config with exactly one source, one source config, or a built source.
   """
-  spec = "decode|resize_short|center_crop"
+  spec = data_config.EVAL_AUGMENTATION
   if hasattr(data_cfg_or_source, "get") and data_cfg_or_source.get("eval_augmentation"):
     spec = data_cfg_or_source.get("eval_augmentation")
   return _finite_loader(
@@ -341,9 +341,9 @@ def make_clip_loader(
       del source_index
       return ClipMaker(
         source,
-        spec=cfg.get("clip_augmentation", "decode|random_resized_crop|flip"),
+        spec=cfg.get("clip_augmentation", data_config.CLIP_AUGMENTATION),
         image_size=image_size,
-        crop_scale=cfg.get("crop_scale", (0.08, 1.0)),
+        crop_scale=cfg.get("crop_scale", data_config.DEFAULT_CROP_SCALE),
         num_frames=frames,
         stride=frame_stride,
         seed=run_seed,
