@@ -5,7 +5,10 @@
   formats.py    Kinetics / Moments in Time / Something-Something / folder listings
   prepare.py    raw videos -> ArrayRecord shards (CLI: python -m vicmae_jax.data.prepare)
   demo.py       the self-building moving-digits demo dataset
-  sources.py    grain data sources: prepared clips, raw videos, TFDS, image folders, npz
+  sources.py    grain data sources: build_source from the config; names every source kind
+  source_base.py  what every source shares: Source, Skipped, SkipLog, decode_image
+  video_sources.py  prepared clips (ArrayRecord shards) and raw videos, their clip lengths
+  image_sources.py  TFDS image datasets, image folders, npz image arrays
   finetune_augment.py  RandAugment, random erasing, mixup / cutmix for fine-tuning
   sampling.py   frame pairs a set time apart, clip windows; per-example random generators
   image_codec.py  image decoding (libjpeg-turbo, OpenCV, Pillow) and the numpy pixel kernels
