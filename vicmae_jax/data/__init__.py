@@ -4,6 +4,8 @@
   video_io.py   PyAV probing, fixed-rate reading, seeking to given times
   formats.py    Kinetics / Moments in Time / Something-Something / folder listings
   prepare.py    raw videos -> ArrayRecord shards (CLI: python -m vicmae_jax.data.prepare)
+  shard_files.py  a prepared folder's names: shards, per-writer temporaries, state json, the lock
+  shard_check.py  shard sizes and sha256 recorded when written, checking them, --verify
   demo.py       the self-building moving-digits demo dataset
   sources.py    grain data sources: build_source from the config; names every source kind
   source_base.py  what every source shares: Source, Skipped, SkipLog, decode_image
