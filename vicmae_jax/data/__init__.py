@@ -6,6 +6,7 @@
   prepare.py    raw videos -> ArrayRecord shards (CLI: python -m vicmae_jax.data.prepare)
   shard_files.py  a prepared folder's names: shards, per-writer temporaries, state json, the lock
   shard_check.py  shard sizes and sha256 recorded when written, checking them, --verify
+  prepare_workers.py  worker processes that end with their parent (prctl, parent watch), the pool
   demo.py       the self-building moving-digits demo dataset
   sources.py    grain data sources: build_source from the config; names every source kind
   source_base.py  what every source shares: Source, Skipped, SkipLog, decode_image

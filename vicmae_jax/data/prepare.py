@@ -44,21 +44,16 @@ from __future__ import annotations
 
 import argparse
 import collections
-import concurrent.futures
 import contextlib
-import ctypes
 import hashlib
 import io
 import json
 import logging
 import math
-import multiprocessing
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -67,6 +62,14 @@ from tqdm import tqdm
 
 from vicmae_jax import dirlock
 from vicmae_jax.data import formats, records, video_io
+from vicmae_jax.data.prepare_workers import (  # noqa: F401  (re-exported)
+  _PARENT_POLL_SECONDS,
+  _PR_SET_PDEATHSIG,
+  WorkerPool,
+  _die_with_parent,
+  _exit_when_parent_dies,
+  _worker_init,
+)
 from vicmae_jax.data.shard_check import (  # noqa: F401  (re-exported)
   _HASH_CHUNK,
   _check_shard,
@@ -95,8 +98,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_CLIPS_PER_SHARD = 256
 REASON_UNEXPECTED = "unexpected error"
 _SHOWN_SKIPS = 5
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-_PARENT_POLL_SECONDS = 1.0
 
 
 class NothingPreparedError(ValueError):
@@ -156,41 +157,6 @@ def _entries_digest(entries: Sequence[formats.VideoEntry]) -> str:
   for entry in entries:
     digest.update(f"{entry.path}\0{entry.label}\0{entry.clip_id}\n".encode())
   return digest.hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------------------------------
-# Worker processes end with the prepare that started them.
-
-
-def _die_with_parent() -> bool:
-  """Linux: has the kernel SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
-  if not sys.platform.startswith("linux"):
-    return False
-  try:
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
-  except (OSError, AttributeError):
-    return False
-
-
-def _exit_when_parent_dies(parent_pid: int, interval: float = _PARENT_POLL_SECONDS) -> None:
-  """Watches the parent pid from a daemon thread and ends this process once it changes: a dead
-  parent's children are handed to another process (init or a subreaper)."""
-
-  def watch():
-    while True:
-      if os.getppid() != parent_pid:
-        os._exit(1)
-      time.sleep(interval)
-
-  threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _worker_init(parent_pid: int) -> None:
-  if not _die_with_parent():
-    _exit_when_parent_dies(parent_pid)
-  if os.getppid() != parent_pid:  # the parent died before the line above took effect
-    os._exit(1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -369,28 +335,7 @@ def prepare_entries(
     if stale:
       logger.warning("%s: removed %d unfinished file(s) of an earlier run", output, stale)
 
-    pool = None
-
-    def run_each(function, jobs) -> Iterator[tuple[dict[str, Any], Any]]:
-      """(job, function(job)) for every job, in worker processes when there are several."""
-      nonlocal pool
-      if workers == 1 or len(jobs) <= 1:
-        for job in jobs:
-          yield job, function(job)
-        return
-      if pool is None:
-        # spawn: the caller may hold JAX / threads, which do not survive fork.
-        pool = stack.enter_context(
-          concurrent.futures.ProcessPoolExecutor(
-            min(workers, num_shards),
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_init,
-            initargs=(os.getpid(),),
-          )
-        )
-      futures = {pool.submit(function, job): job for job in jobs}
-      for future in concurrent.futures.as_completed(futures):
-        yield futures[future], future.result()
+    run_each = WorkerPool(workers, num_shards, stack).run_each
 
     task_of, tasks, states, old_format = {}, {}, {}, []
     for index, shard_entries in enumerate(np.array_split(np.arange(len(entries)), num_shards)):
