@@ -3,7 +3,9 @@
   records.py    one clip = one msgpack record (JPEG frames + timestamps)
   video_io.py   PyAV probing, fixed-rate reading, seeking to given times
   formats.py    Kinetics / Moments in Time / Something-Something / folder listings
-  prepare.py    raw videos -> ArrayRecord shards (CLI: python -m vicmae_jax.data.prepare)
+  prepare.py    raw videos -> ArrayRecord shards: the driver, its summary, the CLI
+                (python -m vicmae_jax.data.prepare)
+  shard_writer.py  one shard: video -> JPEG clip, shard + index + state json, resuming a written one
   shard_files.py  a prepared folder's names: shards, per-writer temporaries, state json, the lock
   shard_check.py  shard sizes and sha256 recorded when written, checking them, --verify
   prepare_workers.py  worker processes that end with their parent (prctl, parent watch), the pool
