@@ -144,8 +144,10 @@ class _QuietLibraries(py_logging.Filter):
       return True
     if record.levelno < 30:
       return False
-    # Their errors are re-raised to us and reported in one line; keep their tracebacks off the
-    # console (the message line stays).
+    # Their errors are re-raised to us and reported in one line; keep their tracebacks (attached,
+    # or formatted into the message) off the console: the first line of the message stays.
+    lines = record.getMessage().splitlines()
+    record.msg, record.args = (lines[0] if lines else ""), ()
     record.exc_info, record.exc_text = None, None
     return True
 
@@ -154,6 +156,16 @@ def _quiet_library_logs():
   handler = logging.get_absl_handler()
   handler.addFilter(_QuietLibraries())
   py_logging.getLogger().addFilter(_QuietLibraries())
+  default_hook = sys.unraisablehook
+
+  def unraisable(info):
+    # A failed async save leaves callbacks that fire after their event loop closed; the failure
+    # itself is reported once, in one line, so their tracebacks would only bury it.
+    if isinstance(info.exc_value, RuntimeError) and "Event loop is closed" in str(info.exc_value):
+      return
+    default_hook(info)
+
+  sys.unraisablehook = unraisable
 
 
 def pin_cpu_threads(config) -> int:
@@ -205,9 +217,15 @@ def main(argv):
 
 
 def _fail(message: str):
-  """One line on stderr (not logged as well: the console would show it twice) and exit 2."""
+  """One line on stderr (not logged as well: the console would show it twice), exit 2.
+
+  The exit skips interpreter teardown: by now nothing is pending (the loop waited for its saves),
+  and a background thread of a failed library (an orbax writer after a full disk, a data worker)
+  would otherwise print tracebacks after this line or keep the process alive.
+  """
   print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
+  sys.stdout.flush()
+  os._exit(2)
 
 
 def _override_message(argv: list[str], error: Exception) -> str:
