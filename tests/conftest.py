@@ -44,3 +44,18 @@ def reference(demo_root, tmp_path_factory):
   summary = main.run(tiny_config(demo_root, num_steps=10, **{"checkpoint.every_steps": 3}), workdir)
   assert summary["final_step"] == 10
   return workdir
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory):
+  """A pretraining-style workdir: WORKDIR/checkpoints/3/state with ViC-MAE (mu/8) params and stats."""
+  from flax import nnx
+  from runs import save_params
+  from vicmae_jax.models import vicmae
+
+  model = vicmae.build_model({"variant": "mu/8"}, rngs=nnx.Rngs(42))
+  return save_params(
+    tmp_path_factory.mktemp("pretrain"),
+    nnx.state(model, nnx.Param),
+    nnx.state(model, nnx.BatchStat),
+  )

@@ -79,3 +79,17 @@ def tiny_config(demo_root, **overrides):
       node = node[p]
     node[parts[-1]] = value
   return c
+
+
+def save_params(workdir, params, batch_stats=None, step: int = 3):
+  """Saves a train-state-like tree with the project's checkpointer as step `step` of `workdir`."""
+  import jax.numpy as jnp
+  from vicmae_jax import checkpoint as ckpt_lib
+
+  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(str(workdir)), async_save=False)
+  state = {"params": params, "step": jnp.asarray(step, jnp.int32)}
+  if batch_stats is not None:
+    state["batch_stats"] = batch_stats
+  ckpt.save(step, state)
+  ckpt.close()
+  return str(workdir)
