@@ -133,60 +133,6 @@ def finetune_adamw(base_lr: float, layer_decay: float) -> ml_collections.ConfigD
   )
 
 
-def video_finetune(
-  opts: ml_collections.ConfigDict,
-  *,
-  name: str,
-  num_classes: int,
-  flip: bool,
-  views: tuple[int, int],
-  base_lr: float,
-  batch_size: int,
-  num_epochs: float,
-) -> ml_collections.ConfigDict:
-  """Fine-tuning of the inflated space-time ViT on prepared clips (configs/finetune_k400.py,
-  finetune_ssv2.py), for the options variant, data_dir, frames, stride and image_size.
-
-  Tubelets of 2 frames with a cls token, drop path 0.1, full rematerialization; one random resized
-  crop (bicubic, scale 0.08-1) per clip, plus a horizontal flip if `flip`; testing averages
-  `views` = (temporal, spatial) views; AdamW with layer decay 0.75, 5 warm-up epochs.
-  """
-  from vicmae_jax.trainers import finetune
-
-  c = downstream(
-    "finetune",
-    image_size=opts.image_size,
-    num_classes=num_classes,
-    input_kind="clip",
-    variant=opts.variant,
-    drop_path_rate=0.1,
-    remat="full",
-  )
-  c.classifier = finetune.classifier_config()
-  c.video = finetune.video_config(tubelet_size=2, use_cls=True)
-
-  prepared_sources(c, name, opts.data_dir)
-  c.data.clip_num_frames = opts.frames
-  c.data.clip_stride = opts.stride
-  c.data.crop_scale = (0.08, 1.0)
-  c.data.clip_augmentation = "decode|random_resized_crop(interpolation='pil_bicubic')"
-  if flip:
-    c.data.clip_augmentation += "|flip"
-  c.eval_data.num_temporal_views, c.eval_data.num_spatial_views = views
-
-  c.mixup = finetune_mixup()
-  c.optim = finetune_adamw(base_lr, layer_decay=0.75)
-  c.batch_size = batch_size
-  c.num_epochs = num_epochs
-  c.warmup_epochs = 5.0
-
-  c.eval.batch_size = 64
-  c.eval.every_steps = 0
-  c.checkpoint.every_steps = 500
-  c.log.every_steps = 50
-  return c
-
-
 # --------------------------------------------------------------------------------------------------
 # The embedded demo (configs/demo*.py): digits in motion, see vicmae_jax/data/demo.py.
 

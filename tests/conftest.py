@@ -59,3 +59,69 @@ def pretrained(tmp_path_factory):
     nnx.state(model, nnx.Param),
     nnx.state(model, nnx.BatchStat),
   )
+
+
+DOWNSTREAM_CLASSES = 4
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+  """Prepared train (16) / val (10) clips of 4 classes: real ArrayRecord shards of JPEG frames."""
+  import numpy as np
+
+  out = tmp_path_factory.mktemp("prepared")
+  rng = np.random.default_rng(0)
+  _write_split(out, "train", 16, rng)
+  _write_split(out, "val", 10, rng)
+  return str(out)
+
+
+def _write_split(out, split: str, num_clips: int, rng):
+  """Clips of 6 JPEG frames, 40 px: a class-coloured square drifting over noise."""
+  import io
+  import json
+
+  import numpy as np
+  from array_record.python.array_record_module import ArrayRecordWriter
+  from PIL import Image
+
+  from vicmae_jax.data import records
+
+  writer = ArrayRecordWriter(str(out / f"{split}-00000-of-00001.array_record"), "group_size:1")
+  colours = np.array([[230, 40, 40], [40, 230, 40], [40, 40, 230], [230, 230, 40]])
+  for index in range(num_clips):
+    label = index % DOWNSTREAM_CLASSES
+    frames = []
+    for t in range(6):
+      image = rng.integers(0, 80, size=(40, 40, 3)).astype(np.uint8)
+      top, left = 6 + 2 * t, 8 + t
+      image[top : top + 16, left : left + 16] = colours[label]
+      buffer = io.BytesIO()
+      Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+      frames.append(buffer.getvalue())
+    writer.write(
+      records.encode_clip(
+        {
+          "clip_id": f"{split}{index}",
+          "label": label,
+          "label_name": f"class{label}",
+          "source_fps": 8.0,
+          "timestamps": np.arange(6, dtype=np.float32) / 8,
+          "frames": frames,
+          "height": 40,
+          "width": 40,
+        }
+      )
+    )
+  writer.close()
+  with open(out / f"{split}_meta.json", "w") as f:
+    json.dump(
+      {
+        "num_clips": num_clips,
+        "label_names": [f"class{i}" for i in range(DOWNSTREAM_CLASSES)],
+        "fps": 8.0,
+        "short_side": 40,
+        "skipped": [],
+      },
+      f,
+    )

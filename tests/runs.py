@@ -64,21 +64,43 @@ def losses(workdir) -> dict[int, float]:
   return out
 
 
-def tiny_config(demo_root, **overrides):
+def load_config(name: str, arg: str | None = None):
+  """`configs/<name>` (a path relative to configs/, or absolute) with its option string `arg`."""
   from vicmae_jax import config_lib
 
-  c = config_lib.load_config_file(f"{CONFIG}:tiny")
+  path = name if os.path.isabs(name) else str(REPO / "configs" / name)
+  return config_lib.load_config_file(path + (f":{arg}" if arg else ""))
+
+
+def set_fields(config, overrides: dict):
+  """Sets dotted `overrides` (`{"a.b": v}`) on `config`; returns it."""
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def tiny_config(demo_root, **overrides):
+  c = load_config("demo.py", "tiny")
   c.demo_data.root = demo_root
   for name in ("knn", "linear_probe"):
     c.evals[name].every_steps = -1
   c.log.image_every_steps = 0
-  for key, value in overrides.items():
-    node = c
-    parts = key.split(".")
-    for p in parts[:-1]:
-      node = node[p]
-    node[parts[-1]] = value
-  return c
+  return set_fields(c, overrides)
+
+
+def downstream_config(name: str, data_dir: str, arg: str = "tiny", **overrides):
+  """A downstream demo config (`demo_linear_probe.py`, ...) reading the clips in `data_dir`."""
+  config = load_config(name, arg)
+  del config["demo_data"]
+  for data in (config.data, config.eval_data):
+    data.sources.digits.path = data_dir
+    data.num_threads = 1
+  config.checkpoint.async_save = False
+  return set_fields(config, overrides)
 
 
 def save_params(workdir, params, batch_stats=None, step: int = 3):

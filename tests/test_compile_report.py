@@ -1,16 +1,12 @@
 """Ahead-of-time compile report: memory per device before any data is read, FSDP shrinks it."""
 
-import os
+from runs import load_config
 
-from vicmae_jax import config_lib
 from vicmae_jax.trainers import pretrain
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(fsdp):
-  path = os.path.join(REPO, "configs", "pretrain_k400.py")
-  c = config_lib.load_config_file(f"{path}:runlocal")
+  c = load_config("pretrain_k400.py", "runlocal")
   c.data.sources.k400.path = "/nonexistent/never/read"  # the report must not touch the data
   c.model.embed_dim = 128
   c.mesh.fsdp = fsdp

@@ -4,10 +4,12 @@ import glob
 import os
 
 import pytest
+from runs import load_config
 
 from vicmae_jax import config_lib
 from vicmae_jax import main as main_lib
 from vicmae_jax import optim
+from vicmae_jax.data import classification as data_lib
 from vicmae_jax.data import pipeline
 from vicmae_jax.models import vicmae
 
@@ -27,7 +29,7 @@ def options(path):
   module, _ = load(path)
   doc = module.__doc__ or ""
   args = [None]
-  for candidate in ("runlocal", "tiny", "variant=B/16"):
+  for candidate in ("runlocal", "tiny", "variant=B/16", "dataset=ssv2", "video"):
     if f":{candidate}" in doc or f"py:{candidate}" in doc:
       args.append(candidate)
   return args
@@ -68,6 +70,20 @@ def test_config_loads_and_validates(path, arg, tmp_path):
         if src.kind != "tfds":
           src.path = str(tmp_path)
     pipeline.validate_data_config(data)
+  else:
+    vicmae.resolve_model_config(c.model)
+    data_lib.validate_augment_config(c.augment)
+    data_lib.validate_mixup_config(c.mixup)
+    name = os.path.basename(path)
+    assert (c.input_kind == "clip") == (
+      "k400" in name or "video" in name or (arg or "").startswith(("dataset=", "video"))
+    )
+    if name.startswith("demo_"):
+      # The downstream demos read the encoder that configs/demo.py pretrains.
+      pretrain = load_config("demo.py", "tiny" if arg == "tiny" else None)
+      for field in ("variant", "embed_dim", "depth", "num_heads", "patch_size"):
+        assert c.model[field] == pretrain.model[field], field
+      assert c.image_size == pretrain.image_size
 
 
 def test_unknown_option_is_named():
@@ -102,3 +118,37 @@ def test_demo_pins_the_cpu_threads(monkeypatch):
   with c.unlocked():
     c.cpu_threads = 0
   assert main_lib.pin_cpu_threads(c) == 0 and "NPROC" not in os.environ
+
+
+def test_paper_downstream_recipes():
+  probe = load_config("linear_probe_in1k.py")
+  assert (probe.optim.name, probe.optim.base_lr, probe.optim.weight_decay) == ("lars", 0.1, 0.0)
+  assert (probe.batch_size, probe.num_epochs, probe.warmup_epochs) == (16384, 90.0, 10.0)
+  assert (probe.probe.pool, probe.probe.head_init_std) == ("mean", 0.01)
+  ft = load_config("finetune_in1k.py")
+  assert (ft.optim.name, ft.optim.base_lr, ft.optim.b1, ft.optim.b2, ft.optim.weight_decay) == (
+    "adamw",
+    5e-4,
+    0.9,
+    0.999,
+    0.05,
+  )
+  assert (ft.optim.layer_decay, ft.model.drop_path_rate, ft.batch_size) == (0.65, 0.1, 1024)
+  assert (ft.num_epochs, ft.warmup_epochs, ft.classifier.pool) == (100.0, 5.0, "cls")
+  assert (ft.mixup.mixup_alpha, ft.mixup.cutmix_alpha, ft.mixup.label_smoothing) == (0.8, 1.0, 0.1)
+  assert (
+    ft.augment.rand_augment_ops,
+    ft.augment.magnitude,
+    ft.augment.magnitude_std,
+    ft.augment.erase_prob,
+  ) == (2, 9.0, 0.5, 0.25)
+  for frames in (8, 16, 32):
+    k400 = load_config("finetune_video.py", f"dataset=k400,frames={frames}")
+    assert k400.data.clip_num_frames == frames == k400.eval_data.clip_num_frames
+    assert k400.data.sources.k400.path == "/data/k400/prepared_15fps"
+  ssv2 = load_config("finetune_video.py", "dataset=ssv2")
+  assert "flip" not in ssv2.data.clip_augmentation and "flip" in k400.data.clip_augmentation
+  assert (ssv2.num_classes, ssv2.batch_size, ssv2.optim.base_lr) == (174, 384, 5e-4)
+  assert (ssv2.eval_data.num_temporal_views, ssv2.eval_data.num_spatial_views) == (2, 3)
+  with pytest.raises(ValueError, match="dataset='ucf'"):
+    load_config("finetune_video.py", "dataset=ucf")

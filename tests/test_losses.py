@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vicmae_jax import losses, sharding
+from vicmae_jax.data import finetune_augment
 
 
 def _np_patchify_nchw(images_nhwc: np.ndarray, p: int) -> np.ndarray:
@@ -215,4 +216,32 @@ def test_softmax_cross_entropy_and_topk():
   np.testing.assert_array_equal(np.asarray(losses.topk_correct(logits, labels, 2)), [1.0, 1.0])
   np.testing.assert_array_equal(
     np.asarray(losses.topk_correct(logits, jnp.asarray([1, 0]), 1)), [1.0, 1.0]
+  )
+
+
+def test_device_mixing_equals_the_host_reference():
+  rng = np.random.default_rng(3)
+  images = rng.integers(0, 256, size=(6, 3, 12, 10, 3)).astype(np.uint8)  # clips: every frame alike
+  labels = rng.integers(0, 5, size=6)
+  for seed in range(6):
+    params = finetune_augment.sample_mix(np.random.default_rng(seed), 12, 10)
+    ref_x, ref_t, ref_params = finetune_augment.mixup_cutmix(
+      images, labels, np.random.default_rng(seed), num_classes=5, label_smoothing=0.1
+    )
+    assert ref_params == params
+    box = np.tile(np.asarray(params.box if params.use_cutmix else (0, 0, 0, 0), np.int32), (6, 1))
+    x, t = losses.mix_batch(
+      jnp.asarray(images),
+      jnp.asarray(labels),
+      jnp.full((6,), params.lam, jnp.float32),
+      jnp.asarray(box),
+      num_classes=5,
+      smoothing=0.1,
+    )
+    np.testing.assert_allclose(np.asarray(x), ref_x, rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(t), ref_t, atol=1e-6)
+  # Two host blocks: partners never cross a block.
+  x = jnp.arange(8.0).reshape(8, 1, 1, 1, 1) * jnp.ones((8, 1, 2, 2, 1))
+  np.testing.assert_array_equal(
+    np.asarray(losses.partner_rows(x, 2))[:, 0, 0, 0, 0], [3, 2, 1, 0, 7, 6, 5, 4]
   )
