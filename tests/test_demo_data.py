@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from vicmae_jax.data import demo, formats, records, video_io
+from vicmae_jax.data import demo, demo_render, formats, records, video_io
 
 NUM_TRAIN, NUM_VAL = 20, 10
 
@@ -63,8 +63,8 @@ def test_videos_are_real_h264_with_the_digit_where_the_layout_says(built):
       size = layout["digit_size"][t]
       x0, y0 = np.round(np.asarray(layout["center_xy"][t]) - size / 2).astype(int)
       crop = frames[t, y0 : y0 + size, x0 : x0 + size].astype(np.float32).mean(-1)
-      own = correlation(crop, demo.render_digit(template, size))
-      other = max(correlation(crop, demo.render_digit(image, size)) for image in others)
+      own = correlation(crop, demo_render.render_digit(template, size))
+      other = max(correlation(crop, demo_render.render_digit(image, size)) for image in others)
       assert own > 0.85, own
       assert own > other, (own, other)
 
@@ -92,7 +92,7 @@ def test_prepared_shards_hold_every_clip_at_8_fps(built):
 
 def test_validation_digits_are_never_seen_in_training(built):
   digits = load_digits()
-  train_split, heldout_split = demo.digit_split(0)
+  train_split, heldout_split = demo_render.digit_split(0)
   assert len(np.intersect1d(train_split, heldout_split)) == 0
   assert len(train_split) + len(heldout_split) == len(digits.target)
   with open(built["train_clips"]) as file:
@@ -143,13 +143,13 @@ def test_second_call_reuses_and_half_built_directory_is_rebuilt(built):
 def test_rendering_is_deterministic_in_the_seed():
   digit = load_digits().images[0]
   background = (np.random.default_rng(0).integers(0, 256, size=(100, 120, 3), dtype=np.uint8),)
-  first, layout = demo.render_clip(
+  first, layout = demo_render.render_clip(
     digit, background, np.random.default_rng(5), frame_size=64, num_frames=6, fps=12
   )
-  second, _ = demo.render_clip(
+  second, _ = demo_render.render_clip(
     digit, background, np.random.default_rng(5), frame_size=64, num_frames=6, fps=12
   )
-  third, _ = demo.render_clip(
+  third, _ = demo_render.render_clip(
     digit, background, np.random.default_rng(6), frame_size=64, num_frames=6, fps=12
   )
   np.testing.assert_array_equal(first, second)
@@ -162,7 +162,7 @@ def test_frames_a_second_apart_share_the_digit_not_the_background():
   digit = load_digits().images[0]
   # Flat backgrounds of distinct colours: a pan inside a shot changes nothing, a new shot does.
   backgrounds = tuple(np.full((100, 120, 3), value, np.uint8) for value in (0, 80, 160, 240))
-  frames, layout = demo.render_clip(
+  frames, layout = demo_render.render_clip(
     digit, backgrounds, np.random.default_rng(1), frame_size=64, num_frames=36, fps=12
   )
   shot = layout["shot_frames"]

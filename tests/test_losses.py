@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vicmae_jax import losses, sharding
-from vicmae_jax.data import finetune_augment
+from vicmae_jax.data import mixup
 
 
 def _np_patchify_nchw(images_nhwc: np.ndarray, p: int) -> np.ndarray:
@@ -224,8 +224,8 @@ def test_device_mixing_equals_the_host_reference():
   images = rng.integers(0, 256, size=(6, 3, 12, 10, 3)).astype(np.uint8)  # clips: every frame alike
   labels = rng.integers(0, 5, size=6)
   for seed in range(6):
-    params = finetune_augment.sample_mix(np.random.default_rng(seed), 12, 10)
-    ref_x, ref_t, ref_params = finetune_augment.mixup_cutmix(
+    params = mixup.sample_mix(np.random.default_rng(seed), 12, 10)
+    ref_x, ref_t, ref_params = mixup.mixup_cutmix(
       images, labels, np.random.default_rng(seed), num_classes=5, label_smoothing=0.1
     )
     assert ref_params == params

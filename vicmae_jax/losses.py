@@ -171,7 +171,7 @@ def mix_batch(
   smoothing: float,
   num_blocks: int = 1,
 ) -> tuple[jax.Array, jax.Array]:
-  """Mixup / cutmix of a batch with its reversed partner rows (finetune_augment.mixup_cutmix on device).
+  """Mixup / cutmix of a batch with its reversed partner rows (data/mixup.py's mixup_cutmix on device).
 
   pixels: [B, ..., H, W, C] (uint8 or float; clips mix every frame alike). labels int [B].
   lam float32 [B]: weight of the row itself. box int32 [B, 4] (top, bottom, left, right): a

@@ -37,6 +37,7 @@ from vicmae_jax import config_lib
 from vicmae_jax import sharding as sharding_lib
 from vicmae_jax import weights
 from vicmae_jax.data import classification as data_lib
+from vicmae_jax.data import features as features_lib
 from vicmae_jax.data import pipeline as data_pipeline
 from vicmae_jax.evaluators import frozen as frozen_eval
 from vicmae_jax.models import classifier
@@ -114,10 +115,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       logits=lambda model, _, x, key, train: model(x, train=train),
       num_classes=num_classes,
     )
-    train_loader = data_lib.make_feature_loader(
+    train_loader = features_lib.make_feature_loader(
       train_x, train_y, global_batch_size=config.batch_size, seed=seed
     )
-    eval_batches = lambda: data_lib.feature_eval_batches(eval_x, eval_y, batch_size=eval_batch)
+    eval_batches = lambda: features_lib.feature_eval_batches(eval_x, eval_y, batch_size=eval_batch)
     return core.run(
       config,
       workdir,
