@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from vicmae_jax import distributed
+from vicmae_jax import distributed, slurm
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,7 +32,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   ],
 )
 def test_first_slurm_host(nodelist, first):
-  assert distributed.first_slurm_host(nodelist) == first
+  assert slurm.first_host(nodelist) == first
 
 
 @pytest.mark.parametrize("nodelist", ["node001", "gpu[003-016],login1", "gpu[007,009-011]"])
@@ -59,15 +59,15 @@ def test_slurm_coordinator_matches_jax_rule(monkeypatch, nodelist):
 
 
 def test_expand_tasks_per_node():
-  assert distributed.expand_slurm_tasks_per_node("2(x3),1") == [2, 2, 2, 1]
-  assert distributed.expand_slurm_tasks_per_node("8") == [8]
+  assert slurm.expand_tasks_per_node("2(x3),1") == [2, 2, 2, 1]
+  assert slurm.expand_tasks_per_node("8") == [8]
   with pytest.raises(ValueError, match="tasks-per-node"):
-    distributed.expand_slurm_tasks_per_node("2x3")
+    slurm.expand_tasks_per_node("2x3")
 
 
 def test_bad_nodelist_is_reported():
   with pytest.raises(ValueError, match="node list"):
-    distributed.first_slurm_host("gpu[001-004")
+    slurm.first_host("gpu[001-004")
 
 
 # ------------------------------------------------------------------------------------------

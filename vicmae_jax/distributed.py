@@ -16,7 +16,7 @@ Each setting is taken from the first place that has it:
 Why not jax's SLURM detector: it pins every process to the single GPU numbered `SLURM_LOCALID`,
 which leaves 7 of 8 GPUs idle when one task per node owns the whole node, and picks the wrong GPU
 when SLURM has already bound one GPU per task through `CUDA_VISIBLE_DEVICES`. Here the GPUs a
-process uses follow the task layout (see `_slurm_local_device_ids`).
+process uses follow the task layout (see `slurm.local_device_ids`).
 
 A run that finds no multi-process setting stays single-process and `initialize` returns False.
 """
@@ -33,11 +33,13 @@ from collections.abc import Mapping, Sequence
 
 import jax
 
+from vicmae_jax import slurm
+
 ENV_COORDINATOR = "VICMAE_COORDINATOR"
 ENV_NUM_PROCESSES = "VICMAE_NUM_PROCESSES"
 ENV_PROCESS_ID = "VICMAE_PROCESS_ID"
 ENV_LOCAL_DEVICE_IDS = "VICMAE_LOCAL_DEVICE_IDS"
-ENV_COORDINATOR_PORT = "VICMAE_COORDINATOR_PORT"
+ENV_COORDINATOR_PORT = slurm.ENV_COORDINATOR_PORT
 
 _TPU_METADATA_URL = (
   "http://metadata.google.internal/computeMetadata/v1/instance/attributes/worker-network-endpoints"
@@ -94,53 +96,6 @@ def parse_coordinator(address: str, origin: str) -> tuple[str, int]:
   return match.group(1), port
 
 
-def first_slurm_host(nodelist: str) -> str:
-  """First host name of a SLURM node list.
-
-  Handles 'node001', 'node001,node002', 'node[001-016],gpu7', 'rack[1-2]-n[03,07-09]'
-  (every bracket group takes its first entry: 'rack1-n03').
-  """
-  nodelist = nodelist.strip()
-  if not nodelist:
-    raise ValueError("SLURM node list is empty")
-  host, depth, group = [], 0, []
-  for char in nodelist:
-    if char == "[":
-      depth += 1
-      group = []
-    elif char == "]":
-      depth -= 1
-      first = "".join(group).split(",")[0].split("-")[0]
-      host.append(first)
-    elif depth > 0:
-      group.append(char)
-    elif char == ",":
-      break
-    else:
-      host.append(char)
-  if depth != 0 or not host:
-    raise ValueError(f"cannot read the SLURM node list {nodelist!r}")
-  return "".join(host)
-
-
-def expand_slurm_tasks_per_node(spec: str) -> list[int]:
-  """'2(x3),1' -> [2, 2, 2, 1] (the SLURM_TASKS_PER_NODE format)."""
-  counts = []
-  for part in spec.split(","):
-    match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
-    if not match:
-      raise ValueError(f"cannot read SLURM tasks-per-node {spec!r}")
-    counts.extend([int(match.group(1))] * int(match.group(2) or 1))
-  return counts
-
-
-def _parse_int(text: str, origin: str) -> int:
-  try:
-    return int(str(text).strip())
-  except ValueError:
-    raise ValueError(f"{origin}={text!r} is not an integer") from None
-
-
 def _parse_device_ids(value, origin: str) -> tuple[int, ...]:
   if isinstance(value, int):
     return (value,)
@@ -148,78 +103,8 @@ def _parse_device_ids(value, origin: str) -> tuple[int, ...]:
     parts = [p for p in value.replace(" ", "").split(",") if p]
     if not parts:
       raise ValueError(f"{origin}={value!r} lists no device ids")
-    return tuple(_parse_int(p, origin) for p in parts)
-  return tuple(_parse_int(v, origin) for v in value)
-
-
-# --------------------------------------------------------------------------------------------
-# SLURM.
-
-
-def _slurm_active(env: Mapping[str, str]) -> bool:
-  """True inside an srun step of a job with more than one task."""
-  if "SLURM_JOB_ID" not in env or "SLURM_PROCID" not in env:
-    return False
-  tasks = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS")
-  return tasks is not None and _parse_int(tasks, "SLURM_NTASKS") > 1
-
-
-def _slurm_num_processes(env: Mapping[str, str]) -> tuple[int, str]:
-  name = "SLURM_STEP_NUM_TASKS" if env.get("SLURM_STEP_NUM_TASKS") else "SLURM_NTASKS"
-  return _parse_int(env[name], name), name
-
-
-def _slurm_coordinator(env: Mapping[str, str]) -> tuple[str, str]:
-  for name in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"):
-    if env.get(name):
-      nodelist_name = name
-      break
-  else:
-    raise ValueError(
-      "SLURM_NTASKS > 1 but no node list: SLURM_STEP_NODELIST (set by srun) is missing; "
-      "start the program with srun, or set VICMAE_COORDINATOR"
-    )
-  host = first_slurm_host(env[nodelist_name])
-  for port_name in (ENV_COORDINATOR_PORT, "JAX_COORDINATOR_PORT"):
-    if env.get(port_name):
-      port = _parse_int(env[port_name], port_name)
-      return f"{host}:{port}", f"{nodelist_name} + {port_name}"
-  # Same rule as jax's SLURM detector: a port in the top 4096 ports, fixed per job.
-  port = _parse_int(env["SLURM_JOB_ID"], "SLURM_JOB_ID") % 4096 + 65536 - 4096
-  return f"{host}:{port}", f"{nodelist_name} + SLURM_JOB_ID"
-
-
-def _slurm_tasks_on_this_node(env: Mapping[str, str]) -> int | None:
-  spec = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
-  node_id = env.get("SLURM_NODEID")
-  if spec and node_id is not None:
-    counts = expand_slurm_tasks_per_node(spec)
-    index = _parse_int(node_id, "SLURM_NODEID")
-    if 0 <= index < len(counts):
-      return counts[index]
-  tasks = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS")
-  nodes = (
-    env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_NNODES") or env.get("SLURM_JOB_NUM_NODES")
-  )
-  if tasks and nodes and _parse_int(tasks, "SLURM_NTASKS") == _parse_int(nodes, "SLURM_NNODES"):
-    return 1
-  return None
-
-
-def _slurm_local_device_ids(env: Mapping[str, str]) -> tuple[int, ...] | None:
-  """GPUs this task should use, or None for every visible one.
-
-  One task on the node owns all its GPUs. With several tasks per node, each takes the GPU at
-  index SLURM_LOCALID of the visible ones, unless SLURM already bound one GPU per task
-  (`--gpus-per-task=1`), in which case the single visible GPU is the right one.
-  """
-  tasks_here = _slurm_tasks_on_this_node(env)
-  if tasks_here is None or tasks_here <= 1 or "SLURM_LOCALID" not in env:
-    return None
-  visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-  if len(visible) == 1:
-    return None
-  return (_parse_int(env["SLURM_LOCALID"], "SLURM_LOCALID"),)
+    return tuple(slurm.parse_int(p, origin) for p in parts)
+  return tuple(slurm.parse_int(v, origin) for v in value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,7 +140,7 @@ def cloud_tpu_multihost(env: Mapping[str, str], *, query_metadata: bool = True) 
     return len([h for h in hosts.split(",") if h.strip()]) > 1
   if (
     env.get("MEGASCALE_NUM_SLICES")
-    and _parse_int(env["MEGASCALE_NUM_SLICES"], "MEGASCALE_NUM_SLICES") > 1
+    and slurm.parse_int(env["MEGASCALE_NUM_SLICES"], "MEGASCALE_NUM_SLICES") > 1
   ):
     return True
   if not query_metadata or env.get("TPU_SKIP_MDS_QUERY") or not _on_cloud_tpu_vm():
@@ -299,14 +184,14 @@ def resolve_plan(
   offer("process_id", env.get(ENV_PROCESS_ID), ENV_PROCESS_ID)
   offer("local_device_ids", env.get(ENV_LOCAL_DEVICE_IDS), ENV_LOCAL_DEVICE_IDS)
 
-  if _slurm_active(env):
-    tasks, tasks_name = _slurm_num_processes(env)
+  if slurm.is_active(env):
+    tasks, tasks_name = slurm.num_processes(env)
     offer("num_processes", tasks, tasks_name)
     offer("process_id", env["SLURM_PROCID"], "SLURM_PROCID")
     if "coordinator_address" not in values:
-      address, origin = _slurm_coordinator(env)
+      address, origin = slurm.coordinator(env)
       offer("coordinator_address", address, origin)
-    offer("local_device_ids", _slurm_local_device_ids(env), "SLURM_LOCALID")
+    offer("local_device_ids", slurm.local_device_ids(env), "SLURM_LOCALID")
 
   if "num_processes" not in values:
     for field in ("coordinator_address", "process_id"):
@@ -319,12 +204,12 @@ def resolve_plan(
       return DistributedPlan(source="cloud_tpu", auto_detect=True)
     return None
 
-  count = _parse_int(values["num_processes"], origins["num_processes"])
+  count = slurm.parse_int(values["num_processes"], origins["num_processes"])
   if count < 1:
     raise ValueError(f"{origins['num_processes']}={count} must be at least 1")
   index = None
   if "process_id" in values:
-    index = _parse_int(values["process_id"], origins["process_id"])
+    index = slurm.parse_int(values["process_id"], origins["process_id"])
     if not 0 <= index < count:
       raise ValueError(
         f"{origins['process_id']}={index} must be in [0, {count}) because "
@@ -409,7 +294,7 @@ def describe() -> str:
 def _main(argv: Sequence[str]) -> int:
   """`python -m vicmae_jax.distributed first-host NODELIST` for the SLURM script."""
   if len(argv) == 2 and argv[0] == "first-host":
-    print(first_slurm_host(argv[1]))
+    print(slurm.first_host(argv[1]))
     return 0
   print("usage: python -m vicmae_jax.distributed first-host NODELIST", file=sys.stderr)
   return 2
