@@ -1,5 +1,8 @@
 """The named image augmentation ops, and the views built from them.
 
+(Over 400 lines on purpose: one short factory per op of the recipe, each next to its documented
+defaults; parsing is in augment_spec.py, the pixel kernels in image_codec.py.)
+
 Each op is built by a factory registered in `augment_spec` (which parses spec strings such as
 "decode|random_resized_crop(224)|flip|blur(p=0.5)" and composes them) and has the signature
 `op(data, rng) -> data`: it reads `data["image"]` and returns a new dict with the new image (the

@@ -1,5 +1,9 @@
 """Offline preparation: raw videos -> ArrayRecord shards of JPEG frames at a fixed rate.
 
+(Over 400 lines on purpose: the command, its flags and the resumable run over shards are one
+sequence read top to bottom; the workers, shard writing and checks are in prepare_workers.py,
+shard_writer.py and shard_check.py.)
+
     python -m vicmae_jax.data.prepare --format=kinetics --root=/data/k400/videos \
         --annotations=/data/k400/annotations/train.csv --split=train --output=/data/k400/prepared \
         --fps=8 --short_side=256 --workers=16

@@ -1,5 +1,8 @@
 """Prepared clips on disk: one ArrayRecord record per frame plus a small clip index per shard.
 
+(Over 400 lines on purpose: the whole on-disk format, clip record, index codec, writer and readers,
+in one file, so what writes the format and what reads it are read, and changed, together.)
+
 A clip, as the rest of the package sees it, is a dict:
 
     clip_id      str                 stable identifier (file stem or dataset id)
