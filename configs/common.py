@@ -53,6 +53,39 @@ def paper_pretrain(opts: ml_collections.ConfigDict, **sources) -> ml_collections
   return c
 
 
+def run_length(
+  c: ml_collections.ConfigDict,
+  *,
+  batch_size: int,
+  epochs: float | None = None,
+  warmup_epochs: float | None = None,
+  steps: int | None = None,
+  warmup_steps: int | None = None,
+  eval_batch_size: int | None = None,
+  checkpoint_every: int | None = None,
+  log_every: int | None = None,
+) -> ml_collections.ConfigDict:
+  """Sets the global batch, the run's and warm-up's length (in epochs, or in steps: then the epoch
+  field is zeroed) and the eval batch / checkpoint / log intervals that are given."""
+  c.batch_size = batch_size
+  if steps is not None:
+    c.num_epochs, c.num_steps = 0.0, steps
+  elif epochs is not None:
+    c.num_epochs = epochs
+  if warmup_steps is not None:
+    c.warmup_epochs, c.warmup_steps = 0.0, warmup_steps
+  elif warmup_epochs is not None:
+    c.warmup_epochs = warmup_epochs
+  for value, node, field in (
+    (eval_batch_size, c.get("eval"), "batch_size"),
+    (checkpoint_every, c.checkpoint, "every_steps"),
+    (log_every, c.log, "every_steps"),
+  ):
+    if value is not None:
+      node[field] = value
+  return c
+
+
 # --------------------------------------------------------------------------------------------------
 # Linear probe and fine-tuning of a pretrained encoder.
 
@@ -103,9 +136,7 @@ def mae_linear_probe(c: ml_collections.ConfigDict, *, pool: str, cache: bool):
     min_lr=0.0,
     schedule="cosine",
   )
-  c.batch_size = 16384
-  c.num_epochs = 90.0
-  c.warmup_epochs = 10.0
+  run_length(c, batch_size=16384, epochs=90.0, warmup_epochs=10.0)
 
 
 def finetune_mixup() -> ml_collections.ConfigDict:
@@ -221,12 +252,6 @@ def shrink_demo_downstream(
 ) -> ml_collections.ConfigDict:
   """`:tiny` of a downstream demo: shrink_demo, then 4 steps (1 warm-up) of batch 8."""
   shrink_demo(c, **model_overrides)
-  c.batch_size = 8
-  c.num_epochs = 0.0
-  c.num_steps = 4
-  c.warmup_epochs = 0.0
-  c.warmup_steps = 1
-  c.eval.batch_size = 8
-  c.checkpoint.every_steps = 2
-  c.log.every_steps = 1
-  return c
+  return run_length(
+    c, batch_size=8, steps=4, warmup_steps=1, eval_batch_size=8, checkpoint_every=2, log_every=1
+  )

@@ -55,16 +55,11 @@ def get_config(arg=None):
   )
   c.data.num_threads = 2
 
-  c.batch_size = 64
-  c.num_epochs = 0.0
-  c.num_steps = 1500
-  c.warmup_epochs = 0.0
-  c.warmup_steps = 100
+  common.run_length(
+    c, batch_size=64, steps=1500, warmup_steps=100, checkpoint_every=250, log_every=50
+  )
   c.optim = config_lib.optim_config(lr=1e-3, weight_decay=0.05)
-
-  c.checkpoint.every_steps = 250
   c.checkpoint.keep = 2
-  c.log.every_steps = 50
   c.log.image_every_steps = 500
 
   # kNN and linear-probe accuracy of the frozen encoder on the held-out digits.
@@ -85,11 +80,7 @@ def get_config(arg=None):
   if opts.tiny:
     common.shrink_demo(c)
     c.cpu_threads = 0  # a smoke test quotes no figures: XLA's own thread count
-    c.batch_size = 16
-    c.num_steps = 6
-    c.warmup_steps = 2
-    c.checkpoint.every_steps = 3
-    c.log.every_steps = 1
+    common.run_length(c, batch_size=16, steps=6, warmup_steps=2, checkpoint_every=3, log_every=1)
     c.log.image_every_steps = 3
     for name in ("knn", "linear_probe"):
       c.evals[name].every_steps = 0

@@ -42,12 +42,15 @@ def get_config(arg=None):
   # The paper's base lr is per 256 examples; at batch 64 that is 1.25e-4, too slow for 60 epochs of
   # 400 clips, so the demo raises it (the recipe is otherwise unchanged).
   c.optim.base_lr = 4e-3
-  c.batch_size = 64
-  c.num_epochs = 60.0
-  c.warmup_epochs = 5.0
-  c.eval.batch_size = 64
-  c.checkpoint.every_steps = 100
-  c.log.every_steps = 20
+  common.run_length(
+    c,
+    batch_size=64,
+    epochs=60.0,
+    warmup_epochs=5.0,
+    eval_batch_size=64,
+    checkpoint_every=100,
+    log_every=20,
+  )
 
   if opts.tiny:
     common.shrink_demo_downstream(c, drop_path_rate=0.1)

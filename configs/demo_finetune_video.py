@@ -37,12 +37,15 @@ def get_config(arg=None):
 
   c.mixup = common.finetune_mixup()
   c.optim = common.finetune_adamw(base_lr=4e-3, layer_decay=0.75)
-  c.batch_size = 32
-  c.num_epochs = 30.0
-  c.warmup_epochs = 3.0
-  c.eval.batch_size = 16
-  c.checkpoint.every_steps = 100
-  c.log.every_steps = 20
+  common.run_length(
+    c,
+    batch_size=32,
+    epochs=30.0,
+    warmup_epochs=3.0,
+    eval_batch_size=16,
+    checkpoint_every=100,
+    log_every=20,
+  )
 
   if opts.tiny:
     common.shrink_demo_downstream(c, drop_path_rate=0.1)

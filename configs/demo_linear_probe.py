@@ -36,12 +36,15 @@ def get_config(arg=None):
   c.optim = config_lib.optim_config(
     name="lars", lr=6.4, weight_decay=0.0, momentum=0.9, schedule="cosine"
   )
-  c.batch_size = 64
-  c.num_epochs = 90.0
-  c.warmup_epochs = 10.0
-  c.eval.batch_size = 64
-  c.checkpoint.every_steps = 200
-  c.log.every_steps = 50
+  common.run_length(
+    c,
+    batch_size=64,
+    epochs=90.0,
+    warmup_epochs=10.0,
+    eval_batch_size=64,
+    checkpoint_every=200,
+    log_every=50,
+  )
 
   if opts.tiny:
     common.shrink_demo_downstream(c)

@@ -43,12 +43,14 @@ def get_config(arg=None):
   )
   c.mixup = common.finetune_mixup()
   c.optim = common.finetune_adamw(base_lr=5e-4, layer_decay=0.65)
-  c.batch_size = 1024
-  c.num_epochs = 100.0
-  c.warmup_epochs = 5.0
-
-  c.eval.batch_size = 1024
+  common.run_length(
+    c,
+    batch_size=1024,
+    epochs=100.0,
+    warmup_epochs=5.0,
+    eval_batch_size=1024,
+    checkpoint_every=1251,
+    log_every=100,
+  )
   c.eval.every_steps = 1251  # every epoch
-  c.checkpoint.every_steps = 1251
-  c.log.every_steps = 100
   return c

@@ -90,12 +90,14 @@ def get_config(arg=None):
 
   c.mixup = common.finetune_mixup()
   c.optim = common.finetune_adamw(recipe["base_lr"], layer_decay=0.75)
-  c.batch_size = recipe["batch_size"]
-  c.num_epochs = recipe["num_epochs"]
-  c.warmup_epochs = 5.0
-
-  c.eval.batch_size = 64
+  common.run_length(
+    c,
+    batch_size=recipe["batch_size"],
+    epochs=recipe["num_epochs"],
+    warmup_epochs=5.0,
+    eval_batch_size=64,
+    checkpoint_every=500,
+    log_every=50,
+  )
   c.eval.every_steps = 0
-  c.checkpoint.every_steps = 500
-  c.log.every_steps = 50
   return c
