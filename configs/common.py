@@ -56,18 +56,18 @@ def paper_pretrain(opts: ml_collections.ConfigDict, **sources) -> ml_collections
 def run_length(
   c: ml_collections.ConfigDict,
   *,
-  batch_size: int,
+  batch: int,
   epochs: float | None = None,
   warmup_epochs: float | None = None,
   steps: int | None = None,
   warmup_steps: int | None = None,
-  eval_batch_size: int | None = None,
-  checkpoint_every: int | None = None,
+  eval_batch: int | None = None,
+  ckpt_every: int | None = None,
   log_every: int | None = None,
 ) -> ml_collections.ConfigDict:
   """Sets the global batch, the run's and warm-up's length (in epochs, or in steps: then the epoch
   field is zeroed) and the eval batch / checkpoint / log intervals that are given."""
-  c.batch_size = batch_size
+  c.batch_size = batch
   if steps is not None:
     c.num_epochs, c.num_steps = 0.0, steps
   elif epochs is not None:
@@ -77,8 +77,8 @@ def run_length(
   elif warmup_epochs is not None:
     c.warmup_epochs = warmup_epochs
   for value, node, field in (
-    (eval_batch_size, c.get("eval"), "batch_size"),
-    (checkpoint_every, c.checkpoint, "every_steps"),
+    (eval_batch, c.get("eval"), "batch_size"),
+    (ckpt_every, c.checkpoint, "every_steps"),
     (log_every, c.log, "every_steps"),
   ):
     if value is not None:
@@ -136,7 +136,7 @@ def mae_linear_probe(c: ml_collections.ConfigDict, *, pool: str, cache: bool):
     min_lr=0.0,
     schedule="cosine",
   )
-  run_length(c, batch_size=16384, epochs=90.0, warmup_epochs=10.0)
+  run_length(c, batch=16384, epochs=90.0, warmup_epochs=10.0)
 
 
 def finetune_mixup() -> ml_collections.ConfigDict:
@@ -252,6 +252,4 @@ def shrink_demo_downstream(
 ) -> ml_collections.ConfigDict:
   """`:tiny` of a downstream demo: shrink_demo, then 4 steps (1 warm-up) of batch 8."""
   shrink_demo(c, **model_overrides)
-  return run_length(
-    c, batch_size=8, steps=4, warmup_steps=1, eval_batch_size=8, checkpoint_every=2, log_every=1
-  )
+  return run_length(c, batch=8, steps=4, warmup_steps=1, eval_batch=8, ckpt_every=2, log_every=1)

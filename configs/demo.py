@@ -55,9 +55,7 @@ def get_config(arg=None):
   )
   c.data.num_threads = 2
 
-  common.run_length(
-    c, batch_size=64, steps=1500, warmup_steps=100, checkpoint_every=250, log_every=50
-  )
+  common.run_length(c, batch=64, steps=1500, warmup_steps=100, ckpt_every=250, log_every=50)
   c.optim = config_lib.optim_config(lr=1e-3, weight_decay=0.05)
   c.checkpoint.keep = 2
   c.log.image_every_steps = 500
@@ -80,7 +78,7 @@ def get_config(arg=None):
   if opts.tiny:
     common.shrink_demo(c)
     c.cpu_threads = 0  # a smoke test quotes no figures: XLA's own thread count
-    common.run_length(c, batch_size=16, steps=6, warmup_steps=2, checkpoint_every=3, log_every=1)
+    common.run_length(c, batch=16, steps=6, warmup_steps=2, ckpt_every=3, log_every=1)
     c.log.image_every_steps = 3
     for name in ("knn", "linear_probe"):
       c.evals[name].every_steps = 0

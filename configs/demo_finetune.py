@@ -43,13 +43,7 @@ def get_config(arg=None):
   # 400 clips, so the demo raises it (the recipe is otherwise unchanged).
   c.optim.base_lr = 4e-3
   common.run_length(
-    c,
-    batch_size=64,
-    epochs=60.0,
-    warmup_epochs=5.0,
-    eval_batch_size=64,
-    checkpoint_every=100,
-    log_every=20,
+    c, batch=64, epochs=60.0, warmup_epochs=5.0, eval_batch=64, ckpt_every=100, log_every=20
   )
 
   if opts.tiny:

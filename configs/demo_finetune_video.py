@@ -38,13 +38,7 @@ def get_config(arg=None):
   c.mixup = common.finetune_mixup()
   c.optim = common.finetune_adamw(base_lr=4e-3, layer_decay=0.75)
   common.run_length(
-    c,
-    batch_size=32,
-    epochs=30.0,
-    warmup_epochs=3.0,
-    eval_batch_size=16,
-    checkpoint_every=100,
-    log_every=20,
+    c, batch=32, epochs=30.0, warmup_epochs=3.0, eval_batch=16, ckpt_every=100, log_every=20
   )
 
   if opts.tiny:

@@ -37,13 +37,7 @@ def get_config(arg=None):
     name="lars", lr=6.4, weight_decay=0.0, momentum=0.9, schedule="cosine"
   )
   common.run_length(
-    c,
-    batch_size=64,
-    epochs=90.0,
-    warmup_epochs=10.0,
-    eval_batch_size=64,
-    checkpoint_every=200,
-    log_every=50,
+    c, batch=64, epochs=90.0, warmup_epochs=10.0, eval_batch=64, ckpt_every=200, log_every=50
   )
 
   if opts.tiny:

@@ -44,13 +44,7 @@ def get_config(arg=None):
   c.mixup = common.finetune_mixup()
   c.optim = common.finetune_adamw(base_lr=5e-4, layer_decay=0.65)
   common.run_length(
-    c,
-    batch_size=1024,
-    epochs=100.0,
-    warmup_epochs=5.0,
-    eval_batch_size=1024,
-    checkpoint_every=1251,
-    log_every=100,
+    c, batch=1024, epochs=100.0, warmup_epochs=5.0, eval_batch=1024, ckpt_every=1251, log_every=100
   )
   c.eval.every_steps = 1251  # every epoch
   return c

@@ -92,11 +92,11 @@ def get_config(arg=None):
   c.optim = common.finetune_adamw(recipe["base_lr"], layer_decay=0.75)
   common.run_length(
     c,
-    batch_size=recipe["batch_size"],
+    batch=recipe["batch_size"],
     epochs=recipe["num_epochs"],
     warmup_epochs=5.0,
-    eval_batch_size=64,
-    checkpoint_every=500,
+    eval_batch=64,
+    ckpt_every=500,
     log_every=50,
   )
   c.eval.every_steps = 0
