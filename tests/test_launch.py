@@ -50,6 +50,13 @@ def remote_script(command):
   return flag[len("--command=") :]
 
 
+def run_remotely(command, env):
+  """Runs the shell text of an ssh `command` here, as a worker would."""
+  return subprocess.run(
+    ["bash", "-c", remote_script(command)], env=env, capture_output=True, text=True, timeout=30
+  )
+
+
 def expect_usage_error(capsys, argv, message):
   with pytest.raises(SystemExit) as exit_info:
     tpu.main(argv)
@@ -304,18 +311,14 @@ def test_run_logs_stop_scripts_work_on_a_worker(capsys, tmp_path):
   commands, _ = dry_run(
     capsys, "run", *WHERE, "--config=configs/does_not_exist.py", "--workdir=/tmp/w/run7"
   )
-  started = subprocess.run(
-    ["bash", "-c", remote_script(commands[0])], env=env, capture_output=True, text=True, timeout=30
-  )
+  started = run_remotely(commands[0], env)
   assert started.returncode == 0, started.stderr
   assert "started run7" in started.stdout
   log = home / "vicmae_logs" / "run7.log"
   assert _wait_for(lambda: "does_not_exist.py" in log.read_text())
 
   commands, _ = dry_run(capsys, "logs", *WHERE, "--run_name=run7", "--no_follow")
-  printed = subprocess.run(
-    ["bash", "-c", remote_script(commands[0])], env=env, capture_output=True, text=True, timeout=30
-  )
+  printed = run_remotely(commands[0], env)
   assert printed.returncode == 0 and "could not load config file" in printed.stdout
 
   # A long-lived process group standing for a run in progress.
@@ -325,22 +328,10 @@ def test_run_logs_stop_scripts_work_on_a_worker(capsys, tmp_path):
     commands, _ = dry_run(
       capsys, "run", *WHERE, "--config=configs/does_not_exist.py", "--workdir=/tmp/w/run7"
     )
-    blocked = subprocess.run(
-      ["bash", "-c", remote_script(commands[0])],
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=30,
-    )
+    blocked = run_remotely(commands[0], env)
     assert blocked.returncode == 1 and "still running" in blocked.stderr
     commands, _ = dry_run(capsys, "stop", *WHERE, "--run_name=run7")
-    stopped = subprocess.run(
-      ["bash", "-c", remote_script(commands[0])],
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=30,
-    )
+    stopped = run_remotely(commands[0], env)
     assert stopped.returncode == 0 and "stopped run7" in stopped.stdout
     assert sleeper.wait(timeout=10) == -signal.SIGTERM
     assert not (home / "vicmae_logs" / "run7.pid").exists()

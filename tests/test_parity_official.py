@@ -79,6 +79,19 @@ def _run(graphdef, state, images, noise, mask_ratio, patch_size):
   return out, parts, nnx.state(model, nnx.BatchStat)
 
 
+def _masked_run(graphdef, state, golden):
+  """The model's outputs on the golden images with the golden masking noise."""
+  out, _, _ = _run(
+    graphdef,
+    state,
+    jnp.asarray(golden["images"]),
+    jnp.asarray(golden["masked_noise"]),
+    float(golden["masked_mask_ratio"]),
+    8,
+  )
+  return out
+
+
 @pytest.mark.parametrize("case", ["ratio0", "masked"])
 def test_train_forward_matches_official(golden, model_cfg, converted, case):
   model = _model(model_cfg, converted)
@@ -148,14 +161,7 @@ def test_conversion_is_not_trivially_right(golden, model_cfg, converted):
   )
   model = _model(model_cfg, broken)
   graphdef, state = nnx.split(model)
-  out, _, _ = _run(
-    graphdef,
-    state,
-    jnp.asarray(golden["images"]),
-    jnp.asarray(golden["masked_noise"]),
-    float(golden["masked_mask_ratio"]),
-    8,
-  )
+  out = _masked_run(graphdef, state, golden)
   assert np.abs(np.asarray(out["pooled"]) - golden["masked_pooled"]).max() > 100 * ATOL
 
 
@@ -163,14 +169,7 @@ def test_scan_layers_model_matches_official(golden, model_cfg, converted):
   """The same converted tree loads into the scan (stacked blocks) model and gives the same outputs."""
   model = _model(dict(model_cfg, scan_layers=True), converted)
   graphdef, state = nnx.split(model)
-  out, _, _ = _run(
-    graphdef,
-    state,
-    jnp.asarray(golden["images"]),
-    jnp.asarray(golden["masked_noise"]),
-    float(golden["masked_mask_ratio"]),
-    8,
-  )
+  out = _masked_run(graphdef, state, golden)
   for name in ("pred", "pooled", "proj"):
     np.testing.assert_allclose(
       np.asarray(out[name]), golden[f"masked_{name}"], rtol=0, atol=ATOL, err_msg=name

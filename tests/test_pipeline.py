@@ -98,8 +98,6 @@ def test_prepared_pairs_are_the_requested_time_apart(media):
     global_batch_size=4,
     image_size=32,
     seed=0,
-    process_index=0,
-    process_count=1,
   )
   batches = _batches(loader, 6)
   assert batches[0]["views"].shape == (4, 2, 32, 32, 3) and batches[0]["views"].dtype == np.uint8
@@ -199,8 +197,6 @@ def test_same_pairs_for_a_record_whatever_the_process_count(media):
     global_batch_size=6,
     image_size=32,
     seed=6,
-    process_index=0,
-    process_count=1,
   )
   assert {label: (a, b) for label, a, b in _pairs(_batches(other_seed, 1))} != one
 
@@ -313,8 +309,6 @@ def test_epochs_reshuffle_and_redraw_pairs(media):
     global_batch_size=6,
     image_size=32,
     seed=0,
-    process_index=0,
-    process_count=1,
   )
   epoch0, epoch1 = (_pairs([b]) for b in _batches(loader, 2))
   assert (
@@ -607,8 +601,6 @@ def test_raw_sources_refuse_a_gap_longer_than_every_probed_clip(media, tmp_path)
       global_batch_size=4,
       image_size=32,
       seed=0,
-      process_index=0,
-      process_count=1,
     )
   with pytest.raises(ValueError, match=r"^data.frame_gap_range: a gap of 3.2 s .*\(raw: 3 s\)"):
     pipeline.validate_data_config(_raw_config(media / "videos", frame_gap_range=(3.2, 4.0)))
@@ -618,8 +610,6 @@ def test_raw_sources_refuse_a_gap_longer_than_every_probed_clip(media, tmp_path)
     global_batch_size=4,
     image_size=32,
     seed=0,
-    process_index=0,
-    process_count=1,
   )
   assert {abs(a - b) for _, a, b in _pairs(_batches(loader, 2))} == {NUM_FRAMES - 1}
 
@@ -745,8 +735,6 @@ def test_clip_loader_frames_and_views(media, kind):
     stride=2,
     num_temporal_views=3,
     num_spatial_views=2,
-    process_index=0,
-    process_count=1,
   )
   batch = next(iter(multi))
   assert batch["video"].shape == (2, 6, 4, 32, 32, 3)
@@ -765,15 +753,7 @@ def test_clip_loader_training_stream(media):
   cfg = _config(square=dict(kind="prepared", path=str(media / "square_prepared")))
   cfg.clip_augmentation = "decode|resize"
   loader = pipeline.make_clip_loader(
-    cfg,
-    batch_size=2,
-    image_size=32,
-    train=True,
-    seed=0,
-    num_frames=5,
-    stride=3,
-    process_index=0,
-    process_count=1,
+    cfg, batch_size=2, image_size=32, train=True, seed=0, num_frames=5, stride=3
   )
   starts = set()
   for batch in _batches(loader, 8):
@@ -786,15 +766,7 @@ def test_clip_loader_training_stream(media):
   # The crop is drawn once per clip: the red lower half covers the same share of every frame.
   cfg.clip_augmentation = "decode|random_resized_crop|flip"
   loader = pipeline.make_clip_loader(
-    cfg,
-    batch_size=2,
-    image_size=32,
-    train=True,
-    seed=0,
-    num_frames=5,
-    stride=3,
-    process_index=0,
-    process_count=1,
+    cfg, batch_size=2, image_size=32, train=True, seed=0, num_frames=5, stride=3
   )
   shares = []
   for video in _batches(loader, 4)[0]["video"]:
@@ -818,8 +790,6 @@ def test_to_global_places_the_host_batch_on_the_mesh(media):
     global_batch_size=len(devices),
     image_size=16,
     seed=0,
-    process_index=0,
-    process_count=1,
   )
   batch = next(iter(loader))
   arrays = pipeline.to_global(batch, sharding)
@@ -836,8 +806,6 @@ def test_example_rng_is_what_the_pipeline_uses(media):
     global_batch_size=6,
     image_size=32,
     seed=9,
-    process_index=0,
-    process_count=1,
   )
   pairs = {label: (a, b) for label, a, b in _pairs(_batches(loader, 1))}
   source = pipeline.build_sources(_prepared_config(media))[0][2]
