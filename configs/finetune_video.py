@@ -36,26 +36,13 @@ from vicmae_jax import config_lib
 
 common = config_lib.load_sibling(__file__, "common")
 
-DATASETS = dict(
-  k400=dict(
-    data_dir="/data/k400/prepared_15fps",
-    num_classes=400,
-    flip=True,
-    views=(5, 3),
-    base_lr=1e-3,
-    batch_size=512,
-    num_epochs=75.0,
-  ),
-  ssv2=dict(
-    data_dir="/data/ssv2/prepared",
-    num_classes=174,
-    flip=False,
-    views=(2, 3),
-    base_lr=5e-4,
-    batch_size=384,
-    num_epochs=40.0,
-  ),
-)
+# dataset: (data_dir, num_classes, flip, test views (temporal, spatial), base_lr, batch, epochs)
+DATASETS = {
+  "k400": ("/data/k400/prepared_15fps", 400, True, (5, 3), 1e-3, 512, 75.0),
+  # ssv2: no flip (its labels name directions)
+  "ssv2": ("/data/ssv2/prepared", 174, False, (2, 3), 5e-4, 384, 40.0),
+}
+_FIELDS = ("data_dir", "num_classes", "flip", "views", "base_lr", "batch_size", "num_epochs")
 
 
 def get_config(arg=None):
@@ -64,7 +51,7 @@ def get_config(arg=None):
   )
   if opts.dataset not in DATASETS:
     raise ValueError(f"dataset={opts.dataset!r}: choose one of {', '.join(DATASETS)}")
-  recipe = DATASETS[opts.dataset]
+  recipe = dict(zip(_FIELDS, DATASETS[opts.dataset]))
   from vicmae_jax.trainers import finetune
 
   c = common.downstream(

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from runs import NO_EVALS, REPO, losses, main_cmd, run_main, subprocess_env
+from runs import CONFIG, NO_EVALS, REPO, losses, main_cmd, run_main, subprocess_env
 
 
 def _start(workdir, demo_root, *overrides):
@@ -100,12 +100,28 @@ def test_sigterm_before_the_training_loop_exits_0_with_one_line(demo_root, tmp_p
   [
     (
       "--config.model.mask_ration=0.6",
-      "error: --config.model.mask_ration: no such field (did you mean model.mask_ratio?)",
+      "--config.model.mask_ration: no such field (did you mean model.mask_ratio?)",
     ),
-    ("--config.modl.depth=2", "error: --config.modl.depth: no such field (did you mean model?)"),
+    ("--config.modl.depth=2", "--config.modl.depth: no such field (did you mean model?)"),
     (
       "--config.model.mask_ratio.x=1",
-      "error: --config.model.mask_ratio.x: no such field (model.mask_ratio is a value, not a group)",
+      "--config.model.mask_ratio.x: no such field (model.mask_ratio is a value, not a group)",
+    ),
+  ],
+)
+def test_override_messages_name_the_field(override, expected):
+  from vicmae_jax import main
+
+  argv = ["main", f"--config={CONFIG}:tiny", "--workdir=/tmp/unused", override]
+  assert main._override_message(argv, KeyError("raised by the flag parser")) == expected
+
+
+@pytest.mark.parametrize(
+  "override,expected",
+  [
+    (
+      "--config.model.mask_ration=0.6",
+      "error: --config.model.mask_ration: no such field (did you mean model.mask_ratio?)",
     ),
     ("--config.model.mask_ratio=1.0", "error: config.model.mask_ratio: must be in [0, 1), got 1.0"),
   ],
@@ -115,4 +131,5 @@ def test_config_error_texts_printed_once(demo_root, tmp_path, override, expected
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines()[-1] == expected
   assert proc.stderr.count(expected[len("error: ") :]) == 1, proc.stderr
+  assert "Traceback" not in proc.stderr
   assert not os.path.exists(tmp_path / "checkpoints")

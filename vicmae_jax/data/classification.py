@@ -262,6 +262,7 @@ def make_train_loader(
     raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
   augment_cfg = augment_cfg if augment_cfg is not None else augment_config()
   process_index, process_count = stream.resolve_processes(process_index, process_count)
+  processes = dict(process_index=process_index, process_count=process_count)
   if input_kind == "clip":
     loader = pipeline.make_clip_loader(
       data_cfg,
@@ -269,8 +270,7 @@ def make_train_loader(
       image_size=image_size,
       train=True,
       seed=seed,
-      process_index=process_index,
-      process_count=process_count,
+      **processes,
     )
     dataset = loader.dataset.map(_drop_valid)
     pixel_key = "video"
@@ -293,9 +293,8 @@ def make_train_loader(
       global_batch_size=global_batch_size,
       seed=seed,
       make_example=make_example,
-      process_index=process_index,
-      process_count=process_count,
       description="Image training",
+      **processes,
     )
     dataset = loader.dataset
     pixel_key = "image"
@@ -319,19 +318,8 @@ def make_eval_loader(
   """One padded pass over the evaluation source (images, or clips with the config's views)."""
   if input_kind not in INPUT_KINDS:
     raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
+  options = dict(batch_size=batch_size, image_size=image_size)
+  options.update(process_index=process_index, process_count=process_count)
   if input_kind == "image":
-    return pipeline.make_eval_loader(
-      data_cfg,
-      batch_size=batch_size,
-      image_size=image_size,
-      process_index=process_index,
-      process_count=process_count,
-    )
-  return pipeline.make_clip_loader(
-    data_cfg,
-    batch_size=batch_size,
-    image_size=image_size,
-    train=False,
-    process_index=process_index,
-    process_count=process_count,
-  )
+    return pipeline.make_eval_loader(data_cfg, **options)
+  return pipeline.make_clip_loader(data_cfg, train=False, **options)

@@ -61,26 +61,23 @@ def _files_problems(shard_path: str, files: dict[str, Any]) -> list[str]:
   return [problem for problem in problems if problem is not None]
 
 
+def _read_or_note(path: str, reader, problems: list[str]):
+  """`reader(path)`, or None with the problem noted (missing, or cut short / damaged)."""
+  try:
+    return reader(path)
+  except FileNotFoundError:
+    problems.append(f"{path}: missing")
+  except records.DamagedShardError as error:
+    problems.append(f"{path}: truncated or damaged ({error.detail})")
+  return None
+
+
 def _structure_problems(shard_path: str, num_clips: int | None = None) -> list[str]:
   """For shards written before checksums were kept: the shard opens, its index decodes, they agree."""
   problems = []
   index_file = records.index_path(shard_path)
-  try:
-    num_records = records.count_records(shard_path)
-  except FileNotFoundError:
-    problems.append(f"{shard_path}: missing")
-    num_records = None
-  except records.DamagedShardError as error:
-    problems.append(f"{shard_path}: truncated or damaged ({error.detail})")
-    num_records = None
-  try:
-    index = records.read_index(index_file)
-  except FileNotFoundError:
-    problems.append(f"{index_file}: missing")
-    index = None
-  except records.DamagedShardError as error:
-    problems.append(f"{index_file}: truncated or damaged ({error.detail})")
-    index = None
+  num_records = _read_or_note(shard_path, records.count_records, problems)
+  index = _read_or_note(index_file, records.read_index, problems)
   if index is not None and num_records is not None and index.num_records != num_records:
     problems.append(
       f"{shard_path}: damaged (holds {num_records} frame records, its index lists "

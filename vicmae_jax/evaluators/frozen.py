@@ -212,12 +212,9 @@ class KnnEvaluator(_FrozenEvaluator):
 
   kind = "knn"
 
-  def accuracy(self, xtr, ytr, xte, yte) -> float:
+  def accuracy(self, *split) -> float:
     return knn_accuracy(
-      xtr,
-      ytr,
-      xte,
-      yte,
+      *split,
       k=int(self.cfg.get("k", 20)),
       temperature=float(self.cfg.get("temperature", 0.07)),
     )
@@ -229,12 +226,9 @@ class LinearProbeEvaluator(_FrozenEvaluator):
 
   kind = "linear_probe"
 
-  def accuracy(self, xtr, ytr, xte, yte) -> float:
+  def accuracy(self, *split) -> float:
     return linear_probe_accuracy(
-      xtr,
-      ytr,
-      xte,
-      yte,
+      *split,
       steps=int(self.cfg.get("steps", 500)),
       learning_rate=float(self.cfg.get("learning_rate", 0.01)),
       weight_decay=float(self.cfg.get("weight_decay", 1e-4)),

@@ -105,6 +105,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   pixel_ndim = 4 if input_kind == "image" else 5
   eval_batch = int(config.eval.batch_size)
 
+  def run(task, train_loader, eval_batches, **options):
+    return core.run(
+      config,
+      workdir,
+      task=task,
+      mesh=mesh,
+      model_fn=head_fn,
+      train_loader=train_loader,
+      eval_batches=eval_batches,
+      init_report=report,
+      **options,
+    )
+
   if config.probe.cache_features:
     (train_x, train_y), (eval_x, eval_y) = cached_features(
       config, workdir, frozen, mesh, pool, pixel_key, pixel_ndim
@@ -119,18 +132,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       train_x, train_y, global_batch_size=config.batch_size, seed=seed
     )
     eval_batches = lambda: features_lib.feature_eval_batches(eval_x, eval_y, batch_size=eval_batch)
-    return core.run(
-      config,
-      workdir,
-      task=task,
-      mesh=mesh,
-      model_fn=head_fn,
-      train_loader=train_loader,
-      eval_batches=eval_batches,
-      dataset_size=len(train_y),
-      init_report=report,
-      unit="examples",
-    )
+    return run(task, train_loader, eval_batches, dataset_size=len(train_y), unit="examples")
 
   def logits(model, encoder, x, key, train):
     del key
@@ -149,17 +151,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_batches = lambda: data_lib.make_eval_loader(
     config.eval_data, input_kind=input_kind, batch_size=eval_batch, image_size=image_size
   )
-  return core.run(
-    config,
-    workdir,
-    task=task,
-    mesh=mesh,
-    model_fn=head_fn,
-    train_loader=train_loader,
-    eval_batches=eval_batches,
+  return run(
+    task,
+    train_loader,
+    eval_batches,
     dataset_size=data_pipeline.dataset_size(config.data),
     frozen=frozen,
-    init_report=report,
     unit="clips" if input_kind == "clip" else "images",
   )
 
