@@ -12,13 +12,16 @@ Layout, from the entry point down (each module's docstring says its one job):
                     decoder, projector), video.py, classifier.py, variants.py, param_tree.py
   losses.py         norm-pix reconstruction, global NT-Xent, classification targets and mixing
   optim             optimizers, schedules, weight-decay masks, layer-wise decay, LARS
-  data/             prepare (videos -> shards), sources, sampling, augmentation, grain pipelines
+  data/             prepare (videos -> shards), records (the shard format), sources, sampling,
+                    augmentation, grain pipelines (pretraining pairs, clips, classification
+                    loaders, cached features), mixup, the embedded demo dataset
   checkpoint.py     the orbax manager: save, restore the newest step that loads, save failures
   weights.py        another run's (or the official code's) weights into each model layout
   convert/          official PyTorch checkpoints <-> ours, torch-free
   config_lib.py     config schema pieces, validation, option parsing, loading config files
   metrics.py        clu writers, metrics.jsonl, progress, event counts; flops.py: FLOPs and MFU
-  sharding.py       mesh and logical-axis rules; distributed.py: multi-process start-up
+  sharding.py       mesh and logical-axis rules; distributed.py: multi-process start-up (slurm.py:
+                    SLURM's variables)
   dirlock.py        one writer per directory (workdir, prepare output)
 """
 
