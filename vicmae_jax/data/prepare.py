@@ -136,6 +136,7 @@ def prepare_entries(
   workers: int = 1,
   progress: bool = True,
   extra_meta: dict[str, Any] | None = None,
+  write_shards=None,
 ) -> dict[str, Any]:
   """Writes `entries` into `num_shards` shards under `output`; returns the summary (also the meta json).
 
@@ -144,6 +145,8 @@ def prepare_entries(
   num_shards: default ceil(len(entries) / 256); capped at len(entries).
   workers: processes (1 runs in this process). Frames are decoded at `fps` with the shorter side
     resized to `short_side` (None keeps the size).
+  write_shards: writes a list of shard tasks elsewhere and returns their states (e.g.
+    prepare_beam.BeamShardWriter); default: this process or `workers` processes.
   min_duration: seconds; a clip whose kept frames cover less time (last - first timestamp plus one
     frame interval; with `max_frames`, only the kept frames count) is skipped as too short. Clips
     always need at least 2 frames.
@@ -256,7 +259,11 @@ def prepare_entries(
 
     total_clips = sum(len(task["entries"]) for task in tasks)
     with tqdm(total=total_clips, unit="clip", desc=f"prepare {split}", disable=not progress) as bar:
-      if workers == 1 or len(tasks) <= 1:
+      if write_shards is not None:
+        for state in write_shards(tasks):
+          states[state["name"]] = state
+          bar.update(state["num_clips"] + len(state["skipped"]))
+      elif workers == 1 or len(tasks) <= 1:
         for task in tasks:
           states[task["name"]] = _write_shard(task, on_clip=lambda: bar.update(1))
       else:
@@ -418,14 +425,39 @@ def build_parser() -> argparse.ArgumentParser:
   )
   parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
   parser.add_argument("--no_progress", action="store_true")
+  parser.add_argument(
+    "--runner",
+    choices=("local", "beam"),
+    default="local",
+    help="local: --workers processes here; beam: an Apache Beam pipeline (prepare_beam.py), "
+    "with Beam pipeline options after `--`",
+  )
+  parser.add_argument(
+    "--dry_run",
+    action="store_true",
+    help="with --runner=beam: print the pipeline options, run nothing",
+  )
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Prepares (returns the summary) or, with --verify, checks (returns verify_output's result)."""
   parser = build_parser()
-  args = parser.parse_args(argv)
+  argv = list(sys.argv[1:] if argv is None else argv)
+  split_at = argv.index("--") if "--" in argv else len(argv)  # Beam pipeline options follow `--`
+  args, beam_args = parser.parse_args(argv[:split_at]), argv[split_at + 1 :]
+  if beam_args and args.runner != "beam":
+    parser.error(f"pipeline options after `--` need --runner=beam: {' '.join(beam_args)}")
   logging.basicConfig(level=logging.INFO, format="%(message)s")
+  write_shards = None
+  if args.runner == "beam" and not args.verify:
+    from vicmae_jax.data import prepare_beam
+
+    write_shards = prepare_beam.BeamShardWriter(beam_args, args.workers)
+    if args.dry_run:
+      options = prepare_beam.describe_options(write_shards.options)
+      print(json.dumps({"pipeline_options": options}, indent=1))
+      return {"pipeline_options": options}
   if args.verify:
     result = verify_output(args.output, args.split)
     _print_verification(result)
@@ -449,13 +481,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     num_shards=args.num_shards,
     workers=args.workers,
     progress=not args.no_progress,
+    write_shards=write_shards,
   )
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The command (`vicmae-prepare`, `python -m vicmae_jax.data.prepare`): errors as one line."""
   try:
     outcome = main()
   except (ValueError, FileNotFoundError, OutputLockedError) as error:
     sys.exit(f"error: {error}")
   if outcome.get("problems"):  # --verify found damaged files
     sys.exit(1)
+
+
+if __name__ == "__main__":
+  cli()
