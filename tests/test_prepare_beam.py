@@ -1,19 +1,24 @@
 """`vicmae-prepare --runner=beam`: the same shards, indexes and meta as the local path.
 
-Needs the `beam` extra (scripts/test.sh installs it in its own environment and runs this file there).
+The Beam tests need the `beam` extra (scripts/test.sh installs it in an environment of its own and
+runs this file there); without it they skip, and the missing-extra error is checked.
 """
 
 import json
 import os
 import shutil
 
+import sys
+
 import pytest
 
-pytest.importorskip("apache_beam")
+from media_utils import make_random_bytes, make_truncated
+from vicmae_jax.data import prepare, records
 
-from media_utils import make_random_bytes, make_truncated  # noqa: E402
 
-from vicmae_jax.data import prepare, records  # noqa: E402
+@pytest.fixture
+def beam():
+  return pytest.importorskip("apache_beam")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +55,7 @@ def _meta(folder):
     return json.load(file)
 
 
-def test_beam_writes_the_bytes_of_the_local_path(videos, tmp_path):
+def test_beam_writes_the_bytes_of_the_local_path(beam, videos, tmp_path):
   root, csv_path = videos
   common = [
     "--format=kinetics",
@@ -95,7 +100,7 @@ def test_beam_writes_the_bytes_of_the_local_path(videos, tmp_path):
   assert _folder_bytes(tmp_path / "beam") == local_files
 
 
-def test_dry_run_prints_the_pipeline_options(capsys, tmp_path):
+def test_dry_run_prints_the_pipeline_options(beam, capsys, tmp_path):
   outcome = prepare.main(
     [
       "--runner=beam",
@@ -126,3 +131,11 @@ def test_dry_run_prints_the_pipeline_options(capsys, tmp_path):
 def test_pipeline_options_need_the_beam_runner(tmp_path):
   with pytest.raises(SystemExit):
     prepare.main(["--format=folder", f"--root={tmp_path}", f"--output={tmp_path}", "--", "--x=1"])
+
+
+def test_without_beam_the_error_names_the_extra(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "apache_beam", None)  # import apache_beam now fails
+  with pytest.raises(
+    ValueError, match=r"--runner=beam needs Apache Beam: pip install 'vicmae_jax\[beam\]'"
+  ):
+    prepare.main(["--runner=beam", "--dry_run", f"--output={tmp_path}"])

@@ -43,9 +43,9 @@ def _beam():
 def pipeline_options(beam_args: Sequence[str], workers: int):
   """Beam PipelineOptions from the arguments after `--`; the DirectRunner in `workers` processes
   unless they name another runner."""
+  _beam()
   from apache_beam.options.pipeline_options import PipelineOptions
 
-  _beam()
   args = list(beam_args)
   if not any(a == "--runner" or a.startswith("--runner=") for a in args):
     args = [
@@ -80,16 +80,22 @@ class BeamShardWriter:
     # Workers import the package by name: a DirectRunner worker process started from a checkout
     # (not an installed package) finds it through PYTHONPATH.
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    if root not in paths:
-      os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [root, *paths] if p)
-    with beam.Pipeline(options=self.options) as pipeline:
-      _ = (
-        pipeline
-        | "shards" >> beam.Create(list(tasks))
-        | "spread" >> beam.Reshuffle()
-        | "write" >> beam.Map(_write_one)
-      )
+    before = os.environ.get("PYTHONPATH")
+    paths = (before or "").split(os.pathsep)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [root, *paths] if p)
+    try:
+      with beam.Pipeline(options=self.options) as pipeline:
+        _ = (
+          pipeline
+          | "shards" >> beam.Create(list(tasks))
+          | "spread" >> beam.Reshuffle()
+          | "write" >> beam.Map(_write_one)
+        )
+    finally:
+      if before is None:
+        os.environ.pop("PYTHONPATH", None)
+      else:
+        os.environ["PYTHONPATH"] = before
     states = []
     for task in tasks:
       path = _state_path(task["output"], task["name"])
