@@ -62,7 +62,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vicmae_jax import dirlock
-from vicmae_jax.data import formats, records, video_io
+from vicmae_jax.data import formats, prepare_beam, records, video_io
 from vicmae_jax.data.prepare_workers import (  # noqa: F401  (re-exported)
   _PARENT_POLL_SECONDS,
   _PR_SET_PDEATHSIG,
@@ -425,18 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
   )
   parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
   parser.add_argument("--no_progress", action="store_true")
-  parser.add_argument(
-    "--runner",
-    choices=("local", "beam"),
-    default="local",
-    help="local: --workers processes here; beam: an Apache Beam pipeline (prepare_beam.py), "
-    "with Beam pipeline options after `--`",
-  )
-  parser.add_argument(
-    "--dry_run",
-    action="store_true",
-    help="with --runner=beam: print the pipeline options, run nothing",
-  )
+  prepare_beam.add_arguments(parser)
   return parser
 
 
@@ -451,13 +440,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   logging.basicConfig(level=logging.INFO, format="%(message)s")
   write_shards = None
   if args.runner == "beam" and not args.verify:
-    from vicmae_jax.data import prepare_beam
-
     write_shards = prepare_beam.BeamShardWriter(beam_args, args.workers)
     if args.dry_run:
-      options = prepare_beam.describe_options(write_shards.options)
-      print(json.dumps({"pipeline_options": options}, indent=1))
-      return {"pipeline_options": options}
+      return prepare_beam.print_options(write_shards.options)
   if args.verify:
     result = verify_output(args.output, args.split)
     _print_verification(result)

@@ -62,6 +62,29 @@ def describe_options(options) -> dict[str, Any]:
   return {k: v for k, v in sorted(options.get_all_options(drop_default=True).items())}
 
 
+def print_options(options) -> dict[str, Any]:
+  """--dry_run: prints {"pipeline_options": ...} as json, returns it."""
+  described = {"pipeline_options": describe_options(options)}
+  print(json.dumps(described, indent=1))
+  return described
+
+
+def add_arguments(parser) -> None:
+  """prepare's flags for this path: --runner, --dry_run."""
+  parser.add_argument(
+    "--runner",
+    choices=("local", "beam"),
+    default="local",
+    help="local: --workers processes here; beam: an Apache Beam pipeline (prepare_beam.py), "
+    "with Beam pipeline options after `--`",
+  )
+  parser.add_argument(
+    "--dry_run",
+    action="store_true",
+    help="with --runner=beam: print the pipeline options, run nothing",
+  )
+
+
 def _write_one(task: dict[str, Any]) -> str:
   """A worker's step: writes the shard (shard_writer's own function); returns its name."""
   return shard_writer._write_shard(task)["name"]
