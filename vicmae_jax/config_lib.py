@@ -13,7 +13,7 @@ Config files in `configs/` build on the defaults here, so every experiment has t
   data.*             input pipeline (see data/pipeline.py)
   mesh.*             mesh axis sizes: {"data": -1, "fsdp": 1, "model": 1}; -1 takes the remaining devices
   checkpoint.*       every_steps, keep, keep_every, async_save
-  log.*              every_steps, image_every_steps, num_images
+  log.*              every_steps, image_every_steps, num_images; log.wandb.{project, entity, mode}
   evals.*            evaluators run every N steps and at the end (see evaluators/)
   init_from          "" or a path (a training workdir or a converted checkpoint) to take parameters from
 """
@@ -81,6 +81,8 @@ def base_config() -> ml_collections.ConfigDict:
     dict(every_steps=1000, keep=3, keep_every=0, async_save=True)
   )
   c.log = ml_collections.ConfigDict(dict(every_steps=50, image_every_steps=0, num_images=4))
+  # Weights & Biases beside TensorBoard (wandb_writer.py): off while project is "".
+  c.log.wandb = ml_collections.ConfigDict(dict(project="", entity="", mode="online"))
   # Profile a window of steps into the workdir (a trace viewable in TensorBoard's profile tab).
   c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=5))
   c.evals = ml_collections.ConfigDict()
@@ -192,6 +194,16 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int) -> None
   require(int(ckpt.every_steps) >= 0, "checkpoint.every_steps", "must be >= 0")
   require(int(ckpt.keep) >= 1, "checkpoint.keep", "must be >= 1")
   require(int(config.log.every_steps) >= 1, "log.every_steps", "must be >= 1")
+  wandb_cfg = config.log.get("wandb") or {}
+  if wandb_cfg.get("project"):
+    modes = ("online", "offline", "disabled")
+    require(wandb_cfg.get("mode") in modes, "log.wandb.mode", f"must be one of {', '.join(modes)}")
+    require(
+      importlib.util.find_spec("wandb") is not None,
+      "log.wandb.project",
+      "is set but the wandb package is not installed: pip install 'vicmae_jax[wandb]' (or "
+      "pip install wandb), or leave log.wandb.project empty",
+    )
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:

@@ -254,6 +254,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   """Parses flags; a misspelled or mistyped override becomes a one-line error, not a traceback."""
   try:
     rest = FLAGS(argv)
+  except SystemExit as e:  # absl's --help prints the usage, then exits 1: asked for, it is 0
+    asked = any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:])
+    raise SystemExit(0 if asked else e.code) from None
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     if any(a.startswith("--config.") for a in argv[1:]) and not isinstance(
       e, flags.IllegalFlagValueError

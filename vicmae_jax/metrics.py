@@ -1,4 +1,5 @@
-"""Metric writing (clu: TensorBoard event files + console), progress, ETA, throughput and MFU.
+"""Metric writing (clu: TensorBoard event files + console, optionally W&B), progress, ETA, throughput
+and MFU.
 
 Process 0 writes event files; every process logs its console lines through absl, other processes
 only at warning level. Metrics arrive here already fetched to host (the loop fetches step s while
@@ -40,12 +41,20 @@ class TrainLogger:
     flops_per_step: float | None = None,
     peak_flops_total: float | None = None,
     prefix: str = "train",
+    wandb: Mapping | None = None,
   ):
+    """wandb: `config.log.wandb`; with a project, process 0 writes to W&B as well (wandb_writer.py)."""
     from clu import metric_writers  # imports TensorFlow: only when a run starts writing
 
     self.writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=True
     )
+    from vicmae_jax import wandb_writer
+
+    if jax.process_index() == 0 and wandb_writer.enabled(wandb):
+      self.writer = metric_writers.MultiWriter(
+        [self.writer, wandb_writer.make_writer(workdir, wandb)]
+      )
     self.total_steps = total_steps
     self.global_batch = global_batch
     self.unit = unit

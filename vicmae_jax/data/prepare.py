@@ -2,7 +2,7 @@
 
 (Over 400 lines on purpose: the command, its flags and the resumable run over shards are one
 sequence read top to bottom; the workers, shard writing and checks are in prepare_workers.py,
-shard_writer.py and shard_check.py.)
+shard_writer.py and shard_check.py, the Beam runner in prepare_beam.py.)
 
     python -m vicmae_jax.data.prepare --format=kinetics --root=/data/k400/videos \
         --annotations=/data/k400/annotations/train.csv --split=train --output=/data/k400/prepared \
@@ -66,7 +66,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vicmae_jax import dirlock
-from vicmae_jax.data import formats, records, video_io
+from vicmae_jax.data import formats, prepare_beam, records, video_io
 from vicmae_jax.data.prepare_workers import (  # noqa: F401  (re-exported)
   _PARENT_POLL_SECONDS,
   _PR_SET_PDEATHSIG,
@@ -140,6 +140,7 @@ def prepare_entries(
   workers: int = 1,
   progress: bool = True,
   extra_meta: dict[str, Any] | None = None,
+  write_shards=None,
 ) -> dict[str, Any]:
   """Writes `entries` into `num_shards` shards under `output`; returns the summary (also the meta json).
 
@@ -148,6 +149,8 @@ def prepare_entries(
   num_shards: default ceil(len(entries) / 256); capped at len(entries).
   workers: processes (1 runs in this process). Frames are decoded at `fps` with the shorter side
     resized to `short_side` (None keeps the size).
+  write_shards: writes a list of shard tasks elsewhere and returns their states (e.g.
+    prepare_beam.BeamShardWriter); default: this process or `workers` processes.
   min_duration: seconds; a clip whose kept frames cover less time (last - first timestamp plus one
     frame interval; with `max_frames`, only the kept frames count) is skipped as too short. Clips
     always need at least 2 frames.
@@ -260,7 +263,11 @@ def prepare_entries(
 
     total_clips = sum(len(task["entries"]) for task in tasks)
     with tqdm(total=total_clips, unit="clip", desc=f"prepare {split}", disable=not progress) as bar:
-      if workers == 1 or len(tasks) <= 1:
+      if write_shards is not None:
+        for state in write_shards(tasks):
+          states[state["name"]] = state
+          bar.update(state["num_clips"] + len(state["skipped"]))
+      elif workers == 1 or len(tasks) <= 1:
         for task in tasks:
           states[task["name"]] = _write_shard(task, on_clip=lambda: bar.update(1))
       else:
@@ -422,14 +429,24 @@ def build_parser() -> argparse.ArgumentParser:
   )
   parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
   parser.add_argument("--no_progress", action="store_true")
+  prepare_beam.add_arguments(parser)
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Prepares (returns the summary) or, with --verify, checks (returns verify_output's result)."""
   parser = build_parser()
-  args = parser.parse_args(argv)
+  argv = list(sys.argv[1:] if argv is None else argv)
+  split_at = argv.index("--") if "--" in argv else len(argv)  # Beam pipeline options follow `--`
+  args, beam_args = parser.parse_args(argv[:split_at]), argv[split_at + 1 :]
+  if beam_args and args.runner != "beam":
+    parser.error(f"pipeline options after `--` need --runner=beam: {' '.join(beam_args)}")
   logging.basicConfig(level=logging.INFO, format="%(message)s")
+  write_shards = None
+  if args.runner == "beam" and not args.verify:
+    write_shards = prepare_beam.BeamShardWriter(beam_args, args.workers)
+    if args.dry_run:
+      return prepare_beam.print_options(write_shards.options)
   if args.verify:
     result = verify_output(args.output, args.split)
     _print_verification(result)
@@ -453,13 +470,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     num_shards=args.num_shards,
     workers=args.workers,
     progress=not args.no_progress,
+    write_shards=write_shards,
   )
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The command (`vicmae-prepare`, `python -m vicmae_jax.data.prepare`): errors as one line."""
   try:
     outcome = main()
   except (ValueError, FileNotFoundError, OutputLockedError) as error:
     sys.exit(f"error: {error}")
   if outcome.get("problems"):  # --verify found damaged files
     sys.exit(1)
+
+
+if __name__ == "__main__":
+  cli()

@@ -406,7 +406,11 @@ def run(
   from vicmae_jax import metrics as metrics_lib  # clu pulls in TensorFlow: only when training
 
   logger = metrics_lib.TrainLogger(
-    workdir, total_steps=total_steps, global_batch=config.batch_size, unit=unit
+    workdir,
+    total_steps=total_steps,
+    global_batch=config.batch_size,
+    unit=unit,
+    wandb=config.log.get("wandb"),
   )
   if start_step == 0 and jax.process_index() == 0:
     logger.write_hparams(config_lib.to_plain(config))
