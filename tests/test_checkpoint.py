@@ -180,6 +180,7 @@ def test_full_disk_stops_with_one_line_and_a_rerun_resumes_exactly(demo_root, re
     subprocess.run(["umount", "-l", str(mount)])
 
 
+@pytest.mark.slow
 def test_nan_stop_completes_the_save_in_flight(demo_root, tmp_path):
   """Saving every step, the NaN at step s is seen while the save of step s-1 is being written:
   the process must finish that save before it exits, so the newest step is complete and loads."""

@@ -40,6 +40,7 @@ def _load_script():
   return module
 
 
+@pytest.mark.slow
 def test_skip_official_times_our_step_and_reports_consistent_numbers(tmp_path):
   out = tmp_path / "result.json"
   # A `torch` that fails on import proves the JAX side does not need it.

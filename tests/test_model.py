@@ -339,6 +339,7 @@ def _loss_and_grads(model, images, key):
   return loss, out, grads.to_pure_dict()
 
 
+@pytest.mark.slow
 def test_scan_equals_no_scan():
   images, key = _images(), jax.random.key(1)
   plain = _build(depth=3, decoder_depth=2)

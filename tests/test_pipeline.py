@@ -344,6 +344,7 @@ def test_iterator_state_round_trip(media, prefetch_batches):
       np.testing.assert_array_equal(got[key], want[key])
 
 
+@pytest.mark.slow
 def test_worker_processes(media):
   """Any worker count gives the in-process stream; with 2 workers the state still restores exactly."""
   from absl import flags

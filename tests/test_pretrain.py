@@ -19,6 +19,7 @@ from runs import CONFIG, NO_EVALS, REPO, subprocess_env, losses, main_cmd, run_m
 from vicmae_jax import weights
 
 
+@pytest.mark.slow
 def test_run_writes_checkpoints_metrics_images_and_evals(demo_root, tmp_path):
   proc = run_main(tmp_path, demo_root)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -50,6 +51,7 @@ def test_run_writes_checkpoints_metrics_images_and_evals(demo_root, tmp_path):
   assert "step 6/6" in proc.stderr
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_exactly(demo_root, reference, tmp_path):
   ref = losses(reference)
   cmd = main_cmd(
@@ -78,6 +80,7 @@ def test_killed_run_resumes_exactly(demo_root, reference, tmp_path):
   _assert_same_params(reference, tmp_path, 10)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resumes(demo_root, reference, tmp_path):
   cmd = main_cmd(
     tmp_path, demo_root, "--config.num_steps=10", "--config.checkpoint.every_steps=100", *NO_EVALS
