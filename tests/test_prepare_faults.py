@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from media_utils import make_random_bytes, make_truncated, make_video, make_zero_byte
-from vicmae_jax.data import prepare
+from vicmae_jax.data import prepare, shard_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -202,7 +202,7 @@ def test_a_second_prepare_on_the_same_output_is_refused_with_one_line(longer_vid
     stdout=subprocess.DEVNULL,
     stderr=subprocess.DEVNULL,
   )
-  lock = output / prepare.LOCK_NAME
+  lock = output / shard_files.LOCK_NAME
   holder = None
   deadline = time.time() + 60
   while holder is None:
@@ -239,8 +239,8 @@ def test_a_second_prepare_on_the_same_output_is_refused_with_one_line(longer_vid
 def test_workers_ask_the_kernel_to_end_them_with_their_parent():
   code = (
     "import ctypes\n"
-    "from vicmae_jax.data import prepare\n"
-    "prepare._worker_init(__import__('os').getppid())\n"
+    "from vicmae_jax.data import prepare_workers\n"
+    "prepare_workers._worker_init(__import__('os').getppid())\n"
     "signal = ctypes.c_int()\n"
     "ctypes.CDLL(None).prctl(2, ctypes.byref(signal), 0, 0, 0)  # PR_GET_PDEATHSIG\n"
     "print(signal.value)\n"
@@ -255,8 +255,8 @@ def test_without_prctl_a_worker_still_ends_with_its_parent(tmp_path):
   """The fallback for systems without PR_SET_PDEATHSIG: a thread watching the parent pid."""
   child_code = (
     "import sys, time\n"
-    "from vicmae_jax.data import prepare\n"
-    "prepare._exit_when_parent_dies(int(sys.argv[1]), interval=0.05)\n"
+    "from vicmae_jax.data import prepare_workers\n"
+    "prepare_workers._exit_when_parent_dies(int(sys.argv[1]), interval=0.05)\n"
     "time.sleep(120)\n"
   )
   parent_code = (
@@ -281,7 +281,10 @@ def test_without_prctl_a_worker_still_ends_with_its_parent(tmp_path):
 
 
 def test_temporary_names_are_unique_per_writer_and_stale_ones_are_removed(small_videos, tmp_path):
-  first, second = prepare._temp_path("/x/a.array_record"), prepare._temp_path("/x/a.array_record")
+  first, second = (
+    shard_files._temp_path("/x/a.array_record"),
+    shard_files._temp_path("/x/a.array_record"),
+  )
   assert first != second and f".{os.getpid()}-" in first and first.endswith(".incomplete")
   output = tmp_path / "out"
   assert _run(*_prepare_args(small_videos, output, "--num_shards=2", "--workers=1")).returncode == 0
@@ -409,7 +412,7 @@ def test_a_refused_run_leaves_no_lock_behind(small_videos, tmp_path):
   prepare.prepare_dataset("folder", small_videos, output, fps=5.0, num_shards=2, progress=False)
   with pytest.raises(ValueError, match="fps=5.0.*fps=4.0"):
     prepare.prepare_dataset("folder", small_videos, output, fps=4.0, num_shards=2, progress=False)
-  assert not (output / prepare.LOCK_NAME).exists()
+  assert not (output / shard_files.LOCK_NAME).exists()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ ends with one line saying so (exit 1).
 
 This module is the driver, its summary and the CLI; one shard is written by shard_writer.py, a
 prepared folder's names, temporaries and lock are in shard_files.py, the recorded sums and --verify
-in shard_check.py, the worker processes in prepare_workers.py. Every name is re-exported here.
+in shard_check.py, the worker processes in prepare_workers.py.
 """
 
 from __future__ import annotations
@@ -67,44 +67,21 @@ from tqdm import tqdm
 
 from vicmae_jax import dirlock
 from vicmae_jax.data import formats, prepare_beam, records, video_io
-from vicmae_jax.data.prepare_workers import (  # noqa: F401  (re-exported)
-  _PARENT_POLL_SECONDS,
-  _PR_SET_PDEATHSIG,
-  WorkerPool,
-  _die_with_parent,
-  _exit_when_parent_dies,
-  _worker_init,
-)
-from vicmae_jax.data.shard_check import (  # noqa: F401  (re-exported)
-  _HASH_CHUNK,
-  _check_shard,
-  _file_problem,
-  _file_record,
-  _files_problems,
-  _print_verification,
-  _sha256,
-  _structure_problems,
-  verify_output,
-)
-from vicmae_jax.data.shard_files import (  # noqa: F401  (re-exported)
-  _TEMP_SUFFIX,
-  LOCK_NAME,
+from vicmae_jax.data.prepare_workers import WorkerPool
+from vicmae_jax.data.shard_check import _check_shard, _print_verification, verify_output
+from vicmae_jax.data.shard_files import (
   OutputLockedError,
   _output_lock,
   _remove_stale_temporaries,
   _state_path,
-  _temp_path,
   _write_json,
   shard_name,
 )
-from vicmae_jax.data.shard_writer import (  # noqa: F401  (re-exported)
+from vicmae_jax.data.shard_writer import (
   _OLD_FORMAT,
-  REASON_UNEXPECTED,
   _completed_state,
   _entries_digest,
   _write_shard,
-  encode_jpeg,
-  read_clip,
 )
 
 logger = logging.getLogger(__name__)
