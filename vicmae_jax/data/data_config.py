@@ -26,6 +26,10 @@ The data config (`default_data_config()`), field by field:
                             listing, probed from their headers)
   frame_gap_range           () or (lo, hi): draw the gap uniformly in [lo, hi] seconds instead
   view_augmentations        two augmentation specs (see augment.py), view 1 and view 2
+  photometric_on_device     "auto" | "on" | "off": run the specs' photometric tail (color_jitter,
+                            grayscale, blur, solarize) in the pretraining step on the device, the
+                            host making only decode + crop + flip ("auto": on for gpu/tpu, off for
+                            cpu; why in device_photometric.py)
   crop_scale                (lo, hi) area range of random_resized_crop when a spec leaves it out
   eval_augmentation         spec for evaluation images (resize shorter side to S/0.875, centre crop)
   clip_augmentation         spec applied identically to every frame of a training clip
@@ -51,6 +55,7 @@ from absl import logging
 import ml_collections
 
 from vicmae_jax.data import augment
+from vicmae_jax.data import device_photometric
 from vicmae_jax.data import sampling
 from vicmae_jax.data import sources as sources_lib
 
@@ -102,6 +107,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   cfg.frame_gap_seconds = sampling.DEFAULT_FRAME_GAP_SECONDS
   cfg.frame_gap_range = ()
   cfg.view_augmentations = tuple(augment.DEFAULT_VIEW_SPECS)
+  cfg.photometric_on_device = "auto"
   cfg.crop_scale = DEFAULT_CROP_SCALE
   cfg.eval_augmentation = EVAL_AUGMENTATION
   cfg.clip_augmentation = CLIP_AUGMENTATION
@@ -194,6 +200,8 @@ def validate_data_config(cfg: Mapping[str, Any], *, frame_pairs: bool = True) ->
     raise ValueError(
       f"data.view_augmentations: need exactly two specs (one per view), got {len(specs)}"
     )
+  if device_photometric.resolve_mode(cfg.get("photometric_on_device", "auto")):
+    device_photometric.split_views(specs)  # a photometric op before a geometric one fails here
   crop_scale = tuple(cfg.get("crop_scale", DEFAULT_CROP_SCALE))
   for field, spec in [("view_augmentations", s) for s in specs] + [
     ("eval_augmentation", cfg.get("eval_augmentation", EVAL_AUGMENTATION)),
