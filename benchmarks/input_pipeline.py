@@ -52,6 +52,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import av  # noqa: E402
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vicmae_jax.data import augment, pipeline, prepare, records, sampling, sources  # noqa: E402
@@ -179,6 +180,85 @@ def pyav_seek_decode(path: str, times: tuple[float, float]) -> None:
           break
 
 
+def _cpu_seconds(process) -> float:
+  """CPU seconds (user + system) of `process` and its live children."""
+  total = 0.0
+  for proc in [process, *process.children(recursive=True)]:
+    try:
+      times = proc.cpu_times()
+      total += times.user + times.system
+    except psutil.NoSuchProcess:
+      pass
+  return total
+
+
+def measure_workers(prepared_dir: str, size: int, args) -> list[dict]:
+  """The real loader alone (make_pretrain_loader, prepared, batches of 64) per worker count and
+  photometric placement: pairs/s of wall time and cores busy (this process and its workers).
+
+  The rows take turns every repetition; after each switch the loader runs unmeasured for half a
+  measuring window, so the other rows' workers have filled their buffers and gone idle.
+  """
+  from absl import flags
+
+  if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags
+    flags.FLAGS.mark_as_parsed()
+  rows = []
+  for placement in args.photometric.split(","):
+    for workers in (int(w) for w in args.workers.split(",")):
+      cfg = pipeline.default_data_config()
+      cfg.sources.prepared = pipeline.default_source_config(kind="prepared", path=prepared_dir)
+      cfg.worker_count = workers
+      cfg.num_threads = args.threads_per_worker
+      cfg.photometric_on_device = "on" if placement == "device" else "off"
+      loader = pipeline.make_pretrain_loader(
+        cfg, global_batch_size=64, image_size=size, seed=0, process_index=0, process_count=1
+      )
+      iterator = iter(loader)
+      next(iterator)
+      rows.append({"workers": workers, "photometric": placement, "iterator": iterator, "runs": []})
+  me = psutil.Process()
+  for repeat in range(args.repeats):
+    print(f"  workers, repetition {repeat + 1}/{args.repeats}", flush=True)
+    for row in rows:
+      iterator = row["iterator"]
+      settle = time.perf_counter()
+      while time.perf_counter() - settle < args.seconds / 2:
+        next(iterator)
+      start_wall, start_cpu, batches = time.perf_counter(), _cpu_seconds(me), 0
+      while time.perf_counter() - start_wall < args.seconds:
+        next(iterator)
+        batches += 1
+      wall, cpu = time.perf_counter() - start_wall, _cpu_seconds(me) - start_cpu
+      row["runs"].append((64 * batches / wall, cpu / wall))
+  results = []
+  for row in rows:
+    row.pop("iterator").close()
+    runs = row.pop("runs")
+    row["pairs_per_wall_s"] = float(np.median([r[0] for r in runs]))
+    row["cores_busy"] = float(np.median([r[1] for r in runs]))
+    row["pairs_per_core_s"] = row["pairs_per_wall_s"] / row["cores_busy"]
+    row["repetitions_pairs_per_wall_s"] = [r[0] for r in runs]
+    results.append(row)
+  print(
+    f"loader alone, prepared, full recipe, {args.threads_per_worker} thread(s) per worker "
+    f"(median of {args.repeats}):",
+    flush=True,
+  )
+  base = {}
+  for row in results:
+    first = base.setdefault(row["photometric"], row)
+    print(
+      f"  photometric on {row['photometric']:<6} workers {row['workers']:>2}: "
+      f"{row['pairs_per_wall_s']:7.1f} pairs/s, {row['cores_busy']:5.2f} cores busy, "
+      f"{row['pairs_per_core_s']:6.1f} pairs/s per core busy, "
+      f"{row['pairs_per_wall_s'] / first['pairs_per_wall_s']:4.2f}x of {first['workers']} worker(s) "
+      f"(repetitions: {', '.join(f'{v:.0f}' for v in row['repetitions_pairs_per_wall_s'])})",
+      flush=True,
+    )
+  return results
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -201,6 +281,22 @@ def main(argv=None) -> dict:
     "--workdir", default="", help="where videos and shards go (default: a temporary dir)"
   )
   parser.add_argument("--json_out", default="")
+  parser.add_argument(
+    "--workers",
+    default="",
+    help="comma-separated worker counts: the loader alone with data.worker_count=N (e.g. 1,2)",
+  )
+  parser.add_argument(
+    "--threads_per_worker", type=int, default=1, help="data.num_threads in each worker process"
+  )
+  parser.add_argument(
+    "--photometric",
+    default="host",
+    help="host, device or host,device: where the worker rows' photometric ops run",
+  )
+  parser.add_argument(
+    "--loader_only", action="store_true", help="only the --workers rows (skip the per-core rows)"
+  )
   args = parser.parse_args(argv)
 
   workdir = args.workdir or tempfile.mkdtemp(prefix="vicmae_input_bench_")
@@ -231,6 +327,13 @@ def main(argv=None) -> dict:
     write_whole_clip_shards(prepared_dir, whole_clip_dir)
 
   size = args.image_size
+  if args.workers:
+    worker_rows = measure_workers(prepared_dir, size, args)
+    if args.loader_only:
+      if args.json_out:
+        with open(args.json_out, "w") as file:
+          json.dump({"workers": worker_rows, "cores": os.cpu_count()}, file, indent=1)
+      return {"workers": worker_rows}
   prepared = sources.PreparedClipSource(prepared_dir, "train", name="prepared")
   whole_clip = sources.PreparedClipSource(whole_clip_dir, "train", name="prepared")
   raw = sources.RawVideoSource("folder", videos, short_side=256, name="raw")

@@ -198,7 +198,7 @@ def test_resume_is_exact_with_photometric_on_device(demo_root, reference, tmp_pa
     return tiny_config(
       demo_root,
       num_steps=10,
-      **{"checkpoint.every_steps": 3, "data.photometric_on_device": "on"},
+      **{"checkpoint.every_steps": 3, "checkpoint.keep": 10, "data.photometric_on_device": "on"},
     )
 
   full = tmp_path / "full"

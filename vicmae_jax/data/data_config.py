@@ -39,7 +39,8 @@ The data config (`default_data_config()`), field by field:
   num_temporal_views        evaluation clips per video, spread uniformly in time (1)
   num_spatial_views         evaluation crops per clip along the longer side (1)
   shuffle_seed              -1: derive from the run seed; else its own seed for order and augmentation
-  num_threads               threads decoding/augmenting in each process (-1: one per CPU core)
+  num_threads               threads decoding/augmenting in each process (-1: one per CPU core,
+                            shared out over the worker processes when there are any)
   worker_count              worker processes (0: all in the training process, with threads)
   prefetch_elements         examples in flight in the thread pool
   prefetch_batches          finished batches kept ready by a background thread (0: none)
