@@ -214,3 +214,38 @@ def test_resume_is_exact_with_photometric_on_device(demo_root, reference, tmp_pa
   assert all(got[step] == want[step] for step in got), (got, want)
   # The option changed the run (the CPU default keeps the photometric ops on the host).
   assert losses(reference)[1] != want[1]
+
+
+def test_loader_with_the_option_on_makes_only_the_geometric_head(demo_root):
+  from vicmae_jax.data import pipeline
+
+  def first_views(**fields):
+    data = tiny_config(demo_root).data
+    for name, value in fields.items():
+      data[name] = value
+    iterator = iter(
+      pipeline.make_pretrain_loader(
+        data, global_batch_size=8, image_size=32, seed=0, process_index=0, process_count=1
+      )
+    )
+    views = next(iterator)["views"]
+    iterator.close()
+    return views
+
+  specs = tiny_config(demo_root).data.view_augmentations
+  on = first_views(photometric_on_device="on")
+  head_only = first_views(photometric_on_device="off", view_augmentations=dp.split_views(specs)[0])
+  full = first_views(photometric_on_device="off")
+  assert on.dtype == np.uint8 and on.shape == (8, 2, 32, 32, 3)
+  np.testing.assert_array_equal(on, head_only)
+  assert not np.array_equal(on, full)
+
+
+def test_threads_are_shared_out_over_worker_processes(monkeypatch):
+  from vicmae_jax.data import stream
+
+  monkeypatch.setattr(stream.os, "cpu_count", lambda: 16)
+  assert stream.thread_count({"num_threads": -1}) == 16
+  assert stream.thread_count({"num_threads": -1, "worker_count": 4}) == 4
+  assert stream.thread_count({"num_threads": -1, "worker_count": 32}) == 1
+  assert stream.thread_count({"num_threads": 3, "worker_count": 4}) == 3
