@@ -21,6 +21,13 @@ Measures, on the same videos and with the same pair sampling (1.06 s gaps):
                       out, no resizing or augmentation (the baseline for raw decoding)
   grain_loader        the real pipeline (make_pretrain_loader, prepared, full recipe) with one thread,
                       then one thread per core, batches of 64: pairs/s in total and per CPU-second
+  prepared_full_photometric_on_device   what the host does of the full recipe with
+                      data.photometric_on_device (device_photometric.split_spec: decode, crop, flip)
+  --workers=1,2,...   the real loader alone with data.worker_count = N (--threads_per_worker threads
+                      each, default 1), full recipe, batches of 64: pairs/s of wall time, cores busy
+                      (this process and its workers) and pairs/s per busy core, per worker count;
+                      --photometric=host,device adds the rows with data.photometric_on_device on;
+                      --loader_only measures only these rows
 
 Single-thread rates are pairs per CPU-second of this process (time.process_time over the loop), which
 is the per-core rate even on a machine shared with other work; wall-clock rates are printed beside
@@ -55,7 +62,8 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from vicmae_jax.data import augment, pipeline, prepare, records, sampling, sources  # noqa: E402
+from vicmae_jax.data import augment, device_photometric, pipeline, prepare, records  # noqa: E402
+from vicmae_jax.data import sampling, sources  # noqa: E402
 
 _PHOTOS = (
   "astronaut",
@@ -327,6 +335,7 @@ def main(argv=None) -> dict:
     write_whole_clip_shards(prepared_dir, whole_clip_dir)
 
   size = args.image_size
+  worker_rows = []
   if args.workers:
     worker_rows = measure_workers(prepared_dir, size, args)
     if args.loader_only:
@@ -431,6 +440,7 @@ def main(argv=None) -> dict:
   )
   print(f"single thread (per core), {args.seconds:g} s per row and repetition:", flush=True)
   crop_flip = (augment.CROP_FLIP_SPEC,) * 2
+  device_heads = device_photometric.split_views(augment.DEFAULT_VIEW_SPECS)[0]
   crop_flip_pil_resize = ("decode|random_resized_crop(interpolation='pil_bilinear')|flip",) * 2
   results = measure_rows(
     [
@@ -444,6 +454,7 @@ def main(argv=None) -> dict:
       ("in_memory_crop_flip", pairs_of(maker(in_memory, crop_flip))),
       ("in_memory_full", pairs_of(maker(in_memory, augment.DEFAULT_VIEW_SPECS))),
       ("prepared_full", pairs_of(maker(prepared, augment.DEFAULT_VIEW_SPECS))),
+      ("prepared_full_photometric_on_device", pairs_of(maker(prepared, device_heads))),
       ("raw_crop_flip", pairs_of(maker(raw, crop_flip), batch=4)),
       ("pyav_seek_decode", decoder_only),
     ],
@@ -509,6 +520,10 @@ def main(argv=None) -> dict:
     / by_name["prepared_crop_flip"]["pairs_per_cpu_s"],
     "prepared_crop_flip / prepared_full": by_name["prepared_crop_flip"]["pairs_per_cpu_s"]
     / by_name["prepared_full"]["pairs_per_cpu_s"],
+    "prepared_full: photometric on device / on host": by_name[
+      "prepared_full_photometric_on_device"
+    ]["pairs_per_cpu_s"]
+    / by_name["prepared_full"]["pairs_per_cpu_s"],
     f"grain_loader {cores} threads / 1 thread (wall)": loader_result["pairs_per_wall_s"]
     / loader_one["pairs_per_wall_s"],
   }
@@ -538,6 +553,7 @@ def main(argv=None) -> dict:
     "videos": videos,
     "seconds": args.seconds,
     "repeats": args.repeats,
+    "workers": worker_rows,
   }
   if args.json_out:
     with open(args.json_out, "w") as file:
