@@ -188,16 +188,17 @@ def pyav_seek_decode(path: str, times: tuple[float, float]) -> None:
           break
 
 
-def _cpu_seconds(process) -> float:
-  """CPU seconds (user + system) of `process` and its live children."""
-  total = 0.0
+def _cpu_seconds(process) -> tuple[float, float]:
+  """CPU seconds (user + system) of `process` and its live children, and of `process` alone."""
+  total = own = 0.0
   for proc in [process, *process.children(recursive=True)]:
     try:
       times = proc.cpu_times()
       total += times.user + times.system
+      own = own or times.user + times.system
     except psutil.NoSuchProcess:
       pass
-  return total
+  return total, own
 
 
 def measure_workers(prepared_dir: str, size: int, args) -> list[dict]:
@@ -237,14 +238,16 @@ def measure_workers(prepared_dir: str, size: int, args) -> list[dict]:
       while time.perf_counter() - start_wall < args.seconds:
         next(iterator)
         batches += 1
-      wall, cpu = time.perf_counter() - start_wall, _cpu_seconds(me) - start_cpu
-      row["runs"].append((64 * batches / wall, cpu / wall))
+      wall, end_cpu = time.perf_counter() - start_wall, _cpu_seconds(me)
+      cpu, own = end_cpu[0] - start_cpu[0], end_cpu[1] - start_cpu[1]
+      row["runs"].append((64 * batches / wall, cpu / wall, own / wall))
   results = []
   for row in rows:
     row.pop("iterator").close()
     runs = row.pop("runs")
     row["pairs_per_wall_s"] = float(np.median([r[0] for r in runs]))
     row["cores_busy"] = float(np.median([r[1] for r in runs]))
+    row["main_process_cores_busy"] = float(np.median([r[2] for r in runs]))
     row["pairs_per_core_s"] = row["pairs_per_wall_s"] / row["cores_busy"]
     row["repetitions_pairs_per_wall_s"] = [r[0] for r in runs]
     results.append(row)
@@ -258,7 +261,8 @@ def measure_workers(prepared_dir: str, size: int, args) -> list[dict]:
     first = base.setdefault(row["photometric"], row)
     print(
       f"  photometric on {row['photometric']:<6} workers {row['workers']:>2}: "
-      f"{row['pairs_per_wall_s']:7.1f} pairs/s, {row['cores_busy']:5.2f} cores busy, "
+      f"{row['pairs_per_wall_s']:7.1f} pairs/s, {row['cores_busy']:5.2f} cores busy "
+      f"({row['main_process_cores_busy']:.2f} in this process), "
       f"{row['pairs_per_core_s']:6.1f} pairs/s per core busy, "
       f"{row['pairs_per_wall_s'] / first['pairs_per_wall_s']:4.2f}x of {first['workers']} worker(s) "
       f"(repetitions: {', '.join(f'{v:.0f}' for v in row['repetitions_pairs_per_wall_s'])})",
