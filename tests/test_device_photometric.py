@@ -184,6 +184,9 @@ def test_config_errors_name_the_field(tmp_path):
   cfg.view_augmentations = ("decode|color_jitter|random_resized_crop", "decode")
   with pytest.raises(ValueError, match="data.view_augmentations: op 'random_resized_crop'"):
     data_config.validate_data_config(cfg, frame_pairs=False)
+  cfg.photometric_on_device = "auto"  # checked on every platform alike
+  with pytest.raises(ValueError, match="data.photometric_on_device='off'"):
+    data_config.validate_data_config(cfg, frame_pairs=False)
   cfg.photometric_on_device = "off"  # the host runs any order
   data_config.validate_data_config(cfg, frame_pairs=False)
 

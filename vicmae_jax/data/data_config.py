@@ -201,8 +201,10 @@ def validate_data_config(cfg: Mapping[str, Any], *, frame_pairs: bool = True) ->
     raise ValueError(
       f"data.view_augmentations: need exactly two specs (one per view), got {len(specs)}"
     )
-  if device_photometric.resolve_mode(cfg.get("photometric_on_device", "auto")):
-    device_photometric.split_views(specs)  # a photometric op before a geometric one fails here
+  # Checked for "auto" too, so a config valid on one platform is valid on all (and the backend is
+  # not started here); a photometric op before a geometric one fails naming both fields.
+  if device_photometric.check_mode(cfg.get("photometric_on_device", "auto")) != "off":
+    device_photometric.split_views(specs)
   crop_scale = tuple(cfg.get("crop_scale", DEFAULT_CROP_SCALE))
   for field, spec in [("view_augmentations", s) for s in specs] + [
     ("eval_augmentation", cfg.get("eval_augmentation", EVAL_AUGMENTATION)),

@@ -15,7 +15,7 @@ depend on the device count.
 
 Why it is an option, and its default ("auto": on for gpu/tpu, off for cpu): on an accelerator the
 photometric ops are a few elementwise passes over the batch, a negligible part of the step, and
-they take about a third of the host's per-pair work away (benchmarks/RESULTS.md), which is what
+they take about 40% of the host's per-pair work away (benchmarks/RESULTS.md), which is what
 limits a fast device; on the CPU backend the "device" is the same cores the host pipeline runs on,
 so moving the work there frees nothing.
 """
@@ -57,16 +57,22 @@ class DeviceOp:
     return dict(self.args)[name]
 
 
-def resolve_mode(mode: Any, backend: str | None = None) -> bool:
-  """data.photometric_on_device -> on or off: "auto" is on for gpu and tpu, off for cpu."""
+def check_mode(mode: Any) -> str:
+  """data.photometric_on_device -> "auto", "on" or "off"; raises ValueError naming the field."""
   if isinstance(mode, bool):
-    return mode
+    return "on" if mode else "off"
   text = str(mode).strip().lower()
   if text not in MODES:
     raise ValueError(f"data.photometric_on_device: must be one of {', '.join(MODES)}, got {mode!r}")
+  return {"true": "on", "false": "off"}.get(text, text)
+
+
+def resolve_mode(mode: Any, backend: str | None = None) -> bool:
+  """data.photometric_on_device -> on or off: "auto" is on for gpu and tpu, off for cpu."""
+  text = check_mode(mode)
   if text == "auto":
     return (backend or jax.default_backend()) in ("gpu", "tpu", "cuda", "rocm")
-  return text in ("on", "true")
+  return text == "on"
 
 
 def split_spec(spec: str | Sequence[str]) -> tuple[str, tuple[DeviceOp, ...]]:
@@ -84,8 +90,9 @@ def split_spec(spec: str | Sequence[str]) -> tuple[str, tuple[DeviceOp, ...]]:
       continue
     if device:
       raise ValueError(
-        f"op {name!r} follows the photometric op {device[-1].name!r} in {spec!r}: with "
-        "data.photometric_on_device the photometric ops must come after every other op"
+        f"op {name!r} follows the photometric op {device[-1].name!r} in {spec!r}: the step runs "
+        "the photometric ops after the host's, so they must come last (or set "
+        "data.photometric_on_device='off')"
       )
     text = name
     if args or kwargs:
