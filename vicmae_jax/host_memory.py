@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
 from absl import logging
 
@@ -31,8 +32,11 @@ TOP_PAD = 64 * 2**20
 def keep_freed_memory() -> bool:
   """One arena, no mmapped blocks, freed memory kept (up to 1 GiB); True when glibc took them.
 
-  Anything else (another C library, a preloaded allocator that ignores mallopt) is left alone.
+  Anything else (another C library, a preloaded allocator that ignores mallopt) is left alone, and
+  so is a process whose environment tunes glibc's malloc itself (any MALLOC_* variable).
   """
+  if any(name.startswith("MALLOC_") for name in os.environ):
+    return False
   try:
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     mallopt = libc.mallopt
