@@ -188,49 +188,53 @@ def pyav_seek_decode(path: str, times: tuple[float, float]) -> None:
           break
 
 
-def _cpu_seconds(process) -> tuple[float, float]:
-  """CPU seconds (user + system) of `process` and its live children, and of `process` alone."""
-  total = own = 0.0
+def _cpu_seconds(process) -> dict[int, float]:
+  """pid -> CPU seconds (user + system) of `process` and of each of its live children."""
+  seconds = {}
   for proc in [process, *process.children(recursive=True)]:
     try:
       times = proc.cpu_times()
-      total += times.user + times.system
-      own = own or times.user + times.system
+      seconds[proc.pid] = times.user + times.system
     except psutil.NoSuchProcess:
       pass
-  return total, own
+  return seconds
 
 
 def measure_workers(prepared_dir: str, size: int, args) -> list[dict]:
   """The real loader alone (make_pretrain_loader, prepared, batches of 64) per worker count and
   photometric placement: pairs/s of wall time and cores busy (this process and its workers).
 
-  The rows take turns every repetition; after each switch the loader runs unmeasured for half a
-  measuring window, so the other rows' workers have filled their buffers and gone idle.
+  The rows take turns every repetition, each with a loader of its own that is closed before the
+  next row starts (a loader left open would keep its workers filling their buffers, on the cores
+  the measured row needs); each runs unmeasured for half a measuring window after its first batch.
   """
   from absl import flags
 
   if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags
     flags.FLAGS.mark_as_parsed()
-  rows = []
-  for placement in args.photometric.split(","):
-    for workers in (int(w) for w in args.workers.split(",")):
-      cfg = pipeline.default_data_config()
-      cfg.sources.prepared = pipeline.default_source_config(kind="prepared", path=prepared_dir)
-      cfg.worker_count = workers
-      cfg.num_threads = args.threads_per_worker
-      cfg.photometric_on_device = "on" if placement == "device" else "off"
-      loader = pipeline.make_pretrain_loader(
-        cfg, global_batch_size=64, image_size=size, seed=0, process_index=0, process_count=1
-      )
-      iterator = iter(loader)
-      next(iterator)
-      rows.append({"workers": workers, "photometric": placement, "iterator": iterator, "runs": []})
+
+  def make_iterator(workers, placement):
+    cfg = pipeline.default_data_config()
+    cfg.sources.prepared = pipeline.default_source_config(kind="prepared", path=prepared_dir)
+    cfg.worker_count = workers
+    cfg.num_threads = args.threads_per_worker
+    cfg.photometric_on_device = "on" if placement == "device" else "off"
+    loader = pipeline.make_pretrain_loader(
+      cfg, global_batch_size=64, image_size=size, seed=0, process_index=0, process_count=1
+    )
+    return iter(loader)
+
+  rows = [
+    {"workers": workers, "photometric": placement, "runs": []}
+    for placement in args.photometric.split(",")
+    for workers in (int(w) for w in args.workers.split(","))
+  ]
   me = psutil.Process()
   for repeat in range(args.repeats):
     print(f"  workers, repetition {repeat + 1}/{args.repeats}", flush=True)
     for row in rows:
-      iterator = row["iterator"]
+      iterator = make_iterator(row["workers"], row["photometric"])
+      next(iterator)
       settle = time.perf_counter()
       while time.perf_counter() - settle < args.seconds / 2:
         next(iterator)
@@ -239,11 +243,13 @@ def measure_workers(prepared_dir: str, size: int, args) -> list[dict]:
         next(iterator)
         batches += 1
       wall, end_cpu = time.perf_counter() - start_wall, _cpu_seconds(me)
-      cpu, own = end_cpu[0] - start_cpu[0], end_cpu[1] - start_cpu[1]
+      iterator.close()
+      # Processes alive over the whole window (a previous row's workers may still be ending).
+      cpu = sum(end_cpu[pid] - start_cpu[pid] for pid in end_cpu if pid in start_cpu)
+      own = end_cpu[me.pid] - start_cpu[me.pid]
       row["runs"].append((64 * batches / wall, cpu / wall, own / wall))
   results = []
   for row in rows:
-    row.pop("iterator").close()
     runs = row.pop("runs")
     row["pairs_per_wall_s"] = float(np.median([r[0] for r in runs]))
     row["cores_busy"] = float(np.median([r[1] for r in runs]))
