@@ -21,6 +21,13 @@ Measures, on the same videos and with the same pair sampling (1.06 s gaps):
                       out, no resizing or augmentation (the baseline for raw decoding)
   grain_loader        the real pipeline (make_pretrain_loader, prepared, full recipe) with one thread,
                       then one thread per core, batches of 64: pairs/s in total and per CPU-second
+  prepared_full_photometric_on_device   what the host does of the full recipe with
+                      data.photometric_on_device (device_photometric.split_spec: decode, crop, flip)
+  --workers=1,2,...   the real loader alone with data.worker_count = N (--threads_per_worker threads
+                      each, default 1), full recipe, batches of 64: pairs/s of wall time, cores busy
+                      (this process and its workers) and pairs/s per busy core, per worker count;
+                      --photometric=host,device adds the rows with data.photometric_on_device on;
+                      --loader_only measures only these rows
 
 Single-thread rates are pairs per CPU-second of this process (time.process_time over the loop), which
 is the per-core rate even on a machine shared with other work; wall-clock rates are printed beside
@@ -52,9 +59,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import av  # noqa: E402
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from vicmae_jax.data import augment, pipeline, prepare, records, sampling, sources  # noqa: E402
+from vicmae_jax.data import augment, device_photometric, pipeline, prepare, records  # noqa: E402
+from vicmae_jax.data import sampling, sources  # noqa: E402
 
 _PHOTOS = (
   "astronaut",
@@ -179,6 +188,95 @@ def pyav_seek_decode(path: str, times: tuple[float, float]) -> None:
           break
 
 
+def _cpu_seconds(process) -> dict[int, float]:
+  """pid -> CPU seconds (user + system) of `process` and of each of its live children."""
+  seconds = {}
+  for proc in [process, *process.children(recursive=True)]:
+    try:
+      times = proc.cpu_times()
+      seconds[proc.pid] = times.user + times.system
+    except psutil.NoSuchProcess:
+      pass
+  return seconds
+
+
+def measure_workers(prepared_dir: str, size: int, args) -> list[dict]:
+  """The real loader alone (make_pretrain_loader, prepared, batches of 64) per worker count and
+  photometric placement: pairs/s of wall time and cores busy (this process and its workers).
+
+  The rows take turns every repetition, each with a loader of its own that is closed before the
+  next row starts (a loader left open would keep its workers filling their buffers, on the cores
+  the measured row needs); each runs unmeasured for half a measuring window after its first batch.
+  """
+  from absl import flags
+
+  if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags
+    flags.FLAGS.mark_as_parsed()
+
+  def make_iterator(workers, placement):
+    cfg = pipeline.default_data_config()
+    cfg.sources.prepared = pipeline.default_source_config(kind="prepared", path=prepared_dir)
+    cfg.worker_count = workers
+    cfg.num_threads = args.threads_per_worker
+    cfg.photometric_on_device = "on" if placement == "device" else "off"
+    loader = pipeline.make_pretrain_loader(
+      cfg, global_batch_size=64, image_size=size, seed=0, process_index=0, process_count=1
+    )
+    return iter(loader)
+
+  rows = [
+    {"workers": workers, "photometric": placement, "runs": []}
+    for placement in args.photometric.split(",")
+    for workers in (int(w) for w in args.workers.split(","))
+  ]
+  me = psutil.Process()
+  for repeat in range(args.repeats):
+    print(f"  workers, repetition {repeat + 1}/{args.repeats}", flush=True)
+    for row in rows:
+      iterator = make_iterator(row["workers"], row["photometric"])
+      next(iterator)
+      settle = time.perf_counter()
+      while time.perf_counter() - settle < args.seconds / 2:
+        next(iterator)
+      start_wall, start_cpu, batches = time.perf_counter(), _cpu_seconds(me), 0
+      while time.perf_counter() - start_wall < args.seconds:
+        next(iterator)
+        batches += 1
+      wall, end_cpu = time.perf_counter() - start_wall, _cpu_seconds(me)
+      iterator.close()
+      # Processes alive over the whole window (a previous row's workers may still be ending).
+      cpu = sum(end_cpu[pid] - start_cpu[pid] for pid in end_cpu if pid in start_cpu)
+      own = end_cpu[me.pid] - start_cpu[me.pid]
+      row["runs"].append((64 * batches / wall, cpu / wall, own / wall))
+  results = []
+  for row in rows:
+    runs = row.pop("runs")
+    row["pairs_per_wall_s"] = float(np.median([r[0] for r in runs]))
+    row["cores_busy"] = float(np.median([r[1] for r in runs]))
+    row["main_process_cores_busy"] = float(np.median([r[2] for r in runs]))
+    row["pairs_per_core_s"] = row["pairs_per_wall_s"] / row["cores_busy"]
+    row["repetitions_pairs_per_wall_s"] = [r[0] for r in runs]
+    results.append(row)
+  print(
+    f"loader alone, prepared, full recipe, {args.threads_per_worker} thread(s) per worker "
+    f"(median of {args.repeats}):",
+    flush=True,
+  )
+  base = {}
+  for row in results:
+    first = base.setdefault(row["photometric"], row)
+    print(
+      f"  photometric on {row['photometric']:<6} workers {row['workers']:>2}: "
+      f"{row['pairs_per_wall_s']:7.1f} pairs/s, {row['cores_busy']:5.2f} cores busy "
+      f"({row['main_process_cores_busy']:.2f} in this process), "
+      f"{row['pairs_per_core_s']:6.1f} pairs/s per core busy, "
+      f"{row['pairs_per_wall_s'] / first['pairs_per_wall_s']:4.2f}x of {first['workers']} worker(s) "
+      f"(repetitions: {', '.join(f'{v:.0f}' for v in row['repetitions_pairs_per_wall_s'])})",
+      flush=True,
+    )
+  return results
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -201,6 +299,22 @@ def main(argv=None) -> dict:
     "--workdir", default="", help="where videos and shards go (default: a temporary dir)"
   )
   parser.add_argument("--json_out", default="")
+  parser.add_argument(
+    "--workers",
+    default="",
+    help="comma-separated worker counts: the loader alone with data.worker_count=N (e.g. 1,2)",
+  )
+  parser.add_argument(
+    "--threads_per_worker", type=int, default=1, help="data.num_threads in each worker process"
+  )
+  parser.add_argument(
+    "--photometric",
+    default="host",
+    help="host, device or host,device: where the worker rows' photometric ops run",
+  )
+  parser.add_argument(
+    "--loader_only", action="store_true", help="only the --workers rows (skip the per-core rows)"
+  )
   args = parser.parse_args(argv)
 
   workdir = args.workdir or tempfile.mkdtemp(prefix="vicmae_input_bench_")
@@ -231,6 +345,14 @@ def main(argv=None) -> dict:
     write_whole_clip_shards(prepared_dir, whole_clip_dir)
 
   size = args.image_size
+  worker_rows = []
+  if args.workers:
+    worker_rows = measure_workers(prepared_dir, size, args)
+    if args.loader_only:
+      if args.json_out:
+        with open(args.json_out, "w") as file:
+          json.dump({"workers": worker_rows, "cores": os.cpu_count()}, file, indent=1)
+      return {"workers": worker_rows}
   prepared = sources.PreparedClipSource(prepared_dir, "train", name="prepared")
   whole_clip = sources.PreparedClipSource(whole_clip_dir, "train", name="prepared")
   raw = sources.RawVideoSource("folder", videos, short_side=256, name="raw")
@@ -328,6 +450,7 @@ def main(argv=None) -> dict:
   )
   print(f"single thread (per core), {args.seconds:g} s per row and repetition:", flush=True)
   crop_flip = (augment.CROP_FLIP_SPEC,) * 2
+  device_heads = device_photometric.split_views(augment.DEFAULT_VIEW_SPECS)[0]
   crop_flip_pil_resize = ("decode|random_resized_crop(interpolation='pil_bilinear')|flip",) * 2
   results = measure_rows(
     [
@@ -341,6 +464,7 @@ def main(argv=None) -> dict:
       ("in_memory_crop_flip", pairs_of(maker(in_memory, crop_flip))),
       ("in_memory_full", pairs_of(maker(in_memory, augment.DEFAULT_VIEW_SPECS))),
       ("prepared_full", pairs_of(maker(prepared, augment.DEFAULT_VIEW_SPECS))),
+      ("prepared_full_photometric_on_device", pairs_of(maker(prepared, device_heads))),
       ("raw_crop_flip", pairs_of(maker(raw, crop_flip), batch=4)),
       ("pyav_seek_decode", decoder_only),
     ],
@@ -406,6 +530,10 @@ def main(argv=None) -> dict:
     / by_name["prepared_crop_flip"]["pairs_per_cpu_s"],
     "prepared_crop_flip / prepared_full": by_name["prepared_crop_flip"]["pairs_per_cpu_s"]
     / by_name["prepared_full"]["pairs_per_cpu_s"],
+    "prepared_full: photometric on device / on host": by_name[
+      "prepared_full_photometric_on_device"
+    ]["pairs_per_cpu_s"]
+    / by_name["prepared_full"]["pairs_per_cpu_s"],
     f"grain_loader {cores} threads / 1 thread (wall)": loader_result["pairs_per_wall_s"]
     / loader_one["pairs_per_wall_s"],
   }
@@ -435,6 +563,7 @@ def main(argv=None) -> dict:
     "videos": videos,
     "seconds": args.seconds,
     "repeats": args.repeats,
+    "workers": worker_rows,
   }
   if args.json_out:
     with open(args.json_out, "w") as file:

@@ -187,6 +187,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   _quiet_library_logs()
+  from vicmae_jax import host_memory
+
+  host_memory.keep_freed_memory()  # before any thread starts: each keeps its first arena
   cpu_threads = pin_cpu_threads(FLAGS.config)
   from vicmae_jax import distributed
 

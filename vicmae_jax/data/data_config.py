@@ -26,6 +26,10 @@ The data config (`default_data_config()`), field by field:
                             listing, probed from their headers)
   frame_gap_range           () or (lo, hi): draw the gap uniformly in [lo, hi] seconds instead
   view_augmentations        two augmentation specs (see augment.py), view 1 and view 2
+  photometric_on_device     "auto" | "on" | "off": run the specs' photometric tail (color_jitter,
+                            grayscale, blur, solarize) in the pretraining step on the device, the
+                            host making only decode + crop + flip ("auto": on for gpu/tpu, off for
+                            cpu; why in device_photometric.py)
   crop_scale                (lo, hi) area range of random_resized_crop when a spec leaves it out
   eval_augmentation         spec for evaluation images (resize shorter side to S/0.875, centre crop)
   clip_augmentation         spec applied identically to every frame of a training clip
@@ -35,7 +39,8 @@ The data config (`default_data_config()`), field by field:
   num_temporal_views        evaluation clips per video, spread uniformly in time (1)
   num_spatial_views         evaluation crops per clip along the longer side (1)
   shuffle_seed              -1: derive from the run seed; else its own seed for order and augmentation
-  num_threads               threads decoding/augmenting in each process (-1: one per CPU core)
+  num_threads               threads decoding/augmenting in each process (-1: one per CPU core,
+                            shared out over the worker processes when there are any)
   worker_count              worker processes (0: all in the training process, with threads)
   prefetch_elements         examples in flight in the thread pool
   prefetch_batches          finished batches kept ready by a background thread (0: none)
@@ -51,6 +56,7 @@ from absl import logging
 import ml_collections
 
 from vicmae_jax.data import augment
+from vicmae_jax.data import device_photometric
 from vicmae_jax.data import sampling
 from vicmae_jax.data import sources as sources_lib
 
@@ -102,6 +108,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   cfg.frame_gap_seconds = sampling.DEFAULT_FRAME_GAP_SECONDS
   cfg.frame_gap_range = ()
   cfg.view_augmentations = tuple(augment.DEFAULT_VIEW_SPECS)
+  cfg.photometric_on_device = "auto"
   cfg.crop_scale = DEFAULT_CROP_SCALE
   cfg.eval_augmentation = EVAL_AUGMENTATION
   cfg.clip_augmentation = CLIP_AUGMENTATION
@@ -194,6 +201,10 @@ def validate_data_config(cfg: Mapping[str, Any], *, frame_pairs: bool = True) ->
     raise ValueError(
       f"data.view_augmentations: need exactly two specs (one per view), got {len(specs)}"
     )
+  # Checked for "auto" too, so a config valid on one platform is valid on all (and the backend is
+  # not started here); a photometric op before a geometric one fails naming both fields.
+  if device_photometric.check_mode(cfg.get("photometric_on_device", "auto")) != "off":
+    device_photometric.split_views(specs)
   crop_scale = tuple(cfg.get("crop_scale", DEFAULT_CROP_SCALE))
   for field, spec in [("view_augmentations", s) for s in specs] + [
     ("eval_augmentation", cfg.get("eval_augmentation", EVAL_AUGMENTATION)),

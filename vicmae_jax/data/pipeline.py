@@ -47,6 +47,7 @@ import numpy as np
 
 from vicmae_jax.data import augment
 from vicmae_jax.data import data_config
+from vicmae_jax.data import device_photometric
 from vicmae_jax.data import examples
 from vicmae_jax.data import sources as sources_lib
 from vicmae_jax.data import stream
@@ -193,15 +194,21 @@ def make_pretrain_loader(
 
   Each batch: {"views": uint8 [global_batch_size / process_count, 2, image_size, image_size, 3],
   "label": int32 [b] (-1 when unknown), "source": int32 [b] (index into loader.source_names)}.
+  With data.photometric_on_device resolved on, the views are only decoded, cropped and flipped (the
+  specs' head, device_photometric.split_spec); the step applies the rest.
   Raises ValueError naming `batch_size` when the global batch does not split over processes.
   """
+
+  view_specs = tuple(data_cfg.get("view_augmentations", augment.DEFAULT_VIEW_SPECS))
+  if device_photometric.device_plan(data_cfg) is not None:  # the step does the photometric tail
+    view_specs = device_photometric.split_views(view_specs)[0]
 
   def make_example(source, source_index, run_seed):
     gap = data_config.frame_gap(data_cfg)
     return PairMaker(
       source,
       source_index,
-      view_specs=data_cfg.get("view_augmentations", augment.DEFAULT_VIEW_SPECS),
+      view_specs=view_specs,
       image_size=image_size,
       crop_scale=data_cfg.get("crop_scale", data_config.DEFAULT_CROP_SCALE),
       frame_gap_seconds=gap.seconds,

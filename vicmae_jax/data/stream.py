@@ -45,8 +45,12 @@ def host_batch_size(batch_size: int, process_count: int, field: str = "batch_siz
 
 
 def thread_count(cfg: Mapping[str, Any]) -> int:
+  """Threads of each process that makes examples: num_threads, or for -1 the cores shared out over
+  the worker processes (all of them in the training process without workers)."""
   threads = int(cfg.get("num_threads", -1))
-  return max(1, os.cpu_count() or 1) if threads < 0 else threads
+  if threads >= 0:
+    return threads
+  return max(1, (os.cpu_count() or 1) // max(1, int(cfg.get("worker_count", 0))))
 
 
 def finish(
@@ -68,6 +72,10 @@ def finish(
     host_batch, drop_remainder=drop_remainder
   )
   if worker_count > 0:
+    # Workers stack each batch straight into shared memory, which the training process maps: no
+    # copy of the batch on either side (grain does this itself from two workers on, not for one).
+    if hasattr(iter_dataset, "enable_shared_memory_output"):
+      iter_dataset.enable_shared_memory_output()
     iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   prefetch_batches = int(cfg.get("prefetch_batches", 0))
   if prefetch_batches > 0:

@@ -4,7 +4,8 @@
 "pretrain"`; it is importable and returns a summary dict, so tests drive it directly too.
 
 One step (`make_train_step`) is a single `jax.jit` over global arrays:
-  uint8 views [B, 2, H, W, 3] -> normalize -> ViC-MAE forward (both views in one encoder call)
+  uint8 views [B, 2, H, W, 3] -> (with data.photometric_on_device: colour jitter, grayscale, blur,
+  solarize, data/device_photometric.py) -> normalize -> ViC-MAE forward (both views in one encoder call)
   -> 0.97 * recon + 0.03 * NT-Xent -> grads -> optax -> new state + metrics.
 The state is donated; its shardings are declared (see trainers/common.py).
 """
@@ -28,6 +29,7 @@ from vicmae_jax import losses
 from vicmae_jax import metrics as metrics_lib
 from vicmae_jax import optim
 from vicmae_jax import sharding as sharding_lib
+from vicmae_jax.data import device_photometric
 from vicmae_jax.data import pipeline as data_pipeline
 from vicmae_jax.evaluators import common as evaluators_lib
 from vicmae_jax.evaluators import frozen as frozen_eval
@@ -65,10 +67,12 @@ def make_train_step(graphdef, rest, tx, lr_fn, config, state_shardings, batch_sh
   mask_ratio = float(dims["mask_ratio"])
   patch_size = int(dims["patch_size"])
   repl = sharding_lib.replicated(mesh)
+  photometric = device_photometric.device_plan(config.data)  # None: the host did it all
 
   def step_fn(state, batch):
     key = common.step_key(state)
-    images = vit.normalize_images(batch["views"])  # [B, 2, H, W, 3] f32
+    views = device_photometric.augment_views(batch["views"], key, photometric)
+    images = vit.normalize_images(views)  # [B, 2, H, W, 3] f32
 
     # Merge at the step's trace level; nnx.value_and_grad differentiates the Params only and
     # carries the BatchNorm running-stat updates out of the differentiated function.
