@@ -5,7 +5,8 @@
 
 One step (`make_train_step`) is a single `jax.jit` over global arrays:
   uint8 views [B, 2, H, W, 3] -> normalize -> ViC-MAE forward (both views in one encoder call)
-  -> 0.97 * recon + 0.03 * NT-Xent -> grads -> optax -> new state + metrics.
+  -> 0.97 * recon + 0.03 * NT-Xent -> grads -> optax -> new state + metrics (losses, norms and
+  the collapse / health monitors of monitors.py).
 The state is donated; its shardings are declared (see trainers/common.py).
 """
 
@@ -26,6 +27,7 @@ from vicmae_jax import config_lib
 from vicmae_jax import flops
 from vicmae_jax import losses
 from vicmae_jax import metrics as metrics_lib
+from vicmae_jax import monitors
 from vicmae_jax import optim
 from vicmae_jax import sharding as sharding_lib
 from vicmae_jax.data import pipeline as data_pipeline
@@ -76,7 +78,7 @@ def make_train_step(graphdef, rest, tx, lr_fn, config, state_shardings, batch_sh
 
     def loss_fn(model):
       out = model(images, mask_ratio=mask_ratio, key=key, train=True)
-      return losses.pretrain_loss(
+      loss, parts = losses.pretrain_loss(
         images,
         out,
         patch_size=patch_size,
@@ -85,6 +87,10 @@ def make_train_step(graphdef, rest, tx, lr_fn, config, state_shardings, batch_sh
         weight_contrast=float(dims["weight_contrast"]),
         norm_pix=bool(dims["norm_pix_loss"]),
       )
+      health = monitors.pretrain_health(
+        images, out, patch_size=patch_size, norm_pix=bool(dims["norm_pix_loss"])
+      )
+      return loss, {**parts, **health}
 
     new_state, _, parts, norms = common.apply_gradients(state, model, loss_fn, tx, lr_fn)
     return new_state, {**parts, **norms}
