@@ -105,12 +105,15 @@ def make_train_step(graphdef, rest, tx, lr_fn, config, state_shardings, batch_sh
 
 def make_encode_fn(graphdef, rest):
   """(params, batch_stats, uint8 images [B,S,S,3] global, pool) -> features [B, D] f32, without
-  masking; pool "mean" (of the patch tokens, the method's representation) or "cls"."""
+  masking; pool "mean" (of the patch tokens, the method's representation) or "cls", or "tokens"
+  (the patch tokens [B, L, D], for the attentive probe)."""
 
   @functools.partial(jax.jit, static_argnames="pool")
   def encode(params, batch_stats, images, pool="mean"):
     model = common.merge_model(graphdef, params, batch_stats, rest)
     tokens, pooled = model.encode(vit.normalize_images(images))
+    if pool == "tokens":
+      return tokens[:, 1:].astype(jnp.float32)
     return pooled if pool == "mean" else tokens[:, 0].astype(jnp.float32)
 
   return encode
