@@ -110,9 +110,8 @@ class AttentiveProbeEvaluator(frozen._FrozenEvaluator):
     super().__init__(name, cfg, batch_size=batch_size, seed=seed)
     self.pool = "tokens"
     for field in ("steps", "num_queries"):
-      config_lib.require(
-        int(cfg.get(field, 1)) >= 1, f"evals.{name}.{field}", f"must be >= 1, got {cfg[field]}"
-      )
+      value = int(cfg.get(field, 1))
+      config_lib.require(value >= 1, f"evals.{name}.{field}", f"must be >= 1, got {value}")
 
   def accuracy(self, xtr, ytr, xte, yte) -> float:
     return attentive_probe_accuracy(
