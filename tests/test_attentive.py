@@ -48,3 +48,21 @@ def test_attentive_probe_learns_what_a_linear_probe_on_pooled_features_cannot():
   )
   assert linear < 0.6, linear
   assert attn > 0.95, attn
+
+
+def test_evaluator_is_registered_and_checks_its_fields():
+  import ml_collections
+
+  from vicmae_jax import config_lib
+  from vicmae_jax.evaluators import common
+
+  evals = ml_collections.ConfigDict(
+    {"attn": dict(kind="attentive_probe", every_steps=5, train_data={}, test_data={})}
+  )
+  (built,) = common.build(evals, batch_size=16)
+  assert isinstance(built, attentive_eval.AttentiveProbeEvaluator) and built.pool == "tokens"
+  assert built.due(5, 10) and not built.due(3, 10)
+  evals.attn.num_queries = 0
+  with pytest.raises(config_lib.ConfigError, match=r"evals\.attn\.num_queries: must be >= 1"):
+    common.build(evals)
+  assert attentive_eval.default_heads(128) == 8 and attentive_eval.default_heads(48) == 2
