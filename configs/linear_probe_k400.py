@@ -25,7 +25,14 @@ common = config_lib.load_sibling(__file__, "common")
 
 def get_config(arg=None):
   opts = config_lib.parse_arg(
-    arg, variant="B/16", data_dir="/data/k400/prepared", frames=8, stride=4, pool="mean", cache=True
+    arg,
+    variant="B/16",
+    data_dir="/data/k400/prepared",
+    frames=8,
+    stride=4,
+    pool="mean",
+    cache=True,
+    head="linear",
   )
   c = common.downstream(
     "linear_probe", image_size=224, num_classes=400, input_kind="clip", variant=opts.variant
