@@ -139,6 +139,21 @@ def mae_linear_probe(c: ml_collections.ConfigDict, *, pool: str, cache: bool):
   run_length(c, batch=16384, epochs=90.0, warmup_epochs=10.0)
 
 
+def attentive_probe(
+  c: ml_collections.ConfigDict, *, epochs: float, batch_size: int, cache: bool = False
+):
+  """The attentive probe in place of the linear head: one learned query cross-attending to the
+  frozen patch tokens (the encoder's head count) + Linear, AdamW (0.9, 0.999) at base lr 1e-3 per
+  256 examples, weight decay 0.01, `batch_size`, `epochs` with a tenth of them warm-up, then cosine
+  to 0. Patch tokens are L times the size of pooled features: cache them for small datasets only."""
+  c.probe.head = "attentive"
+  c.probe.cache_features = cache
+  c.optim = config_lib.optim_config(
+    name="adamw", base_lr=1e-3, lr_batch_base=256, b1=0.9, b2=0.999, weight_decay=0.01
+  )
+  run_length(c, batch=int(batch_size), epochs=float(epochs), warmup_epochs=float(epochs) / 10)
+
+
 def finetune_mixup() -> ml_collections.ConfigDict:
   """Mixup 0.8 / cutmix 1.0 on every batch (switch 0.5), label smoothing 0.1 (MAE fine-tuning)."""
   from vicmae_jax.data import classification as data_lib

@@ -13,6 +13,8 @@ training) is printed. About a minute with cached features.
 
 Options (`configs/demo_linear_probe.py:video,nocache`):
   video    probe clips: features averaged over 8 frames of each clip
+  head     `linear` (default) or `attentive`: a learned query cross-attends to the frozen patch
+           tokens (of every frame with `video`), then a Linear head; AdamW, 30 epochs
   nocache  run the frozen encoder inside every step on augmented crops (slower; the paper's setting)
   tiny     a few steps on a tiny dataset (smoke tests)
 """
@@ -24,7 +26,7 @@ common = config_lib.load_sibling(__file__, "common")
 
 
 def get_config(arg=None):
-  opts = config_lib.parse_arg(arg, video=False, nocache=False, tiny=False)
+  opts = config_lib.parse_arg(arg, video=False, nocache=False, tiny=False, head="linear")
   c = common.demo_downstream("linear_probe")
   c.input_kind = "clip" if opts.video else "image"
   c.data.clip_num_frames = 8
@@ -39,6 +41,10 @@ def get_config(arg=None):
   common.run_length(
     c, batch=64, epochs=90.0, warmup_epochs=10.0, eval_batch=64, ckpt_every=200, log_every=50
   )
+  c.probe.head = opts.head  # anything but linear / attentive is refused naming probe.head
+  if opts.head == "attentive":
+    common.attentive_probe(c, epochs=30.0, batch_size=64, cache=not opts.nocache)
+    c.optim.lr = 1e-3  # absolute, as the LARS lr above
 
   if opts.tiny:
     common.shrink_demo_downstream(c)

@@ -15,7 +15,9 @@ norm (`pool=cls` for the cls token), BatchNorm without affine (eps 1e-6) + Linea
 256 + centre crop 224, top-1 / top-5.
 
 Options: variant (S/16, B/16, L/16, H/14), data_dir (TFDS data_dir; "" = the TFDS default),
-pool (mean | cls), cache (extract features once with the evaluation transform and train the head on
+head (linear | attentive: a learned query cross-attending to the frozen patch tokens, then Linear;
+AdamW base lr 1e-3 per 256, 20 epochs, batch 1024, tokens not cached), pool (mean | cls),
+cache (extract features once with the evaluation transform and train the head on
 them; much faster, without crop augmentation).
 """
 
@@ -25,12 +27,17 @@ common = config_lib.load_sibling(__file__, "common")
 
 
 def get_config(arg=None):
-  opts = config_lib.parse_arg(arg, variant="B/16", data_dir="", pool="mean", cache=False)
+  opts = config_lib.parse_arg(
+    arg, variant="B/16", data_dir="", pool="mean", cache=False, head="linear"
+  )
   c = common.downstream(
     "linear_probe", image_size=224, num_classes=1000, input_kind="image", variant=opts.variant
   )
   common.imagenet_sources(c, opts.data_dir)
   common.mae_linear_probe(c, pool=opts.pool, cache=opts.cache)
+  c.probe.head = opts.head  # anything but linear / attentive is refused naming probe.head
+  if opts.head == "attentive":
+    common.attentive_probe(c, epochs=20.0, batch_size=1024)
 
   c.eval.batch_size = 1024
   c.eval.every_steps = 780  # about every 10 epochs

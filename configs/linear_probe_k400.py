@@ -13,7 +13,9 @@ MAE linear-probe head is trained on them: BatchNorm without affine + Linear, LAR
 default (`cache=false` runs the encoder on random crops in every step instead).
 
 Options: variant, data_dir (prepared shards: `train-*` and `val-*`), frames (8), stride (4),
-pool (mean | cls), cache (true).
+head (linear | attentive: a learned query cross-attending to the frozen patch tokens, then Linear;
+AdamW base lr 1e-3 per 256, 20 epochs, batch 1024, tokens not cached), pool (mean | cls),
+cache (true).
 """
 
 from vicmae_jax import config_lib
@@ -23,7 +25,14 @@ common = config_lib.load_sibling(__file__, "common")
 
 def get_config(arg=None):
   opts = config_lib.parse_arg(
-    arg, variant="B/16", data_dir="/data/k400/prepared", frames=8, stride=4, pool="mean", cache=True
+    arg,
+    variant="B/16",
+    data_dir="/data/k400/prepared",
+    frames=8,
+    stride=4,
+    pool="mean",
+    cache=True,
+    head="linear",
   )
   c = common.downstream(
     "linear_probe", image_size=224, num_classes=400, input_kind="clip", variant=opts.variant
@@ -35,6 +44,9 @@ def get_config(arg=None):
   c.eval_data.num_temporal_views = 1
   c.eval_data.num_spatial_views = 1
   common.mae_linear_probe(c, pool=opts.pool, cache=opts.cache)
+  c.probe.head = opts.head  # anything but linear / attentive is refused naming probe.head
+  if opts.head == "attentive":
+    common.attentive_probe(c, epochs=20.0, batch_size=1024)
 
   c.eval.batch_size = 256
   c.eval.every_steps = 0

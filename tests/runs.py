@@ -26,6 +26,7 @@ def subprocess_env(devices=8):
 NO_EVALS = (
   "--config.evals.knn.every_steps=-1",
   "--config.evals.linear_probe.every_steps=-1",
+  "--config.evals.attentive_probe.every_steps=-1",
   "--config.log.image_every_steps=0",
 )
 
@@ -86,7 +87,7 @@ def set_fields(config, overrides: dict):
 def tiny_config(demo_root, **overrides):
   c = load_config("demo.py", "tiny")
   c.demo_data.root = demo_root
-  for name in ("knn", "linear_probe"):
+  for name in ("knn", "linear_probe", "attentive_probe"):
     c.evals[name].every_steps = -1
   c.log.image_every_steps = 0
   return set_fields(c, overrides)

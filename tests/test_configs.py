@@ -29,7 +29,7 @@ def options(path):
   module, _ = load(path)
   doc = module.__doc__ or ""
   args = [None]
-  for candidate in ("runlocal", "tiny", "variant=B/16", "dataset=ssv2", "video"):
+  for candidate in ("runlocal", "tiny", "variant=B/16", "dataset=ssv2", "video", "head=attentive"):
     if f":{candidate}" in doc or f"py:{candidate}" in doc:
       args.append(candidate)
   return args

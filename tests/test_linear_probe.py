@@ -78,6 +78,51 @@ def test_linear_probe_on_clips_runs_the_frozen_encoder_in_the_step(prepared, pre
   assert sorted(_final_params(tmp_path)) == ["head/bias", "head/kernel"]
 
 
+def test_attentive_probe_on_cached_patch_tokens(prepared, pretrained, tmp_path):
+  config = downstream_config(
+    "demo_linear_probe.py", prepared, "tiny,head=attentive", init_from=pretrained
+  )
+  assert config.probe.head == "attentive" and config.optim.name == "adamw"
+  summary = main_lib.run(config, str(tmp_path))
+  assert summary["final_step"] == 4 and summary["eval"]["count"] == 10
+  # The cache holds the checkpoint encoder's patch tokens (cls excluded), flattened per example.
+  with np.load(tmp_path / "features" / "eval.npz") as cached:
+    features = cached["features"]
+  model = vicmae.build_model({"variant": "mu/8"}, rngs=nnx.Rngs(0))
+  loaded = weights.load_pretrained_tree(pretrained)["params"]
+  nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, {"encoder": _int_keys(loaded["encoder"])})))
+  batch = next(
+    iter(
+      data_lib.make_eval_loader(config.eval_data, input_kind="image", batch_size=8, image_size=32)
+    )
+  )
+  tokens, _ = model.encode(vit.normalize_images(batch["image"]))
+  np.testing.assert_allclose(features[:8], np.asarray(tokens[:, 1:]).reshape(8, -1), atol=2e-5)
+  params = _final_params(tmp_path)
+  assert "queries" in params and "head/kernel" in params
+  assert not any(name.startswith("encoder") for name in params)
+
+
+def test_attentive_probe_on_clips_runs_the_frozen_encoder_in_the_step(
+  prepared, pretrained, tmp_path
+):
+  from vicmae_jax.trainers import linear_probe
+
+  config = downstream_config(
+    "demo_linear_probe.py",
+    prepared,
+    "tiny,video,nocache,head=attentive",
+    init_from=pretrained,
+    num_steps=2,
+  )
+  summary = main_lib.run(config, str(tmp_path))
+  assert summary["final_step"] == 2 and summary["eval"]["count"] == 10
+  assert "queries" in _final_params(tmp_path)
+  config.probe.head = "attentiv"
+  with pytest.raises(config_lib.ConfigError, match="config.probe.head: must be one of"):
+    linear_probe.validate(config)
+
+
 def test_prints_accuracy_and_rejects_an_empty_init_from(prepared, pretrained, tmp_path, capsys):
   empty = tmp_path / "empty"
   empty.mkdir()

@@ -48,6 +48,7 @@ def test_run_writes_checkpoints_metrics_images_and_evals(demo_root, tmp_path):
   evals = [r for r in recs if "eval/knn_top1" in r]
   assert [r["step"] for r in evals] == [0, 6]
   assert all(0.0 <= r["eval/linear_probe_top1"] <= 1.0 for r in evals)
+  assert all(0.0 <= r["eval/attentive_probe_top1"] <= 1.0 for r in evals)
   assert "step 6/6" in proc.stderr
 
 

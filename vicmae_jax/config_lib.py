@@ -299,6 +299,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       weight_recon=0.97,
       weight_contrast=0.03,
       norm_pix_loss=True,
+      contrast_pool="mean",  # the contrastive representation: "mean" (the method) | "cls"
     )
   )
   c.update(overrides)

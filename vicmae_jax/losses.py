@@ -52,8 +52,16 @@ def reconstruction_loss(
   if target.shape != pred.shape:
     raise ValueError(f"pred shape {pred.shape} does not match the patchified images {target.shape}")
   per_patch = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)  # [B, V, L]
-  mask = mask.astype(jnp.float32)
-  per_view = jnp.sum(per_patch * mask, axis=(0, 2)) / jnp.maximum(jnp.sum(mask, axis=(0, 2)), 1.0)
+  return mean_over_views(per_patch, mask)
+
+
+def mean_over_views(per_patch: jax.Array, weight: jax.Array) -> jax.Array:
+  """Mean over views of ``sum(per_patch * weight) / sum(weight)`` per view ``[B, V, L]`` (a view
+  with zero total weight contributes 0)."""
+  weight = weight.astype(jnp.float32)
+  per_view = jnp.sum(per_patch * weight, axis=(0, 2)) / jnp.maximum(
+    jnp.sum(weight, axis=(0, 2)), 1.0
+  )
   return jnp.mean(per_view)
 
 

@@ -58,7 +58,7 @@ def register(cls: type) -> type:
 
 def _load_registry() -> None:
   # Importing the modules registers their kinds.
-  from vicmae_jax.evaluators import classification, frozen  # noqa: F401
+  from vicmae_jax.evaluators import attentive, classification, frozen  # noqa: F401
 
 
 def build(evals_cfg, **context) -> list[Evaluator]:

@@ -79,18 +79,27 @@ def encoder_features(
   """Frozen features of images ``[B, H, W, C]`` or clips ``[B, T, H, W, C]`` -> ``[B, D]`` float32.
 
   Clips: every frame goes through the image encoder (as one batch of B*T) and the frame
-  features are averaged over T.
+  features are averaged over T. ``pool="tokens"`` (the attentive probe's input) keeps the patch
+  tokens instead: ``[B, L, D]``, for clips those of every frame in order, ``[B, T*L, D]``.
   """
   if inputs.ndim == 4:
-    return pool_tokens(encoder(inputs, mask_ratio=0.0)["tokens"], pool)
+    return _pool(encoder(inputs, mask_ratio=0.0)["tokens"], pool)
   if inputs.ndim == 5:
     batch, frames = inputs.shape[:2]
     flat = inputs.reshape(batch * frames, *inputs.shape[2:])
-    per_frame = pool_tokens(encoder(flat, mask_ratio=0.0)["tokens"], pool)
+    per_frame = _pool(encoder(flat, mask_ratio=0.0)["tokens"], pool)
+    if pool == "tokens":
+      return per_frame.reshape(batch, -1, per_frame.shape[-1])
     return jnp.mean(per_frame.reshape(batch, frames, -1), axis=1)
   raise ValueError(
     f"inputs must be images [B, H, W, C] or clips [B, T, H, W, C], got shape {inputs.shape}"
   )
+
+
+def _pool(tokens: jax.Array, pool: str) -> jax.Array:
+  if pool == "tokens":
+    return tokens[:, 1:].astype(jnp.float32)
+  return pool_tokens(tokens, pool)
 
 
 class ImageClassifier(nnx.Module):

@@ -62,6 +62,8 @@ DEFAULTS: dict[str, Any] = {
   "weight_recon": 0.97,
   "weight_contrast": 0.03,
   "norm_pix_loss": True,
+  # The contrastive representation: "mean" of the visible patch tokens (the method) or "cls".
+  "contrast_pool": "mean",
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # None / "xla": plain XLA attention (layers.multi_head_attention: two einsums and a float32
@@ -119,6 +121,8 @@ def resolve_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     raise ValueError(
       f"model.attention_impl={out['attention_impl']!r} is not one of {list(ATTENTION_IMPLS)}"
     )
+  if out["contrast_pool"] not in ("mean", "cls"):
+    raise ValueError(f"model.contrast_pool={out['contrast_pool']!r} is not one of ['mean', 'cls']")
   if not 0.0 <= float(out["mask_ratio"]) < 1.0:
     raise ValueError(f"model.mask_ratio must be in [0, 1), got {out['mask_ratio']!r}")
   if not 0.0 <= float(out["drop_path_rate"]) < 1.0:

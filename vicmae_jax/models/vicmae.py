@@ -6,7 +6,8 @@ Shapes:
   pred     [B, V, L, p*p*C] float32 predicted pixels of every patch (cls dropped), official
                             (p, q, c) patch order
   mask     [B, V, L]        float32, 1 = removed
-  pooled   [B, V, D]        float32 mean of the visible patch tokens after the final norm (no cls)
+  pooled   [B, V, D]        float32 mean of the visible patch tokens after the final norm (no cls;
+                            the cls token instead with contrast_pool="cls", an ablation)
   proj     [B, V, P]        float32 projector output (not normalized)
 
 Parameter tree::
@@ -210,10 +211,12 @@ class ViCMAE(nnx.Module):
     remat: str = "none",
     scan_layers: bool = False,
     attention_impl: str | None = None,
+    contrast_pool: str = "mean",
     rngs: nnx.Rngs,
   ):
     self.patch_size = patch_size
     self.in_channels = in_channels
+    self.contrast_pool = contrast_pool
     self.encoder = vit.VisionTransformer(
       patch_size=patch_size,
       embed_dim=embed_dim,
@@ -290,7 +293,7 @@ class ViCMAE(nnx.Module):
     )
     encoded = self.encoder(flat, mask_ratio=mask_ratio, noise=flat_noise, key=key, train=train)
     tokens = encoded["tokens"]
-    pooled = vit.mean_patch_tokens(tokens).reshape(batch, views, -1)
+    pooled = vit.pool_tokens(tokens, self.contrast_pool).reshape(batch, views, -1)
     proj = self.projector(pooled, train=train)
     pred = self.decoder(tokens, encoded["ids_restore"], grid)
     return {
@@ -325,5 +328,6 @@ def build_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> ViCMAE:
     decoder_num_heads=c["decoder_num_heads"],
     projector_hidden_dim=c["projector_hidden_dim"],
     projector_out_dim=c["projector_out_dim"],
+    contrast_pool=c["contrast_pool"],
     rngs=rngs,
   )

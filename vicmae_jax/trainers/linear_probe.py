@@ -1,10 +1,13 @@
-"""Linear probe of a frozen pretrained encoder (the MAE protocol).
+"""Linear or attentive probe of a frozen pretrained encoder (the MAE protocol; V-JEPA's pooler).
 
 `train(config, workdir)` is what `python -m vicmae_jax.main` calls for `config.trainer ==
 "linear_probe"`. The encoder comes from `config.init_from` (the `encoder.*` subtree of a pretraining
 workdir or a converted checkpoint) and is never updated; only `LinearProbeHead` (BatchNorm without
 affine, eps 1e-6, + Linear, trunc-normal 0.01) is trained, with the optimizer of `config.optim`
 (LARS, base lr 0.1 per 256, no weight decay in the paper's recipe).
+
+`probe.head = "attentive"` trains `attentive.AttentiveProbeHead` instead: learned queries
+cross-attend to the frozen patch tokens (for clips, those of every frame), then a Linear head.
 
 Features: `probe.pool` = "mean" (patch tokens after the final norm, the ViC-MAE pooled feature) or
 "cls". For clips (`input_kind = "clip"`) every frame goes through the image encoder and the frame
@@ -40,17 +43,48 @@ from vicmae_jax.data import classification as data_lib
 from vicmae_jax.data import features as features_lib
 from vicmae_jax.data import pipeline as data_pipeline
 from vicmae_jax.evaluators import frozen as frozen_eval
-from vicmae_jax.models import classifier
+from vicmae_jax.models import attentive, classifier
 from vicmae_jax.models import vit
 from vicmae_jax.trainers import classification as core
 from vicmae_jax.trainers import common
 
 
+HEADS = ("linear", "attentive")
+
+
 def probe_config(**overrides) -> ml_collections.ConfigDict:
-  """`config.probe`: pool ("mean" | "cls"), cache_features, head_init_std (0.01)."""
-  c = ml_collections.ConfigDict(dict(pool="mean", cache_features=False, head_init_std=0.01))
+  """`config.probe`: head ("linear" | "attentive"), pool ("mean" | "cls"; the linear head's
+  features), cache_features, head_init_std (0.01), attentive_heads (0: the encoder's head count)
+  and attentive_queries (1) of the attentive head."""
+  c = ml_collections.ConfigDict(
+    dict(
+      head="linear",
+      pool="mean",
+      cache_features=False,
+      head_init_std=0.01,
+      attentive_heads=0,
+      attentive_queries=1,
+    )
+  )
   c.update(overrides)
   return c
+
+
+def make_head(probe, dims, num_classes: int, seed: int):
+  """The trained head of `config.probe`: LinearProbeHead on pooled features, or
+  AttentiveProbeHead on the patch tokens."""
+  embed_dim = int(dims["embed_dim"])
+  init_std = float(probe.head_init_std)
+  if probe.get("head", "linear") == "attentive":
+    return attentive.AttentiveProbeHead(
+      embed_dim,
+      num_classes,
+      num_heads=int(probe.get("attentive_heads", 0)) or int(dims["num_heads"]),
+      num_queries=int(probe.get("attentive_queries", 1)),
+      init_std=init_std,
+      rngs=nnx.Rngs(seed),
+    )
+  return classifier.LinearProbeHead(embed_dim, num_classes, init_std=init_std, rngs=nnx.Rngs(seed))
 
 
 def validate(config) -> dict:
@@ -62,6 +96,18 @@ def validate(config) -> dict:
     f"must be one of {classifier.POOLS}, got {config.probe.pool!r}",
   )
   config_lib.require(float(config.probe.head_init_std) > 0, "probe.head_init_std", "must be > 0")
+  head = config.probe.get("head", "linear")
+  config_lib.require(head in HEADS, "probe.head", f"must be one of {HEADS}, got {head!r}")
+  if head == "attentive":
+    heads = int(config.probe.get("attentive_heads", 0)) or int(dims["num_heads"])
+    config_lib.require(
+      heads > 0 and int(dims["embed_dim"]) % heads == 0,
+      "probe.attentive_heads",
+      f"{heads} does not divide the encoder width {dims['embed_dim']}",
+    )
+    config_lib.require(
+      int(config.probe.get("attentive_queries", 1)) >= 1, "probe.attentive_queries", "must be >= 1"
+    )
   config_lib.require(
     not data_lib.mixing_enabled(config.mixup),
     "mixup",
@@ -76,7 +122,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = common.make_mesh(config)
   num_classes = core.resolve_num_classes(config)
   image_size = int(config.image_size)
-  pool = str(config.probe.pool)
+  attentive_head = config.probe.get("head", "linear") == "attentive"
+  pool = "tokens" if attentive_head else str(config.probe.pool)
   seed = int(config.seed)
 
   frozen = core.create_frozen(
@@ -94,12 +141,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "config.init_from is empty: probing a randomly initialized encoder (a baseline)"
     )
 
-  head_fn = lambda: classifier.LinearProbeHead(
-    int(dims["embed_dim"]),
-    num_classes,
-    init_std=float(config.probe.head_init_std),
-    rngs=nnx.Rngs(seed),
-  )
+  head_fn = lambda: make_head(config.probe, dims, num_classes, seed)
+  embed_dim = int(dims["embed_dim"])
   input_kind = str(config.input_kind)
   pixel_key = core.PIXEL_KEYS[input_kind]
   pixel_ndim = 4 if input_kind == "image" else 5
@@ -122,10 +165,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     (train_x, train_y), (eval_x, eval_y) = cached_features(
       config, workdir, frozen, mesh, pool, pixel_key, pixel_ndim
     )
+    # Cached patch tokens are stored flat, [N, L*D]; the attentive head gets them back as tokens.
+    unflatten = (lambda x: x.reshape(x.shape[0], -1, embed_dim)) if attentive_head else None
     task = core.Task(
       "features",
       2,
-      logits=lambda model, _, x, key, train: model(x, train=train),
+      logits=lambda model, _, x, key, train: model(unflatten(x) if unflatten else x, train=train),
       num_classes=num_classes,
     )
     train_loader = features_lib.make_feature_loader(
@@ -167,14 +212,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def make_feature_fn(frozen: core.Frozen, pool: str, pixel_ndim: int):
-  """Jitted uint8 pixels [B, ...] (or [B, V, ...] views, averaged) -> features [B, D] float32."""
+  """Jitted uint8 pixels [B, ...] (or [B, V, ...] views, averaged) -> features [B, D] float32
+  (pool "tokens": the patch tokens flattened, [B, L*D])."""
 
   @jax.jit
   def features(frozen_state, pixels):
     encoder = frozen.merge(frozen_state)
     x = vit.normalize_images(pixels)
     if x.ndim == pixel_ndim:
-      return classifier.encoder_features(encoder, x, pool)
+      return classifier.encoder_features(encoder, x, pool).reshape(x.shape[0], -1)
     batch, views = x.shape[:2]
     per_view = classifier.encoder_features(encoder, x.reshape(batch * views, *x.shape[2:]), pool)
     return jnp.mean(per_view.reshape(batch, views, -1), axis=1)

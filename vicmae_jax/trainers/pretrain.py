@@ -6,7 +6,8 @@
 One step (`make_train_step`) is a single `jax.jit` over global arrays:
   uint8 views [B, 2, H, W, 3] -> (with data.photometric_on_device: colour jitter, grayscale, blur,
   solarize, data/device_photometric.py) -> normalize -> ViC-MAE forward (both views in one encoder call)
-  -> 0.97 * recon + 0.03 * NT-Xent -> grads -> optax -> new state + metrics.
+  -> 0.97 * recon + 0.03 * NT-Xent -> grads -> optax -> new state + metrics (losses, norms and
+  the collapse / health monitors of monitors.py).
 The state is donated; its shardings are declared (see trainers/common.py).
 """
 
@@ -27,6 +28,7 @@ from vicmae_jax import config_lib
 from vicmae_jax import flops
 from vicmae_jax import losses
 from vicmae_jax import metrics as metrics_lib
+from vicmae_jax import monitors
 from vicmae_jax import optim
 from vicmae_jax import sharding as sharding_lib
 from vicmae_jax.data import device_photometric
@@ -80,7 +82,7 @@ def make_train_step(graphdef, rest, tx, lr_fn, config, state_shardings, batch_sh
 
     def loss_fn(model):
       out = model(images, mask_ratio=mask_ratio, key=key, train=True)
-      return losses.pretrain_loss(
+      loss, parts = losses.pretrain_loss(
         images,
         out,
         patch_size=patch_size,
@@ -89,6 +91,10 @@ def make_train_step(graphdef, rest, tx, lr_fn, config, state_shardings, batch_sh
         weight_contrast=float(dims["weight_contrast"]),
         norm_pix=bool(dims["norm_pix_loss"]),
       )
+      health = monitors.pretrain_health(
+        images, out, patch_size=patch_size, norm_pix=bool(dims["norm_pix_loss"])
+      )
+      return loss, {**parts, **health}
 
     new_state, _, parts, norms = common.apply_gradients(state, model, loss_fn, tx, lr_fn)
     return new_state, {**parts, **norms}
@@ -103,12 +109,15 @@ def make_train_step(graphdef, rest, tx, lr_fn, config, state_shardings, batch_sh
 
 def make_encode_fn(graphdef, rest):
   """(params, batch_stats, uint8 images [B,S,S,3] global, pool) -> features [B, D] f32, without
-  masking; pool "mean" (of the patch tokens, the method's representation) or "cls"."""
+  masking; pool "mean" (of the patch tokens, the method's representation) or "cls", or "tokens"
+  (the patch tokens [B, L, D], for the attentive probe)."""
 
   @functools.partial(jax.jit, static_argnames="pool")
   def encode(params, batch_stats, images, pool="mean"):
     model = common.merge_model(graphdef, params, batch_stats, rest)
     tokens, pooled = model.encode(vit.normalize_images(images))
+    if pool == "tokens":
+      return tokens[:, 1:].astype(jnp.float32)
     return pooled if pool == "mean" else tokens[:, 0].astype(jnp.float32)
 
   return encode
