@@ -40,19 +40,12 @@ def _fit(graphdef, params, xtr, ytr, key, *, steps, batch_size, learning_rate, w
   """AdamW with cosine decay on random minibatches; one compilation per shape and setting."""
   tx = optax.adamw(optax.cosine_decay_schedule(learning_rate, steps), weight_decay=weight_decay)
 
-  def loss_fn(p, x, y):
-    logits = nnx.merge(graphdef, p)(x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-  def body(i, carry):
-    p, s = carry
+  def loss_fn(p, i):
     rows = jax.random.randint(jax.random.fold_in(key, i), (batch_size,), 0, xtr.shape[0])
-    g = jax.grad(loss_fn)(p, xtr[rows], ytr[rows])
-    u, s = tx.update(g, s, p)
-    return optax.apply_updates(p, u), s
+    logits = nnx.merge(graphdef, p)(xtr[rows])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, ytr[rows]).mean()
 
-  params, _ = jax.lax.fori_loop(0, steps, body, (params, tx.init(params)))
-  return params
+  return frozen.fit(loss_fn, params, tx, steps)
 
 
 def attentive_probe_accuracy(
@@ -113,12 +106,9 @@ class AttentiveProbeEvaluator(frozen._FrozenEvaluator):
       value = int(cfg.get(field, 1))
       config_lib.require(value >= 1, f"evals.{name}.{field}", f"must be >= 1, got {value}")
 
-  def accuracy(self, xtr, ytr, xte, yte) -> float:
+  def accuracy(self, *split) -> float:
     return attentive_probe_accuracy(
-      xtr,
-      ytr,
-      xte,
-      yte,
+      *split,
       steps=int(self.cfg.get("steps", 500)),
       batch_size=self.batch_size,
       learning_rate=float(self.cfg.get("learning_rate", 1e-3)),

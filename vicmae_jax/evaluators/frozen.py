@@ -108,14 +108,20 @@ def _fit_linear(
   periodic evals of a run reuse one compilation."""
   tx = optax.adamw(learning_rate, weight_decay=weight_decay)
 
-  def loss_fn(p):
+  def loss_fn(p, _):
     logits = xtr @ p["w"] + p["b"]
     return optax.softmax_cross_entropy_with_integer_labels(logits, ytr).mean()
 
-  def body(_, carry):
+  return fit(loss_fn, params, tx, steps)
+
+
+def fit(loss_fn, params, tx: optax.GradientTransformation, steps: int):
+  """`steps` updates of `tx` on `loss_fn(params, step)` in one `fori_loop` (traced: call it inside
+  a jitted function); returns the trained params."""
+
+  def body(i, carry):
     p, s = carry
-    g = jax.grad(loss_fn)(p)
-    u, s = tx.update(g, s, p)
+    u, s = tx.update(jax.grad(loss_fn)(p, i), s, p)
     return optax.apply_updates(p, u), s
 
   params, _ = jax.lax.fori_loop(0, steps, body, (params, tx.init(params)))
