@@ -44,17 +44,21 @@ def test_linear_probe_on_cached_features_uses_the_pretrained_encoder(
   # The cached evaluation features are those of the checkpoint's encoder (built independently).
   with np.load(tmp_path / "features" / "eval.npz") as cached:
     features, labels = cached["features"], cached["labels"]
+  batch, (_, pooled) = _encode_first_eval_batch(pretrained, config)
+  np.testing.assert_allclose(features[:8], np.asarray(pooled), atol=2e-5)
+  np.testing.assert_array_equal(labels[:8], batch["label"])
+
+
+def _encode_first_eval_batch(pretrained, config):
+  """The first 8 eval images and (tokens, pooled) of the checkpoint's encoder, built independently."""
   model = vicmae.build_model({"variant": "mu/8"}, rngs=nnx.Rngs(0))
   loaded = weights.load_pretrained_tree(pretrained)["params"]
   nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, {"encoder": _int_keys(loaded["encoder"])})))
-  batch = next(
-    iter(
-      data_lib.make_eval_loader(config.eval_data, input_kind="image", batch_size=8, image_size=32)
-    )
+  loader = data_lib.make_eval_loader(
+    config.eval_data, input_kind="image", batch_size=8, image_size=32
   )
-  _, pooled = model.encode(vit.normalize_images(batch["image"]))
-  np.testing.assert_allclose(features[:8], np.asarray(pooled), atol=2e-5)
-  np.testing.assert_array_equal(labels[:8], batch["label"])
+  batch = next(iter(loader))
+  return batch, model.encode(vit.normalize_images(batch["image"]))
 
 
 def _int_keys(tree):
@@ -88,15 +92,7 @@ def test_attentive_probe_on_cached_patch_tokens(prepared, pretrained, tmp_path):
   # The cache holds the checkpoint encoder's patch tokens (cls excluded), flattened per example.
   with np.load(tmp_path / "features" / "eval.npz") as cached:
     features = cached["features"]
-  model = vicmae.build_model({"variant": "mu/8"}, rngs=nnx.Rngs(0))
-  loaded = weights.load_pretrained_tree(pretrained)["params"]
-  nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, {"encoder": _int_keys(loaded["encoder"])})))
-  batch = next(
-    iter(
-      data_lib.make_eval_loader(config.eval_data, input_kind="image", batch_size=8, image_size=32)
-    )
-  )
-  tokens, _ = model.encode(vit.normalize_images(batch["image"]))
+  _, (tokens, _) = _encode_first_eval_batch(pretrained, config)
   np.testing.assert_allclose(features[:8], np.asarray(tokens[:, 1:]).reshape(8, -1), atol=2e-5)
   params = _final_params(tmp_path)
   assert "queries" in params and "head/kernel" in params
