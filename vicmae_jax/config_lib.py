@@ -278,6 +278,9 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       mlp_ratio=4.0,
       dtype="float32",  # compute dtype of matmuls: "bfloat16" on accelerators
       param_dtype="float32",
+      # residual stream and saved activations: "bfloat16" on accelerators (norm statistics,
+      # softmax, losses and the optimizer stay float32)
+      activation_dtype="float32",
       remat="none",  # "none" | "full" | "dots": rematerialization of blocks
       scan_layers=False,  # stack blocks and run them with a scan (large variants)
       drop_path_rate=0.0,
@@ -343,13 +346,15 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 def paper_pretrain_config(variant: str = "L/16") -> ml_collections.ConfigDict:
   """The published pretraining recipe at 224 px (data sources left to the caller).
 
-  ViT `variant` with bfloat16 matmuls, mask ratio 0.5, batch 4096, 800 epochs with 40 warm-up,
+  ViT `variant` with bfloat16 matmuls and activations, mask ratio 0.5, batch 4096, 800 epochs with 40 warm-up,
   AdamW base lr 1.5e-4 per 256 examples, checkpoints every 1000 steps (the last 3, and every
   20000th kept), metrics every 100 steps, reconstructions every 5000.
   """
   c = pretrain_config()
   c.image_size = 224
-  c.model = model_config(variant=variant, dtype="bfloat16", mask_ratio=0.5)
+  c.model = model_config(
+    variant=variant, dtype="bfloat16", activation_dtype="bfloat16", mask_ratio=0.5
+  )
   c.optim = optim_config(base_lr=1.5e-4)
   c.checkpoint.every_steps = 1000
   c.checkpoint.keep = 3

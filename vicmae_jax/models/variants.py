@@ -53,6 +53,9 @@ DEFAULTS: dict[str, Any] = {
   "projector_out_dim": 128,
   "dtype": "float32",
   "param_dtype": "float32",
+  # The residual stream and the activations kept for the backward pass (layers.py); LayerNorm
+  # statistics, softmax, the losses and the optimizer stay float32 whatever it is.
+  "activation_dtype": "float32",
   "remat": "none",
   "scan_layers": False,
   "drop_path_rate": 0.0,
@@ -108,7 +111,7 @@ def resolve_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
       raise ValueError(
         f"model.{width}={out[width]} must be divisible by 4 (2-D sin-cos embeddings)"
       )
-  for field in ("dtype", "param_dtype"):
+  for field in ("dtype", "param_dtype", "activation_dtype"):
     if out[field] not in DTYPES:
       raise ValueError(f"model.{field}={out[field]!r} is not one of {list(DTYPES)}")
   if out["remat"] not in block_stack.REMAT_POLICIES:
@@ -133,7 +136,7 @@ def resolve_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def dtype(resolved: Mapping[str, Any], field: str = "dtype") -> Any:
-  """The jnp dtype named by ``resolved[field]`` ("dtype" or "param_dtype")."""
+  """The jnp dtype named by ``resolved[field]`` ("dtype", "param_dtype" or "activation_dtype")."""
   return DTYPES[resolved[field]]
 
 
@@ -151,6 +154,7 @@ def encoder_kwargs(resolved: Mapping[str, Any]) -> dict[str, Any]:
     drop_path_rate=float(resolved["drop_path_rate"]),
     dtype=dtype(resolved),
     param_dtype=dtype(resolved, "param_dtype"),
+    activation_dtype=dtype(resolved, "activation_dtype"),
     remat=resolved["remat"],
     scan_layers=resolved["scan_layers"],
     attention_impl=None if impl in (None, "xla") else impl,

@@ -143,8 +143,10 @@ class MAEDecoder(nnx.Module):
     scan_layers: bool,
     attention_impl: str | None,
     rngs: nnx.Rngs,
+    activation_dtype: Any = jnp.float32,
   ):
     self.embed_dim = embed_dim
+    self.activation_dtype = activation_dtype
     self.remat = remat
     self.scan_layers = scan_layers
     self.embed = layers.dense(
@@ -163,23 +165,28 @@ class MAEDecoder(nnx.Module):
       attention_impl=attention_impl,
       scan_layers=scan_layers,
       rngs=rngs,
+      activation_dtype=activation_dtype,
     )
-    self.norm = layers.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
+    self.norm = layers.layer_norm(
+      embed_dim, param_dtype=param_dtype, rngs=rngs, activation_dtype=activation_dtype
+    )
     self.pred = layers.dense(
       embed_dim, patch_dim, ("embed", "patch"), dtype=dtype, param_dtype=param_dtype, rngs=rngs
     )
 
   def __call__(self, tokens: jax.Array, ids_restore: jax.Array, grid: tuple[int, int]) -> jax.Array:
-    x = self.embed(tokens).astype(jnp.float32)
+    act = self.activation_dtype
+    x = self.embed(tokens).astype(act)
     batch, length = ids_restore.shape
     num_masked = length + 1 - x.shape[1]
     mask_tokens = jnp.broadcast_to(
-      self.mask_token[...].astype(jnp.float32), (batch, num_masked, self.embed_dim)
+      self.mask_token[...].astype(act), (batch, num_masked, self.embed_dim)
     )
     patches = jnp.concatenate([x[:, 1:], mask_tokens], axis=1)
     patches = jnp.take_along_axis(patches, ids_restore[:, :, None], axis=1)
-    x = jnp.concatenate([x[:, :1], patches], axis=1)
+    x = jnp.concatenate([x[:, :1], patches], axis=1).astype(jnp.float32)
     x = x + jnp.asarray(vit.sincos_2d(self.embed_dim, grid[0], grid[1], cls_token=True))
+    x = x.astype(act)
     x = block_stack.run_blocks(
       self.blocks, self.norm, x, scan_layers=self.scan_layers, remat=self.remat
     )
@@ -210,6 +217,7 @@ class ViCMAE(nnx.Module):
     remat: str = "none",
     scan_layers: bool = False,
     attention_impl: str | None = None,
+    activation_dtype: Any = jnp.float32,
     rngs: nnx.Rngs,
   ):
     self.patch_size = patch_size
@@ -227,6 +235,7 @@ class ViCMAE(nnx.Module):
       remat=remat,
       scan_layers=scan_layers,
       attention_impl=attention_impl,
+      activation_dtype=activation_dtype,
       rngs=rngs,
     )
     self.decoder = MAEDecoder(
@@ -241,6 +250,7 @@ class ViCMAE(nnx.Module):
       remat=remat,
       scan_layers=scan_layers,
       attention_impl=attention_impl,
+      activation_dtype=activation_dtype,
       rngs=rngs,
     )
     self.projector = Projector(

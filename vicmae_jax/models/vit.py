@@ -6,7 +6,8 @@ Shapes (channels last everywhere):
   patches  [B, L, p*p*C]            L = (H/p)*(W/p), row-major over the patch grid, pixels in
                                     (row-in-patch, column-in-patch, channel) order like the
                                     official ``patchify`` ('nchpwq->nhwpqc')
-  tokens   [B, 1 + K, D]            cls token first, then the K visible patch tokens
+  tokens   [B, 1 + K, D]            cls token first, then the K visible patch tokens, in the
+                                    model's ``activation_dtype`` (float32 by default)
   mask     [B, L]                   float32, 1 = removed, 0 = visible (official convention)
   ids_restore [B, L]                int32, ``take_along_axis(shuffled, ids_restore)`` un-shuffles
 
@@ -171,7 +172,7 @@ def random_masking(
 class VisionTransformer(nnx.Module):
   """ViT encoder: patch Dense + fixed sin-cos positions, cls token, random masking, blocks, LayerNorm.
 
-  ``__call__(images [B, H, W, C], ...) -> dict(tokens [B, 1+K, D] f32, mask [B, L], ids_restore [B, L])``.
+  ``__call__(images [B, H, W, C], ...) -> dict(tokens [B, 1+K, D], mask [B, L], ids_restore [B, L])``.
   """
 
   def __init__(
@@ -189,9 +190,11 @@ class VisionTransformer(nnx.Module):
     remat: str = "none",
     scan_layers: bool = False,
     attention_impl: str | None = None,
+    activation_dtype: Any = jnp.float32,
     rngs: nnx.Rngs,
   ):
     block_stack.remat_policy(remat)  # validates the value early
+    self.activation_dtype = activation_dtype
     self.patch_size = patch_size
     self.embed_dim = embed_dim
     self.in_channels = in_channels
@@ -219,8 +222,11 @@ class VisionTransformer(nnx.Module):
       attention_impl=attention_impl,
       scan_layers=scan_layers,
       rngs=rngs,
+      activation_dtype=activation_dtype,
     )
-    self.norm = layers.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
+    self.norm = layers.layer_norm(
+      embed_dim, param_dtype=param_dtype, rngs=rngs, activation_dtype=activation_dtype
+    )
 
   def grid(self, images: jax.Array) -> tuple[int, int]:
     """Patch grid (rows, cols) of ``images [..., H, W, C]``."""
@@ -231,23 +237,28 @@ class VisionTransformer(nnx.Module):
     return height // p, width // p
 
   def embed_patches(self, images: jax.Array) -> jax.Array:
-    """``[B, H, W, C]`` -> patch tokens with position embeddings ``[B, L, D]`` float32 (no cls)."""
+    """``[B, H, W, C]`` -> patch tokens with position embeddings ``[B, L, D]`` (no cls), in the
+    activation dtype (the sum taken in float32)."""
     if images.shape[-1] != self.in_channels:
       raise ValueError(
         f"images must have {self.in_channels} channels (last axis), got shape {images.shape}"
       )
     gh, gw = self.grid(images)
     x = self.patch_embed(patchify(images, self.patch_size)).astype(jnp.float32)
-    return x + jnp.asarray(sincos_2d(self.embed_dim, gh, gw, cls_token=False))
+    x = x + jnp.asarray(sincos_2d(self.embed_dim, gh, gw, cls_token=False))
+    return x.astype(self.activation_dtype)
 
   def cls_tokens(self, batch: int) -> jax.Array:
-    """``[B, 1, D]`` float32; the cls position embedding is the zero row, so it adds nothing."""
-    return jnp.broadcast_to(self.cls_token[...].astype(jnp.float32), (batch, 1, self.embed_dim))
+    """``[B, 1, D]`` in the activation dtype; the cls position embedding is the zero row, so it
+    adds nothing."""
+    token = self.cls_token[...].astype(self.activation_dtype)
+    return jnp.broadcast_to(token, (batch, 1, self.embed_dim))
 
   def transform(
     self, x: jax.Array, *, key: jax.Array | None = None, train: bool = False
   ) -> jax.Array:
-    """Blocks + final LayerNorm on any token sequence ``[B, N, D]`` -> ``[B, N, D]`` float32."""
+    """Blocks + final LayerNorm on any token sequence ``[B, N, D]`` -> ``[B, N, D]`` (activation
+    dtype)."""
     return block_stack.run_blocks(
       self.blocks,
       self.norm,
@@ -275,7 +286,7 @@ class VisionTransformer(nnx.Module):
       noise: ``[B, L]`` argsort noise; drawn from ``key`` when None and masking.
       key: PRNG key for masking noise and stochastic depth (``train`` only).
     Returns:
-      ``tokens [B, 1+K, D]`` float32 after the final norm, ``mask [B, L]`` float32 (1 = removed),
+      ``tokens [B, 1+K, D]`` after the final norm (activation dtype), ``mask [B, L]`` float32 (1 = removed),
       ``ids_restore [B, L]`` int32.
     """
     x = self.embed_patches(images)
