@@ -74,6 +74,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup_epochs = 0.0
   c.warmup_steps = 0
   c.init_from = ""
+  # Global batches sent to the device ahead of the step (0: each made when its step starts).
+  c.device_prefetch = 2
+  # jax.transfer_guard level around each step of the training loop: "disallow" turns any
+  # implicit host<->device transfer there (a hidden sync) into an error.
+  c.transfer_guard = "allow"
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
 
@@ -192,6 +197,18 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int) -> None
   require(int(ckpt.every_steps) >= 0, "checkpoint.every_steps", "must be >= 0")
   require(int(ckpt.keep) >= 1, "checkpoint.keep", "must be >= 1")
   require(int(config.log.every_steps) >= 1, "log.every_steps", "must be >= 1")
+  prefetch = config.get("device_prefetch", 2)
+  require(
+    isinstance(prefetch, int) and not isinstance(prefetch, bool) and 0 <= prefetch <= 8,
+    "device_prefetch",
+    f"must be an int in [0, 8], got {prefetch!r}",
+  )
+  guards = ("allow", "log", "disallow", "log_explicit", "disallow_explicit")
+  require(
+    config.get("transfer_guard", "allow") in guards,
+    "transfer_guard",
+    f"must be one of {', '.join(guards)}, got {config.get('transfer_guard')!r}",
+  )
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
