@@ -21,7 +21,7 @@ FLOPs over XLA's bytes) is visible on any backend. XLA's memory analysis of the 
 also on a CPU that never runs it (`--compile_only` skips the timing, e.g. to size B/16 at batch 256 for an
 80 GiB GPU).
 
-Comma-separated values for --batch, --dtype, --activation_dtype, --remat, --scan_layers, --mask_ratio and
+Comma-separated values for --batch, --dtype, --activation_dtype, --token_gather, --remat, --scan_layers, --mask_ratio and
 --attention_impl run every combination (e.g. --attention_impl=xla,cudnn measures the opt-in cuDNN attention against the default on a GPU).
 
 Measured on one NVIDIA H200 (jax 0.11.2, flax 0.12.10), 224 px, mask 0.5, bfloat16, no remat, median of 10
@@ -177,6 +177,7 @@ def run_one(
     "batch": batch,
     "dtype": dims["dtype"],
     "activation_dtype": dims["activation_dtype"],
+    "token_gather": dims["token_gather"],
     "remat": dims["remat"],
     "scan_layers": dims["scan_layers"],
     "attention_impl": dims.get("attention_impl") or "xla",
@@ -265,6 +266,7 @@ _COLUMNS = (
   ("batch", "batch", "{}"),
   ("dtype", "dtype", "{}"),
   ("activation_dtype", "act", "{}"),
+  ("token_gather", "gather", "{}"),
   ("remat", "remat", "{}"),
   ("scan_layers", "scan", "{}"),
   ("attention_impl", "attn", "{}"),
@@ -339,6 +341,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     default="float32",
     help="residual stream and saved activations: float32 / bfloat16; comma list",
   )
+  parser.add_argument(
+    "--token_gather", default="take", help="masked-token gather: take / one_hot; comma list"
+  )
   parser.add_argument("--remat", default="none", help="none / full / dots; comma list")
   parser.add_argument("--scan_layers", default="false", help="true / false; comma list")
   parser.add_argument("--attention_impl", default="xla", help="xla / cudnn (GPU only); comma list")
@@ -371,6 +376,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     _split(args.batch, int),
     _split(args.dtype),
     _split(args.activation_dtype),
+    _split(args.token_gather),
     _split(args.remat),
     _split(args.scan_layers, _bool),
     _split(args.mask_ratio, float),
@@ -380,11 +386,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   print(
     f"device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform}), jax {jax.__version__}"
   )
-  for batch, dtype, activation_dtype, remat, scan_layers, mask_ratio, attention_impl in grid:
+  for (
+    batch,
+    dtype,
+    activation_dtype,
+    gather,
+    remat,
+    scan_layers,
+    mask_ratio,
+    attention_impl,
+  ) in grid:
     cfg = dict(
       base,
       dtype=dtype,
       activation_dtype=activation_dtype,
+      token_gather=gather,
       remat=remat,
       scan_layers=scan_layers,
       mask_ratio=mask_ratio,

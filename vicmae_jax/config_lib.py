@@ -298,6 +298,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       # residual stream and saved activations: "bfloat16" on accelerators (norm statistics,
       # softmax, losses and the optimizer stay float32)
       activation_dtype="float32",
+      token_gather="take",  # "take" | "one_hot": masked-token gather and decoder un-shuffle
       remat="none",  # "none" | "full" | "dots": rematerialization of blocks
       scan_layers=False,  # stack blocks and run them with a scan (large variants)
       drop_path_rate=0.0,

@@ -56,6 +56,9 @@ DEFAULTS: dict[str, Any] = {
   # The residual stream and the activations kept for the backward pass (layers.py); LayerNorm
   # statistics, softmax, the losses and the optimizer stay float32 whatever it is.
   "activation_dtype": "float32",
+  # How the masked encoder picks its kept tokens and the decoder un-shuffles (vit.gather_tokens):
+  # "take" (gather, scatter-add gradient) or "one_hot" (0/1 matmuls, no scatter).
+  "token_gather": "take",
   "remat": "none",
   "scan_layers": False,
   "drop_path_rate": 0.0,
@@ -121,6 +124,10 @@ def resolve_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
   if out["attention_impl"] not in ATTENTION_IMPLS:
     raise ValueError(
       f"model.attention_impl={out['attention_impl']!r} is not one of {list(ATTENTION_IMPLS)}"
+    )
+  if out["token_gather"] not in ("take", "one_hot"):
+    raise ValueError(
+      f"model.token_gather={out['token_gather']!r} is not one of ['take', 'one_hot']"
     )
   if not 0.0 <= float(out["mask_ratio"]) < 1.0:
     raise ValueError(f"model.mask_ratio must be in [0, 1), got {out['mask_ratio']!r}")

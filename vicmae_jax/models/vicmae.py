@@ -144,9 +144,11 @@ class MAEDecoder(nnx.Module):
     attention_impl: str | None,
     rngs: nnx.Rngs,
     activation_dtype: Any = jnp.float32,
+    token_gather: str = "take",
   ):
     self.embed_dim = embed_dim
     self.activation_dtype = activation_dtype
+    self.token_gather = token_gather
     self.remat = remat
     self.scan_layers = scan_layers
     self.embed = layers.dense(
@@ -182,8 +184,14 @@ class MAEDecoder(nnx.Module):
     mask_tokens = jnp.broadcast_to(
       self.mask_token[...].astype(act), (batch, num_masked, self.embed_dim)
     )
-    patches = jnp.concatenate([x[:, 1:], mask_tokens], axis=1)
-    patches = jnp.take_along_axis(patches, ids_restore[:, :, None], axis=1)
+    if self.token_gather == "one_hot":
+      # Kept token k goes where ids_restore == k; removed patches (ids >= K) get the mask token.
+      patches = vit.gather_tokens(x[:, 1:], ids_restore, "one_hot")
+      removed = (ids_restore >= x.shape[1] - 1)[:, :, None]
+      patches = jnp.where(removed, self.mask_token[...].astype(act), patches)
+    else:
+      patches = jnp.concatenate([x[:, 1:], mask_tokens], axis=1)
+      patches = jnp.take_along_axis(patches, ids_restore[:, :, None], axis=1)
     x = jnp.concatenate([x[:, :1], patches], axis=1).astype(jnp.float32)
     x = x + jnp.asarray(vit.sincos_2d(self.embed_dim, grid[0], grid[1], cls_token=True))
     x = x.astype(act)
@@ -218,6 +226,7 @@ class ViCMAE(nnx.Module):
     scan_layers: bool = False,
     attention_impl: str | None = None,
     activation_dtype: Any = jnp.float32,
+    token_gather: str = "take",
     rngs: nnx.Rngs,
   ):
     self.patch_size = patch_size
@@ -236,6 +245,7 @@ class ViCMAE(nnx.Module):
       scan_layers=scan_layers,
       attention_impl=attention_impl,
       activation_dtype=activation_dtype,
+      token_gather=token_gather,
       rngs=rngs,
     )
     self.decoder = MAEDecoder(
@@ -251,6 +261,7 @@ class ViCMAE(nnx.Module):
       scan_layers=scan_layers,
       attention_impl=attention_impl,
       activation_dtype=activation_dtype,
+      token_gather=token_gather,
       rngs=rngs,
     )
     self.projector = Projector(
@@ -335,5 +346,6 @@ def build_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> ViCMAE:
     decoder_num_heads=c["decoder_num_heads"],
     projector_hidden_dim=c["projector_hidden_dim"],
     projector_out_dim=c["projector_out_dim"],
+    token_gather=c["token_gather"],
     rngs=rngs,
   )

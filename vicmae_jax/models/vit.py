@@ -147,8 +147,33 @@ def pool_tokens(tokens: jax.Array, pool: str) -> jax.Array:
   raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
 
 
+TOKEN_GATHERS = ("take", "one_hot")
+
+
+def gather_tokens(x: jax.Array, ids: jax.Array, how: str = "take") -> jax.Array:
+  """``x [B, L, D]``, ``ids [B, M]`` -> ``[B, M, D]`` with row m = ``x[:, ids[:, m]]``; an id
+  outside [0, L) gives a zero row with "one_hot" (take_along_axis clamps it).
+
+  "take": a gather (its gradient a scatter-add). "one_hot": a batched matmul with the 0/1 matrix
+  ``ids[..., None] == arange(L)`` (its gradient two matmuls, no scatter; exact, as each output is
+  one input times 1, the float32 form at the highest matmul precision so no TF32 rounding).
+  """
+  if how == "take":
+    return jnp.take_along_axis(x, ids[:, :, None], axis=1)
+  if how != "one_hot":
+    raise ValueError(f"token_gather must be one of {TOKEN_GATHERS}, got {how!r}")
+  select = (ids[:, :, None] == jnp.arange(x.shape[1], dtype=ids.dtype)).astype(x.dtype)
+  return jnp.einsum(
+    "bml,bld->bmd",
+    select,
+    x,
+    precision=jax.lax.Precision.HIGHEST,
+    preferred_element_type=jnp.float32,
+  ).astype(x.dtype)
+
+
 def random_masking(
-  x: jax.Array, noise: jax.Array, len_keep: int
+  x: jax.Array, noise: jax.Array, len_keep: int, gather: str = "take"
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per-sample random masking by argsort of noise (small noise = kept).
 
@@ -156,6 +181,7 @@ def random_masking(
     x: ``[B, L, D]`` tokens.
     noise: ``[B, L]`` any real values (uniform in [0, 1) in training).
     len_keep: K, number of tokens to keep.
+    gather: how the kept tokens are picked (``gather_tokens``).
   Returns:
     ``x_kept [B, K, D]`` (in shuffled order), ``mask [B, L]`` float32 (1 = removed),
     ``ids_restore [B, L]`` int32.
@@ -163,7 +189,7 @@ def random_masking(
   ids_shuffle = jnp.argsort(noise, axis=1)
   ids_restore = jnp.argsort(ids_shuffle, axis=1).astype(jnp.int32)
   ids_keep = ids_shuffle[:, :len_keep]
-  x_kept = jnp.take_along_axis(x, ids_keep[:, :, None], axis=1)
+  x_kept = gather_tokens(x, ids_keep, gather)
   # A patch is removed exactly when its rank in the shuffle is >= K.
   mask = (ids_restore >= len_keep).astype(jnp.float32)
   return x_kept, mask, ids_restore
@@ -191,10 +217,12 @@ class VisionTransformer(nnx.Module):
     scan_layers: bool = False,
     attention_impl: str | None = None,
     activation_dtype: Any = jnp.float32,
+    token_gather: str = "take",
     rngs: nnx.Rngs,
   ):
     block_stack.remat_policy(remat)  # validates the value early
     self.activation_dtype = activation_dtype
+    self.token_gather = token_gather
     self.patch_size = patch_size
     self.embed_dim = embed_dim
     self.in_channels = in_channels
@@ -300,7 +328,7 @@ class VisionTransformer(nnx.Module):
         noise = jax.random.uniform(mask_key, (batch, length))
       elif noise.shape != (batch, length):
         raise ValueError(f"noise must have shape {(batch, length)}, got {noise.shape}")
-      x, mask, ids_restore = random_masking(x, noise, len_keep)
+      x, mask, ids_restore = random_masking(x, noise, len_keep, self.token_gather)
     else:
       mask = jnp.zeros((batch, length), jnp.float32)
       ids_restore = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
