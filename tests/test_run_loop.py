@@ -158,7 +158,10 @@ def test_prefetch_state_is_that_of_the_batch_last_returned():
   for i in range(6):
     host, device = next(ahead)
     assert ahead.get_state() == {"position": i + 1}
+    assert source.position == (1 if i == 0 else min(i + 2, 6))  # read ahead only by fill()
+    ahead.fill()
     assert source.position == min(i + 3, 6)  # two batches ahead, until the source ends
+    assert ahead.get_state() == {"position": i + 1}
     np.testing.assert_array_equal(np.asarray(device["x"]), host["x"])
     assert isinstance(device["x"], jax.Array) and "skipped" not in device
   with pytest.raises(StopIteration):

@@ -94,11 +94,12 @@ def maybe_profile(workdir: str, step: int, config):
 class DevicePrefetch:
   """Batches already on their way to the device: `depth` global batches ahead of the loop.
 
-  `next()` -> (host batch, global batch of `keys`): the global arrays of the batches ahead were
-  made (an asynchronous host-to-device copy each) while earlier steps ran, so a step never waits
-  for its input's transfer. `get_state()` is the data iterator's state after the batch last
-  returned, not after the ones read ahead, so a checkpoint resumes with the next unconsumed batch.
-  `depth` 0 makes each batch's global arrays when it is asked for.
+  `next()` -> (host batch, global batch of `keys`), read then if none is ahead; `fill()` reads
+  and sends batches until `depth` are ahead. The loop calls `fill()` right after dispatching a
+  step, so the next batches are read and their asynchronous host-to-device copies start while
+  that step runs, and a step never waits for its input's reading or transfer. `get_state()` is the
+  data iterator's state after the batch last returned, not after the ones read ahead, so a
+  checkpoint resumes with the next unconsumed batch. `depth` 0 reads each batch when it is asked for.
   """
 
   def __init__(self, iterator, to_global: Callable, keys: Sequence[str], depth: int):
@@ -130,12 +131,14 @@ class DevicePrefetch:
     return self
 
   def __next__(self):
-    while len(self._queue) <= self._depth and self._read_one():
-      pass
-    if not self._queue:
+    if not self._queue and not self._read_one():
       raise StopIteration
     host, device, self._state = self._queue.popleft()
     return host, device
+
+  def fill(self) -> None:
+    while len(self._queue) < self._depth and self._read_one():
+      pass
 
   def get_state(self):
     return self._state
@@ -217,6 +220,7 @@ def run_loop(
         with maybe_profile(workdir, step, config), jax.transfer_guard(guard):
           batch, device_batch = next(batches)
           state, device_metrics = train_step(state, device_batch)
+          batches.fill()  # the next batches, read and sent while this step runs
           if "skipped" in batch:
             logger.count("data/skipped", int(np.sum(batch["skipped"])))
           if pending is not None:
