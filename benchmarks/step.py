@@ -13,11 +13,16 @@ grads, AdamW), then reports
   tflops         achieved: tflop_step / step time
   mfu            achieved / the chip's peak for the compute dtype (vicmae_jax.flops.peak_flops), when known
 
-The JSON rows also carry `xla_flops_per_step` (XLA's own cost analysis): informative on CPU, where it is close
-to the analytic count, but far too low on GPUs, where the matmuls run as library calls it does not count.
+XLA's cost analysis of the compiled step sits next to the analytic count: `xla_flops_per_step` (close to the
+analytic count on CPU, far too low on GPUs, where the matmuls run as library calls it does not count) and
+`xla_bytes_per_step` (bytes the step's ops read and write), so `flops / byte` (arithmetic intensity, analytic
+FLOPs over XLA's bytes) is visible on any backend. XLA's memory analysis of the compiled step gives
+`compiled_peak_gib` (arguments + outputs - aliased + temporaries per device): the memory a configuration needs,
+also on a CPU that never runs it (`--compile_only` skips the timing, e.g. to size B/16 at batch 256 for an
+80 GiB GPU).
 
-Comma-separated values for --batch, --dtype, --remat, --scan_layers, --mask_ratio and --attention_impl run every
-combination (e.g. --attention_impl=xla,cudnn measures the opt-in cuDNN attention against the default on a GPU).
+Comma-separated values for --batch, --dtype, --activation_dtype, --token_gather, --remat, --scan_layers, --mask_ratio and
+--attention_impl run every combination (e.g. --attention_impl=xla,cudnn measures the opt-in cuDNN attention against the default on a GPU).
 
 Measured on one NVIDIA H200 (jax 0.11.2, flax 0.12.10), 224 px, mask 0.5, bfloat16, no remat, median of 10
 steps after 2 warm-up (MFU against 989 TFLOP/s dense bf16):
@@ -29,6 +34,8 @@ Examples:
   python benchmarks/step.py --variant=mu/8 --image_size=32 --batch=8 --steps=5          # CPU, seconds
   python benchmarks/step.py --variant=B/16 --batch=128,256 --dtype=bfloat16 --remat=none,dots \\
       --json_out=/tmp/step_b16.json                                                     # one GPU / TPU chip
+  python benchmarks/step.py --variant=B/16 --batch=256 --activation_dtype=float32,bfloat16 --compile_only
+                                                                  # bytes and memory, any backend
 """
 
 from __future__ import annotations
@@ -146,8 +153,11 @@ def run_one(
   warmup: int,
   peak_dtype: str | None = None,
   seed: int = 0,
+  compile_only: bool = False,
 ) -> dict[str, Any]:
-  """Compiles and times one configuration; returns one result row (see the module docstring)."""
+  """Compiles and times one configuration; returns one result row (see the module docstring).
+
+  With `compile_only` the row stops after compilation (FLOPs, bytes and memory, no timing)."""
   step, state, views, key, dims = build_step(
     model_cfg, image_size=image_size, batch=batch, seed=seed
   )
@@ -156,9 +166,30 @@ def run_one(
   start = time.perf_counter()
   compiled = step.lower(state, views, key).compile()
   compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  xla_flops = float(cost["flops"]) if cost and "flops" in cost else None
+  analysis = compiled_analysis(compiled)
+  train_flops = flops_lib.vicmae_train_flops(dims, image_size, float(dims["mask_ratio"]), batch)
+  if analysis["xla_bytes_per_step"]:
+    analysis["flops_per_byte"] = train_flops / analysis["xla_bytes_per_step"]
+  common_row = {
+    "variant": dims.get("variant"),
+    "image_size": image_size,
+    "mask_ratio": float(dims["mask_ratio"]),
+    "batch": batch,
+    "dtype": dims["dtype"],
+    "activation_dtype": dims["activation_dtype"],
+    "token_gather": dims["token_gather"],
+    "remat": dims["remat"],
+    "scan_layers": dims["scan_layers"],
+    "attention_impl": dims.get("attention_impl") or "xla",
+    "compile_s": compile_s,
+    "flops_per_step": train_flops,
+    **analysis,
+    "device": device.device_kind,
+    "platform": device.platform,
+    "jax_version": jax.__version__,
+  }
+  if compile_only:
+    return common_row
 
   metrics = None
   for _ in range(warmup):
@@ -175,21 +206,12 @@ def run_one(
     raise FloatingPointError(f"loss is {loss} after {warmup + steps} steps")
 
   step_s = statistics.median(times)
-  train_flops = flops_lib.vicmae_train_flops(dims, image_size, float(dims["mask_ratio"]), batch)
   peak_dtype = peak_dtype or dims["dtype"]
   peak = flops_lib.peak_flops(device, peak_dtype)
   memory, memory_source = _peak_memory(device)
   achieved = train_flops / step_s
   return {
-    "variant": dims.get("variant"),
-    "image_size": image_size,
-    "mask_ratio": float(dims["mask_ratio"]),
-    "batch": batch,
-    "dtype": dims["dtype"],
-    "remat": dims["remat"],
-    "scan_layers": dims["scan_layers"],
-    "attention_impl": dims.get("attention_impl") or "xla",
-    "compile_s": compile_s,
+    **common_row,
     "step_ms": 1e3 * step_s,
     "step_ms_min": 1e3 * min(times),
     "step_ms_mean": 1e3 * statistics.fmean(times),
@@ -198,17 +220,43 @@ def run_one(
     "pairs_per_s": batch / step_s,
     "peak_mem_gib": memory / 2**30,
     "memory_source": memory_source,
-    "flops_per_step": train_flops,
-    "xla_flops_per_step": xla_flops,
     "achieved_flops": achieved,
     "peak_flops": peak,
     "peak_dtype": peak_dtype,
     "mfu": achieved / peak if peak else None,
     "final_loss": loss,
-    "device": device.device_kind,
-    "platform": device.platform,
-    "jax_version": jax.__version__,
   }
+
+
+def compiled_analysis(compiled) -> dict[str, Any]:
+  """XLA's cost analysis (FLOPs, bytes accessed) and memory analysis of a compiled step."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  cost = cost or {}
+  out: dict[str, Any] = {
+    "xla_flops_per_step": float(cost["flops"]) if "flops" in cost else None,
+    "xla_bytes_per_step": float(cost["bytes accessed"]) if "bytes accessed" in cost else None,
+    "flops_per_byte": None,
+  }
+  try:
+    mem = compiled.memory_analysis()
+  except Exception:  # not every backend implements it
+    mem = None
+  if mem is not None:
+    peak = (
+      mem.argument_size_in_bytes
+      + mem.output_size_in_bytes
+      - mem.alias_size_in_bytes
+      + mem.temp_size_in_bytes
+    )
+    out.update(
+      {
+        "compiled_argument_gib": mem.argument_size_in_bytes / 2**30,
+        "compiled_temp_gib": mem.temp_size_in_bytes / 2**30,
+        "compiled_peak_gib": peak / 2**30,
+      }
+    )
+  return out
 
 
 _COLUMNS = (
@@ -217,6 +265,8 @@ _COLUMNS = (
   ("mask_ratio", "mask", "{:.2f}"),
   ("batch", "batch", "{}"),
   ("dtype", "dtype", "{}"),
+  ("activation_dtype", "act", "{}"),
+  ("token_gather", "gather", "{}"),
   ("remat", "remat", "{}"),
   ("scan_layers", "scan", "{}"),
   ("attention_impl", "attn", "{}"),
@@ -224,7 +274,11 @@ _COLUMNS = (
   ("step_ms", "step_ms", "{:.1f}"),
   ("pairs_per_s", "pairs/s", "{:.1f}"),
   ("peak_mem_gib", "mem_GiB", "{:.2f}"),
+  ("compiled_peak_gib", "compiled_GiB", "{:.2f}"),
   ("flops_per_step", "TFLOP/step", "{:.4g}"),
+  ("xla_flops_per_step", "XLA_TFLOP", "{:.4g}"),
+  ("xla_bytes_per_step", "XLA_GB", "{:.4g}"),
+  ("flops_per_byte", "FLOP/B", "{:.1f}"),
   ("achieved_flops", "TFLOP/s", "{:.4g}"),
   ("mfu", "MFU", "{:.1%}"),
 )
@@ -237,8 +291,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     line = []
     for key, _, fmt in _COLUMNS:
       value = row.get(key)
-      if key in ("flops_per_step", "achieved_flops") and value is not None:
+      if key in ("flops_per_step", "achieved_flops", "xla_flops_per_step") and value is not None:
         value = value / 1e12
+      if key == "xla_bytes_per_step" and value is not None:
+        value = value / 1e9
       if key == "peak_mem_gib" and row.get("memory_source") == "rss":
         line.append(fmt.format(value) + " rss")
       else:
@@ -280,6 +336,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   parser.add_argument(
     "--dtype", default="bfloat16", help="compute dtype: float32 / bfloat16; comma list"
   )
+  parser.add_argument(
+    "--activation_dtype",
+    default="float32",
+    help="residual stream and saved activations: float32 / bfloat16; comma list",
+  )
+  parser.add_argument(
+    "--token_gather", default="take", help="masked-token gather: take / one_hot; comma list"
+  )
   parser.add_argument("--remat", default="none", help="none / full / dots; comma list")
   parser.add_argument("--scan_layers", default="false", help="true / false; comma list")
   parser.add_argument("--attention_impl", default="xla", help="xla / cudnn (GPU only); comma list")
@@ -291,6 +355,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     help="dtype whose peak the MFU divides by (default: the compute dtype; e.g. tfloat32)",
   )
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument(
+    "--compile_only",
+    action="store_true",
+    help="compile and report FLOPs, bytes and memory without timing steps",
+  )
   parser.add_argument("--json_out", default=None, help="also write the rows as JSON here")
   args = parser.parse_args(argv)
 
@@ -306,6 +375,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   grid = itertools.product(
     _split(args.batch, int),
     _split(args.dtype),
+    _split(args.activation_dtype),
+    _split(args.token_gather),
     _split(args.remat),
     _split(args.scan_layers, _bool),
     _split(args.mask_ratio, float),
@@ -315,10 +386,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   print(
     f"device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform}), jax {jax.__version__}"
   )
-  for batch, dtype, remat, scan_layers, mask_ratio, attention_impl in grid:
+  for (
+    batch,
+    dtype,
+    activation_dtype,
+    gather,
+    remat,
+    scan_layers,
+    mask_ratio,
+    attention_impl,
+  ) in grid:
     cfg = dict(
       base,
       dtype=dtype,
+      activation_dtype=activation_dtype,
+      token_gather=gather,
       remat=remat,
       scan_layers=scan_layers,
       mask_ratio=mask_ratio,
@@ -338,6 +420,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
           warmup=args.warmup,
           peak_dtype=args.peak_dtype,
           seed=args.seed,
+          compile_only=args.compile_only,
         )
       )
     except (

@@ -74,6 +74,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup_epochs = 0.0
   c.warmup_steps = 0
   c.init_from = ""
+  # Global batches sent to the device ahead of the step (0: each made when its step starts).
+  c.device_prefetch = 2
+  # jax.transfer_guard level around each step of the training loop: "disallow" turns any
+  # implicit host<->device transfer there (a hidden sync) into an error.
+  c.transfer_guard = "allow"
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
 
@@ -204,6 +209,18 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int) -> None
       "is set but the wandb package is not installed: pip install 'vicmae_jax[wandb]' (or "
       "pip install wandb), or leave log.wandb.project empty",
     )
+  prefetch = config.get("device_prefetch", 2)
+  require(
+    isinstance(prefetch, int) and not isinstance(prefetch, bool) and 0 <= prefetch <= 8,
+    "device_prefetch",
+    f"must be an int in [0, 8], got {prefetch!r}",
+  )
+  guards = ("allow", "log", "disallow", "log_explicit", "disallow_explicit")
+  require(
+    config.get("transfer_guard", "allow") in guards,
+    "transfer_guard",
+    f"must be one of {', '.join(guards)}, got {config.get('transfer_guard')!r}",
+  )
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
@@ -290,6 +307,10 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       mlp_ratio=4.0,
       dtype="float32",  # compute dtype of matmuls: "bfloat16" on accelerators
       param_dtype="float32",
+      # residual stream and saved activations: "bfloat16" on accelerators (norm statistics,
+      # softmax, losses and the optimizer stay float32)
+      activation_dtype="float32",
+      token_gather="take",  # "take" | "one_hot": masked-token gather and decoder un-shuffle
       remat="none",  # "none" | "full" | "dots": rematerialization of blocks
       scan_layers=False,  # stack blocks and run them with a scan (large variants)
       drop_path_rate=0.0,
@@ -356,13 +377,15 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 def paper_pretrain_config(variant: str = "L/16") -> ml_collections.ConfigDict:
   """The published pretraining recipe at 224 px (data sources left to the caller).
 
-  ViT `variant` with bfloat16 matmuls, mask ratio 0.5, batch 4096, 800 epochs with 40 warm-up,
+  ViT `variant` with bfloat16 matmuls and activations, mask ratio 0.5, batch 4096, 800 epochs with 40 warm-up,
   AdamW base lr 1.5e-4 per 256 examples, checkpoints every 1000 steps (the last 3, and every
   20000th kept), metrics every 100 steps, reconstructions every 5000.
   """
   c = pretrain_config()
   c.image_size = 224
-  c.model = model_config(variant=variant, dtype="bfloat16", mask_ratio=0.5)
+  c.model = model_config(
+    variant=variant, dtype="bfloat16", activation_dtype="bfloat16", mask_ratio=0.5
+  )
   c.optim = optim_config(base_lr=1.5e-4)
   c.checkpoint.every_steps = 1000
   c.checkpoint.keep = 3

@@ -3,7 +3,7 @@ stochastic depth, scan), and converting parameter trees between the layouts.
 
 A stack is an ``nnx.List`` of ``layers.Block`` (parameter paths ``blocks/<i>/...``), or with
 ``scan_layers=True`` one Block whose arrays carry a leading ``[depth]`` axis (logical name
-'layers', paths ``blocks/...``). Tokens run through it as ``[B, N, D]`` float32.
+'layers', paths ``blocks/...``). Tokens run through it as ``[B, N, D]`` in the blocks' activation dtype (float32 by default).
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ def make_blocks(
   attention_impl: str | None,
   scan_layers: bool,
   rngs: nnx.Rngs,
+  activation_dtype: Any = jnp.float32,
 ):
   """``depth`` Blocks of width ``dim``: an ``nnx.List``, or (``scan_layers``) one Block of stacked
-  ``[depth, ...]`` arrays."""
+  ``[depth, ...]`` arrays; their residual stream in ``activation_dtype``."""
 
   def make_block(block_rngs: nnx.Rngs) -> Block:
     return Block(
@@ -46,6 +47,7 @@ def make_blocks(
       dtype=dtype,
       param_dtype=param_dtype,
       attention_impl=attention_impl,
+      activation_dtype=activation_dtype,
       rngs=block_rngs,
     )
 
@@ -136,7 +138,8 @@ def run_blocks(
   key: jax.Array | None = None,
   train: bool = False,
 ) -> jax.Array:
-  """Blocks then the final LayerNorm on tokens ``[B, N, D]`` -> ``[B, N, D]`` float32.
+  """Blocks then the final LayerNorm on tokens ``[B, N, D]`` -> ``[B, N, D]`` (in the norm's
+  activation dtype, float32 by default).
 
   The batch axis is constrained to the data sharding first. Stochastic depth (``drop_path_rates``,
   drawn from ``key``) applies only with ``train``.

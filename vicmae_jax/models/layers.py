@@ -2,7 +2,7 @@
 MLP, stochastic depth, and the pre-norm ``Block`` built from them.
 
 Shapes (channels last, token-major):
-  x        [B, N, D]      float32 residual stream between blocks
+  x        [B, N, D]      residual stream between blocks, in ``activation_dtype`` (float32 by default)
   q, k, v  [B, H, N, hd]  heads-major (``multi_head_attention``) or [B, N, H, hd] (the cuDNN path)
 
 Parameter tree of one ``Block`` (names follow timm)::
@@ -17,7 +17,10 @@ Parameter tree of one ``Block`` (names follow timm)::
 Stacks of Blocks (list or scanned layout, remat) are ``block_stack``'s.
 
 Numerics: parameters in ``param_dtype`` (float32); Dense layers compute in ``dtype`` (e.g.
-bfloat16); LayerNorm, softmax, GELU and the residual stream stay in float32.
+bfloat16); LayerNorm statistics, softmax and GELU are computed in float32. The residual stream and
+the activations saved for the backward pass (LayerNorm outputs, attention probabilities) are kept
+in ``activation_dtype``: float32 by default (every op then as before), bfloat16 to halve the bytes
+each block reads, writes and keeps (the sums into the stream are taken in float32, then rounded).
 """
 
 from __future__ import annotations
@@ -63,16 +66,22 @@ def _layer_norm_f32(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: fl
 
 
 def _layer_norm_f32_fwd(x, scale, bias, epsilon):
-  mean = jnp.mean(x, axis=-1, keepdims=True)
-  centered = x - mean
+  # Statistics in float32 whatever x's dtype; the output and the saved normalized input in x's.
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=-1, keepdims=True)
+  centered = x32 - mean
   rstd = jax.lax.rsqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + epsilon)
   normed = centered * rstd
-  return normed * scale + bias, (normed, rstd, scale)
+  out = (normed * scale + bias).astype(x.dtype)
+  return out, (normed.astype(x.dtype), rstd, scale)
 
 
 def _layer_norm_f32_bwd(epsilon, residuals, dy):
   del epsilon
   normed, rstd, scale = residuals
+  out_dtype = normed.dtype
+  normed = normed.astype(jnp.float32)
+  dy = dy.astype(jnp.float32)
   token_axes = tuple(range(dy.ndim - 1))
   d_scale = jnp.sum(dy * normed, axis=token_axes)
   d_bias = jnp.sum(dy, axis=token_axes)
@@ -80,36 +89,42 @@ def _layer_norm_f32_bwd(epsilon, residuals, dy):
   d_x = rstd * (
     g - jnp.mean(g, axis=-1, keepdims=True) - normed * jnp.mean(g * normed, axis=-1, keepdims=True)
   )
-  return d_x, d_scale, d_bias
+  return d_x.astype(out_dtype), d_scale, d_bias
 
 
 _layer_norm_f32.defvjp(_layer_norm_f32_fwd, _layer_norm_f32_bwd)
 
 
 class LayerNorm(nnx.LayerNorm):
-  """LayerNorm over the last axis in float32: ``(x - mean) * rsqrt(var + eps) * scale + bias``.
+  """LayerNorm over the last axis, statistics in float32: ``(x - mean) * rsqrt(var + eps) * scale + bias``.
 
-  ``[..., D] -> [..., D]`` float32. Two-pass (biased) variance like PyTorch. The gradient is
+  ``[..., D] -> [..., D]`` in ``activation_dtype`` (float32 unless set; the input is cast to it).
+  Two-pass (biased) variance like PyTorch. The gradient is
   written out by hand (the usual closed form ``rstd * (g - mean(g) - x_hat * mean(g * x_hat))``,
   ``g = dy * scale``): the autodiff gradient of flax's formula is a longer chain of elementwise
   ops around a full ``[N, D]`` product ``rstd * scale``, which XLA:CPU fuses into several
   consumers and computes again in each. Parameters and names are those of ``nnx.LayerNorm``.
   """
 
+  activation_dtype: Any = jnp.float32
+
   def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
     if mask is not None or self.scale is None or self.bias is None or self.reduction_axes != -1:
       return super().__call__(x, mask=mask)
     return _layer_norm_f32(
-      x.astype(jnp.float32),
+      x.astype(self.activation_dtype),
       self.scale[...].astype(jnp.float32),
       self.bias[...].astype(jnp.float32),
       float(self.epsilon),
     )
 
 
-def layer_norm(dim: int, *, param_dtype: Any, rngs: nnx.Rngs) -> LayerNorm:
-  """LayerNorm(eps=1e-6) computed in float32 with a two-pass variance like PyTorch."""
-  return LayerNorm(
+def layer_norm(
+  dim: int, *, param_dtype: Any, rngs: nnx.Rngs, activation_dtype: Any = jnp.float32
+) -> LayerNorm:
+  """LayerNorm(eps=1e-6), statistics in float32 with a two-pass variance like PyTorch, output in
+  ``activation_dtype``."""
+  norm = LayerNorm(
     dim,
     epsilon=1e-6,
     dtype=jnp.float32,
@@ -119,6 +134,8 @@ def layer_norm(dim: int, *, param_dtype: Any, rngs: nnx.Rngs) -> LayerNorm:
     bias_init=nnx.with_partitioning(_zeros, ("norm",), eager_sharding=False),
     rngs=rngs,
   )
+  norm.activation_dtype = activation_dtype
+  return norm
 
 
 def token_param(
@@ -147,15 +164,42 @@ def gelu_erf(x: jax.Array) -> jax.Array:
   return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(2**-0.5)))
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _softmax_as(logits: jax.Array, dtype: Any) -> jax.Array:
+  return _softmax_as_fwd(logits, dtype)[0]
+
+
+def _softmax_as_fwd(logits, dtype):
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
+  return probs, probs
+
+
+def _softmax_as_bwd(dtype, probs, dp):
+  del dtype
+  p = probs.astype(jnp.float32)
+  dp = dp.astype(jnp.float32)
+  return (p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)),)
+
+
+_softmax_as.defvjp(_softmax_as_fwd, _softmax_as_bwd)
+
+
 def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
   """Softmax attention on heads-major inputs ``[B, H, N, hd]`` -> ``[B, H, N, hd]``.
 
   Logits and softmax in float32 (the compute dtype's matmuls accumulate in float32); the
   probabilities are cast back to the dtype of ``v`` for the second matmul, as
-  ``jax.nn.dot_product_attention``'s XLA path does.
+  ``jax.nn.dot_product_attention``'s XLA path does. With ``v`` in float32 this is
+  ``jax.nn.softmax``'s own gradient; in a narrower dtype the backward pass keeps only the
+  probabilities in that dtype (its gradient ``p * (dp - sum(dp * p))`` is taken in float32), not
+  a float32 copy as well.
   """
   logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
-  probs = jax.nn.softmax(logits * np.float32(scale), axis=-1).astype(v.dtype)
+  logits = logits * np.float32(scale)
+  if v.dtype == jnp.float32:
+    probs = jax.nn.softmax(logits, axis=-1)
+  else:
+    probs = _softmax_as(logits, v.dtype)
   return jnp.einsum("bhqk,bhkd->bhqd", probs, v)
 
 
@@ -267,7 +311,7 @@ class Mlp(nnx.Module):
 class Block(nnx.Module):
   """Pre-norm transformer block (timm ``Block``): x + attn(norm1(x)); x + mlp(norm2(x)).
 
-  ``[B, N, D]`` float32 residual stream in and out.
+  ``[B, N, D]`` residual stream in and out, in ``activation_dtype`` (the input is cast to it).
   """
 
   def __init__(
@@ -279,13 +323,19 @@ class Block(nnx.Module):
     dtype: Any = jnp.float32,
     param_dtype: Any = jnp.float32,
     attention_impl: str | None = None,
+    activation_dtype: Any = jnp.float32,
     rngs: nnx.Rngs,
   ):
-    self.norm1 = layer_norm(dim, param_dtype=param_dtype, rngs=rngs)
+    self.activation_dtype = activation_dtype
+    self.norm1 = layer_norm(
+      dim, param_dtype=param_dtype, rngs=rngs, activation_dtype=activation_dtype
+    )
     self.attn = Attention(
       dim, num_heads, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl, rngs=rngs
     )
-    self.norm2 = layer_norm(dim, param_dtype=param_dtype, rngs=rngs)
+    self.norm2 = layer_norm(
+      dim, param_dtype=param_dtype, rngs=rngs, activation_dtype=activation_dtype
+    )
     self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(
@@ -295,7 +345,8 @@ class Block(nnx.Module):
     # The residual stream stays token-major [B*N, D] inside the block, so every Dense reads
     # and its gradient is written as one matrix: with a reshape between the residual adds and
     # the matmuls XLA:CPU instead re-derives each residual gradient from all later blocks.
-    h = x.reshape(batch * length, dim)
+    act = self.activation_dtype
+    h = x.reshape(batch * length, dim).astype(act)
     attn_key, mlp_key = jax.random.split(key) if key is not None else (None, None)
 
     def residual(h: jax.Array, branch: jax.Array, branch_key: jax.Array | None) -> jax.Array:
@@ -303,7 +354,7 @@ class Block(nnx.Module):
       if branch_key is not None:
         branch = drop_path(branch.reshape(batch, length, dim), drop_path_rate, branch_key)
         branch = branch.reshape(batch * length, dim)
-      return h + branch
+      return (h.astype(jnp.float32) + branch).astype(act)
 
     h = residual(h, self.attn.attend_tokens(self.norm1(h), batch, length), attn_key)
     h = residual(h, self.mlp(self.norm2(h)), mlp_key)

@@ -53,6 +53,12 @@ DEFAULTS: dict[str, Any] = {
   "projector_out_dim": 128,
   "dtype": "float32",
   "param_dtype": "float32",
+  # The residual stream and the activations kept for the backward pass (layers.py); LayerNorm
+  # statistics, softmax, the losses and the optimizer stay float32 whatever it is.
+  "activation_dtype": "float32",
+  # How the masked encoder picks its kept tokens and the decoder un-shuffles (vit.gather_tokens):
+  # "take" (gather, scatter-add gradient) or "one_hot" (0/1 matmuls, no scatter).
+  "token_gather": "take",
   "remat": "none",
   "scan_layers": False,
   "drop_path_rate": 0.0,
@@ -110,7 +116,7 @@ def resolve_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
       raise ValueError(
         f"model.{width}={out[width]} must be divisible by 4 (2-D sin-cos embeddings)"
       )
-  for field in ("dtype", "param_dtype"):
+  for field in ("dtype", "param_dtype", "activation_dtype"):
     if out[field] not in DTYPES:
       raise ValueError(f"model.{field}={out[field]!r} is not one of {list(DTYPES)}")
   if out["remat"] not in block_stack.REMAT_POLICIES:
@@ -123,6 +129,10 @@ def resolve_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     )
   if out["contrast_pool"] not in ("mean", "cls"):
     raise ValueError(f"model.contrast_pool={out['contrast_pool']!r} is not one of ['mean', 'cls']")
+  if out["token_gather"] not in ("take", "one_hot"):
+    raise ValueError(
+      f"model.token_gather={out['token_gather']!r} is not one of ['take', 'one_hot']"
+    )
   if not 0.0 <= float(out["mask_ratio"]) < 1.0:
     raise ValueError(f"model.mask_ratio must be in [0, 1), got {out['mask_ratio']!r}")
   if not 0.0 <= float(out["drop_path_rate"]) < 1.0:
@@ -137,7 +147,7 @@ def resolve_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def dtype(resolved: Mapping[str, Any], field: str = "dtype") -> Any:
-  """The jnp dtype named by ``resolved[field]`` ("dtype" or "param_dtype")."""
+  """The jnp dtype named by ``resolved[field]`` ("dtype", "param_dtype" or "activation_dtype")."""
   return DTYPES[resolved[field]]
 
 
@@ -155,6 +165,7 @@ def encoder_kwargs(resolved: Mapping[str, Any]) -> dict[str, Any]:
     drop_path_rate=float(resolved["drop_path_rate"]),
     dtype=dtype(resolved),
     param_dtype=dtype(resolved, "param_dtype"),
+    activation_dtype=dtype(resolved, "activation_dtype"),
     remat=resolved["remat"],
     scan_layers=resolved["scan_layers"],
     attention_impl=None if impl in (None, "xla") else impl,

@@ -144,8 +144,12 @@ class MAEDecoder(nnx.Module):
     scan_layers: bool,
     attention_impl: str | None,
     rngs: nnx.Rngs,
+    activation_dtype: Any = jnp.float32,
+    token_gather: str = "take",
   ):
     self.embed_dim = embed_dim
+    self.activation_dtype = activation_dtype
+    self.token_gather = token_gather
     self.remat = remat
     self.scan_layers = scan_layers
     self.embed = layers.dense(
@@ -164,23 +168,34 @@ class MAEDecoder(nnx.Module):
       attention_impl=attention_impl,
       scan_layers=scan_layers,
       rngs=rngs,
+      activation_dtype=activation_dtype,
     )
-    self.norm = layers.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
+    self.norm = layers.layer_norm(
+      embed_dim, param_dtype=param_dtype, rngs=rngs, activation_dtype=activation_dtype
+    )
     self.pred = layers.dense(
       embed_dim, patch_dim, ("embed", "patch"), dtype=dtype, param_dtype=param_dtype, rngs=rngs
     )
 
   def __call__(self, tokens: jax.Array, ids_restore: jax.Array, grid: tuple[int, int]) -> jax.Array:
-    x = self.embed(tokens).astype(jnp.float32)
+    act = self.activation_dtype
+    x = self.embed(tokens).astype(act)
     batch, length = ids_restore.shape
     num_masked = length + 1 - x.shape[1]
     mask_tokens = jnp.broadcast_to(
-      self.mask_token[...].astype(jnp.float32), (batch, num_masked, self.embed_dim)
+      self.mask_token[...].astype(act), (batch, num_masked, self.embed_dim)
     )
-    patches = jnp.concatenate([x[:, 1:], mask_tokens], axis=1)
-    patches = jnp.take_along_axis(patches, ids_restore[:, :, None], axis=1)
-    x = jnp.concatenate([x[:, :1], patches], axis=1)
+    if self.token_gather == "one_hot":
+      # Kept token k goes where ids_restore == k; removed patches (ids >= K) get the mask token.
+      patches = vit.gather_tokens(x[:, 1:], ids_restore, "one_hot")
+      removed = (ids_restore >= x.shape[1] - 1)[:, :, None]
+      patches = jnp.where(removed, self.mask_token[...].astype(act), patches)
+    else:
+      patches = jnp.concatenate([x[:, 1:], mask_tokens], axis=1)
+      patches = jnp.take_along_axis(patches, ids_restore[:, :, None], axis=1)
+    x = jnp.concatenate([x[:, :1], patches], axis=1).astype(jnp.float32)
     x = x + jnp.asarray(vit.sincos_2d(self.embed_dim, grid[0], grid[1], cls_token=True))
+    x = x.astype(act)
     x = block_stack.run_blocks(
       self.blocks, self.norm, x, scan_layers=self.scan_layers, remat=self.remat
     )
@@ -212,6 +227,8 @@ class ViCMAE(nnx.Module):
     scan_layers: bool = False,
     attention_impl: str | None = None,
     contrast_pool: str = "mean",
+    activation_dtype: Any = jnp.float32,
+    token_gather: str = "take",
     rngs: nnx.Rngs,
   ):
     self.patch_size = patch_size
@@ -230,6 +247,8 @@ class ViCMAE(nnx.Module):
       remat=remat,
       scan_layers=scan_layers,
       attention_impl=attention_impl,
+      activation_dtype=activation_dtype,
+      token_gather=token_gather,
       rngs=rngs,
     )
     self.decoder = MAEDecoder(
@@ -244,6 +263,8 @@ class ViCMAE(nnx.Module):
       remat=remat,
       scan_layers=scan_layers,
       attention_impl=attention_impl,
+      activation_dtype=activation_dtype,
+      token_gather=token_gather,
       rngs=rngs,
     )
     self.projector = Projector(
@@ -329,5 +350,6 @@ def build_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> ViCMAE:
     projector_hidden_dim=c["projector_hidden_dim"],
     projector_out_dim=c["projector_out_dim"],
     contrast_pool=c["contrast_pool"],
+    token_gather=c["token_gather"],
     rngs=rngs,
   )

@@ -75,6 +75,7 @@ class VideoViT(nnx.Module):
     remat: str = "none",
     scan_layers: bool = False,
     attention_impl: str | None = None,
+    activation_dtype: Any = jnp.float32,
     rngs: nnx.Rngs,
   ):
     if num_classes < 1:
@@ -125,6 +126,7 @@ class VideoViT(nnx.Module):
       attention_impl=attention_impl,
       scan_layers=scan_layers,
       rngs=rngs,
+      activation_dtype=activation_dtype,
     )
     self.norm = layers.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
     self.fc_norm = layers.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)

@@ -6,7 +6,8 @@ Shapes (channels last everywhere):
   patches  [B, L, p*p*C]            L = (H/p)*(W/p), row-major over the patch grid, pixels in
                                     (row-in-patch, column-in-patch, channel) order like the
                                     official ``patchify`` ('nchpwq->nhwpqc')
-  tokens   [B, 1 + K, D]            cls token first, then the K visible patch tokens
+  tokens   [B, 1 + K, D]            cls token first, then the K visible patch tokens, in the
+                                    model's ``activation_dtype`` (float32 by default)
   mask     [B, L]                   float32, 1 = removed, 0 = visible (official convention)
   ids_restore [B, L]                int32, ``take_along_axis(shuffled, ids_restore)`` un-shuffles
 
@@ -146,8 +147,33 @@ def pool_tokens(tokens: jax.Array, pool: str) -> jax.Array:
   raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
 
 
+TOKEN_GATHERS = ("take", "one_hot")
+
+
+def gather_tokens(x: jax.Array, ids: jax.Array, how: str = "take") -> jax.Array:
+  """``x [B, L, D]``, ``ids [B, M]`` -> ``[B, M, D]`` with row m = ``x[:, ids[:, m]]``; an id
+  outside [0, L) gives a zero row with "one_hot" (take_along_axis clamps it).
+
+  "take": a gather (its gradient a scatter-add). "one_hot": a batched matmul with the 0/1 matrix
+  ``ids[..., None] == arange(L)`` (its gradient two matmuls, no scatter; exact, as each output is
+  one input times 1, the float32 form at the highest matmul precision so no TF32 rounding).
+  """
+  if how == "take":
+    return jnp.take_along_axis(x, ids[:, :, None], axis=1)
+  if how != "one_hot":
+    raise ValueError(f"token_gather must be one of {TOKEN_GATHERS}, got {how!r}")
+  select = (ids[:, :, None] == jnp.arange(x.shape[1], dtype=ids.dtype)).astype(x.dtype)
+  return jnp.einsum(
+    "bml,bld->bmd",
+    select,
+    x,
+    precision=jax.lax.Precision.HIGHEST,
+    preferred_element_type=jnp.float32,
+  ).astype(x.dtype)
+
+
 def random_masking(
-  x: jax.Array, noise: jax.Array, len_keep: int
+  x: jax.Array, noise: jax.Array, len_keep: int, gather: str = "take"
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per-sample random masking by argsort of noise (small noise = kept).
 
@@ -155,6 +181,7 @@ def random_masking(
     x: ``[B, L, D]`` tokens.
     noise: ``[B, L]`` any real values (uniform in [0, 1) in training).
     len_keep: K, number of tokens to keep.
+    gather: how the kept tokens are picked (``gather_tokens``).
   Returns:
     ``x_kept [B, K, D]`` (in shuffled order), ``mask [B, L]`` float32 (1 = removed),
     ``ids_restore [B, L]`` int32.
@@ -162,7 +189,7 @@ def random_masking(
   ids_shuffle = jnp.argsort(noise, axis=1)
   ids_restore = jnp.argsort(ids_shuffle, axis=1).astype(jnp.int32)
   ids_keep = ids_shuffle[:, :len_keep]
-  x_kept = jnp.take_along_axis(x, ids_keep[:, :, None], axis=1)
+  x_kept = gather_tokens(x, ids_keep, gather)
   # A patch is removed exactly when its rank in the shuffle is >= K.
   mask = (ids_restore >= len_keep).astype(jnp.float32)
   return x_kept, mask, ids_restore
@@ -171,7 +198,7 @@ def random_masking(
 class VisionTransformer(nnx.Module):
   """ViT encoder: patch Dense + fixed sin-cos positions, cls token, random masking, blocks, LayerNorm.
 
-  ``__call__(images [B, H, W, C], ...) -> dict(tokens [B, 1+K, D] f32, mask [B, L], ids_restore [B, L])``.
+  ``__call__(images [B, H, W, C], ...) -> dict(tokens [B, 1+K, D], mask [B, L], ids_restore [B, L])``.
   """
 
   def __init__(
@@ -189,9 +216,13 @@ class VisionTransformer(nnx.Module):
     remat: str = "none",
     scan_layers: bool = False,
     attention_impl: str | None = None,
+    activation_dtype: Any = jnp.float32,
+    token_gather: str = "take",
     rngs: nnx.Rngs,
   ):
     block_stack.remat_policy(remat)  # validates the value early
+    self.activation_dtype = activation_dtype
+    self.token_gather = token_gather
     self.patch_size = patch_size
     self.embed_dim = embed_dim
     self.in_channels = in_channels
@@ -219,8 +250,11 @@ class VisionTransformer(nnx.Module):
       attention_impl=attention_impl,
       scan_layers=scan_layers,
       rngs=rngs,
+      activation_dtype=activation_dtype,
     )
-    self.norm = layers.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
+    self.norm = layers.layer_norm(
+      embed_dim, param_dtype=param_dtype, rngs=rngs, activation_dtype=activation_dtype
+    )
 
   def grid(self, images: jax.Array) -> tuple[int, int]:
     """Patch grid (rows, cols) of ``images [..., H, W, C]``."""
@@ -231,23 +265,28 @@ class VisionTransformer(nnx.Module):
     return height // p, width // p
 
   def embed_patches(self, images: jax.Array) -> jax.Array:
-    """``[B, H, W, C]`` -> patch tokens with position embeddings ``[B, L, D]`` float32 (no cls)."""
+    """``[B, H, W, C]`` -> patch tokens with position embeddings ``[B, L, D]`` (no cls), in the
+    activation dtype (the sum taken in float32)."""
     if images.shape[-1] != self.in_channels:
       raise ValueError(
         f"images must have {self.in_channels} channels (last axis), got shape {images.shape}"
       )
     gh, gw = self.grid(images)
     x = self.patch_embed(patchify(images, self.patch_size)).astype(jnp.float32)
-    return x + jnp.asarray(sincos_2d(self.embed_dim, gh, gw, cls_token=False))
+    x = x + jnp.asarray(sincos_2d(self.embed_dim, gh, gw, cls_token=False))
+    return x.astype(self.activation_dtype)
 
   def cls_tokens(self, batch: int) -> jax.Array:
-    """``[B, 1, D]`` float32; the cls position embedding is the zero row, so it adds nothing."""
-    return jnp.broadcast_to(self.cls_token[...].astype(jnp.float32), (batch, 1, self.embed_dim))
+    """``[B, 1, D]`` in the activation dtype; the cls position embedding is the zero row, so it
+    adds nothing."""
+    token = self.cls_token[...].astype(self.activation_dtype)
+    return jnp.broadcast_to(token, (batch, 1, self.embed_dim))
 
   def transform(
     self, x: jax.Array, *, key: jax.Array | None = None, train: bool = False
   ) -> jax.Array:
-    """Blocks + final LayerNorm on any token sequence ``[B, N, D]`` -> ``[B, N, D]`` float32."""
+    """Blocks + final LayerNorm on any token sequence ``[B, N, D]`` -> ``[B, N, D]`` (activation
+    dtype)."""
     return block_stack.run_blocks(
       self.blocks,
       self.norm,
@@ -275,7 +314,7 @@ class VisionTransformer(nnx.Module):
       noise: ``[B, L]`` argsort noise; drawn from ``key`` when None and masking.
       key: PRNG key for masking noise and stochastic depth (``train`` only).
     Returns:
-      ``tokens [B, 1+K, D]`` float32 after the final norm, ``mask [B, L]`` float32 (1 = removed),
+      ``tokens [B, 1+K, D]`` after the final norm (activation dtype), ``mask [B, L]`` float32 (1 = removed),
       ``ids_restore [B, L]`` int32.
     """
     x = self.embed_patches(images)
@@ -289,7 +328,7 @@ class VisionTransformer(nnx.Module):
         noise = jax.random.uniform(mask_key, (batch, length))
       elif noise.shape != (batch, length):
         raise ValueError(f"noise must have shape {(batch, length)}, got {noise.shape}")
-      x, mask, ids_restore = random_masking(x, noise, len_keep)
+      x, mask, ids_restore = random_masking(x, noise, len_keep, self.token_gather)
     else:
       mask = jnp.zeros((batch, length), jnp.float32)
       ids_restore = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
