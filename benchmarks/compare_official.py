@@ -160,51 +160,21 @@ def make_batch(args: argparse.Namespace):
 def build_ours(cfg: dict[str, Any], images, *, lr: float, seed: int):
   """Returns ``step() -> loss`` (one AdamW train step on `images`, waited for) and the compile time (s)."""
   import jax
-  import jax.numpy as jnp
-  import optax
   from flax import nnx
 
-  from vicmae_jax import losses, optim
+  from benchmarks import bench_lib
+  from vicmae_jax import optim
   from vicmae_jax.models import vicmae
 
   dims = vicmae.resolve_model_config(cfg)
   model = vicmae.build_model(cfg, rngs=nnx.Rngs(seed))
   graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
   tx = optim.make_adamw(lr, weight_decay=0.05, b1=0.9, b2=0.95)
-  state = {
-    "step": jnp.zeros((), jnp.int32),
-    "params": params,
-    "batch_stats": batch_stats,
-    "opt_state": tx.init(params),
-  }
-  mask_ratio = float(dims["mask_ratio"])
+  state = bench_lib.init_state(params, batch_stats, tx)
+  pretrain_step = bench_lib.pretrain_step(graphdef, rest, tx, dims, uint8_views=False)
 
   def step_fn(state, images, key):
-    key = jax.random.fold_in(key, state["step"])
-    model = nnx.merge(graphdef, state["params"], state["batch_stats"], rest)
-
-    def loss_fn(model):
-      out = model(images, mask_ratio=mask_ratio, key=key, train=True)
-      return losses.pretrain_loss(
-        images,
-        out,
-        patch_size=int(dims["patch_size"]),
-        temperature=float(dims["temperature"]),
-        weight_recon=float(dims["weight_recon"]),
-        weight_contrast=float(dims["weight_contrast"]),
-        norm_pix=bool(dims["norm_pix_loss"]),
-      )
-
-    (loss, _), grads = nnx.value_and_grad(
-      loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True
-    )(model)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {
-      "step": state["step"] + 1,
-      "params": optax.apply_updates(state["params"], updates),
-      "batch_stats": nnx.state(model, nnx.BatchStat),
-      "opt_state": opt_state,
-    }
+    new_state, (loss, _) = pretrain_step(state, images, key)
     return new_state, loss
 
   images = jax.device_put(images)
@@ -457,10 +427,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       f"{result['ratio_per_repeat_median']:.3f}, range {min(paired):.3f} .. {max(paired):.3f}); "
       f"CPU-time ratio {result['cpu_ratio']:.3f}"
     )
-  if args.json_out:
-    with open(args.json_out, "w") as f:
-      json.dump(result, f, indent=2)
-    print(f"wrote {args.json_out}")
+  from benchmarks import bench_lib
+
+  bench_lib.write_json(args.json_out, result)
   return result
 
 

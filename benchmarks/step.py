@@ -54,15 +54,13 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks import bench_lib  # noqa: E402
 from vicmae_jax import flops as flops_lib  # noqa: E402
-from vicmae_jax import losses  # noqa: E402
 from vicmae_jax.models import vicmae  # noqa: E402
-from vicmae_jax.models import vit  # noqa: E402
 
 
 def build_step(
@@ -86,41 +84,11 @@ def build_step(
   # Decay matrices only (no biases, norm scales, tokens' leading singleton axes aside), as in pretraining.
   decay_mask = jax.tree.map(lambda x: x.ndim >= 2 and x.shape[0] > 1, params)
   tx = optax.adamw(learning_rate, b1=0.9, b2=0.95, weight_decay=weight_decay, mask=decay_mask)
-  state = {
-    "step": jnp.zeros((), jnp.int32),
-    "params": params,
-    "batch_stats": batch_stats,
-    "opt_state": tx.init(params),
-  }
-  mask_ratio = float(dims["mask_ratio"])
+  state = bench_lib.init_state(params, batch_stats, tx)
+  pretrain_step = bench_lib.pretrain_step(graphdef, rest, tx, dims, uint8_views=True)
 
   def step_fn(state, views, key):
-    key = jax.random.fold_in(key, state["step"])
-    images = vit.normalize_images(views)
-    model = nnx.merge(graphdef, state["params"], state["batch_stats"], rest)
-
-    def loss_fn(model):
-      out = model(images, mask_ratio=mask_ratio, key=key, train=True)
-      return losses.pretrain_loss(
-        images,
-        out,
-        patch_size=int(dims["patch_size"]),
-        temperature=float(dims["temperature"]),
-        weight_recon=float(dims["weight_recon"]),
-        weight_contrast=float(dims["weight_contrast"]),
-        norm_pix=bool(dims["norm_pix_loss"]),
-      )
-
-    (_, parts), grads = nnx.value_and_grad(
-      loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True
-    )(model)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {
-      "step": state["step"] + 1,
-      "params": optax.apply_updates(state["params"], updates),
-      "batch_stats": nnx.state(model, nnx.BatchStat),
-      "opt_state": opt_state,
-    }
+    new_state, (_, parts) = pretrain_step(state, views, key)
     return new_state, parts
 
   step = jax.jit(step_fn, donate_argnums=(0,))
@@ -431,10 +399,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
       rows.append(dict(cfg, image_size=args.image_size, batch=batch, error=str(e).splitlines()[0]))
       print(f"batch {batch} {dtype} remat={remat} scan={scan_layers}: {rows[-1]['error']}")
   print(format_table([r for r in rows if "error" not in r]))
-  if args.json_out:
-    with open(args.json_out, "w") as f:
-      json.dump(rows, f, indent=2)
-    print(f"wrote {args.json_out}")
+  bench_lib.write_json(args.json_out, rows)
   return rows
 
 

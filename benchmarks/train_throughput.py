@@ -44,6 +44,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import bench_lib  # noqa: E402
 from vicmae_jax import config_lib  # noqa: E402
 from vicmae_jax import metrics as metrics_lib  # noqa: E402
 from vicmae_jax import sharding as sharding_lib  # noqa: E402
@@ -309,10 +310,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   for name, value in ratios.items():
     print(f"{name:30s} {value:.3f}")
   print(f"loop overhead over the step: {overhead:+.1%} of step time")
-  if args.json_out:
-    with open(args.json_out, "w") as f:
-      json.dump(result, f, indent=2)
-    print(f"wrote {args.json_out}")
+  bench_lib.write_json(args.json_out, result)
   return result
 
 
