@@ -1,4 +1,4 @@
-"""CPU train-step time of our ViC-MAE against the official PyTorch model, side by side in one process.
+"""Train-step time of our ViC-MAE against the official PyTorch model, side by side in one process.
 
 Imports `models_vicmae.py` from a clone of the official repository (github.com/jeffhernandez1995/ViC-MAE,
 given with --official_repo; nothing of it lives in this project), builds the same architecture in both
@@ -18,7 +18,11 @@ is even, official then ours when odd), so load from other work on the machine hi
 the median step time of each side over all timed steps, the median of each repetition, and the ratio
 ours / official (of the overall medians, and the median and range of the per-repetition ratios).
 
-Threads (--threads, default 2):
+On a GPU (--device=gpu) each side runs its own recipe on the same batch: the official step under
+torch.autocast(float16) with a GradScaler (scale, backward, step, update), as engine_pretrain.py
+trains; ours with bfloat16 matmuls (float32 parameters, LayerNorm statistics and losses).
+
+Threads (--device=cpu, --threads, default 2):
   torch  torch.set_num_threads(threads); torch.set_num_interop_threads(1).
   XLA    XLA:CPU has no thread-count option: its intra-op (Eigen) pool has one thread per CPU the
          process may run on. The script therefore pins the whole process with os.sched_setaffinity to
@@ -85,6 +89,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions")
   parser.add_argument("--lr", type=float, default=1.5e-4)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument(
+    "--device",
+    choices=("cpu", "gpu"),
+    default="cpu",
+    help="cpu: both sides in float32 on --threads CPUs; gpu: both on the GPU, each in its own "
+    "recipe: the official fp16 autocast with a GradScaler, ours bfloat16 matmuls",
+  )
   parser.add_argument("--json_out", default=None, help="also write the results as JSON here")
   args = parser.parse_args(argv)
   if not args.skip_official and not args.official_repo:
@@ -132,7 +143,7 @@ def model_config(args: argparse.Namespace) -> dict[str, Any]:
     projector_hidden_dim=args.projector_hidden_dim,
     projector_out_dim=args.projector_out_dim,
     mask_ratio=args.mask_ratio,
-    dtype="float32",
+    dtype="bfloat16" if args.device == "gpu" else "float32",
     param_dtype="float32",
   )
 
@@ -287,6 +298,8 @@ def build_official(models_vicmae, args: argparse.Namespace, images, *, threads: 
     betas=(0.9, 0.95),
   )
   views = torch.from_numpy(images).permute(1, 0, 4, 2, 3).contiguous()  # [2, B, 3, S, S]
+  if args.device == "gpu":
+    model, views = model.cuda(), views.cuda()
   view1, view2 = views[0], views[1]
 
   def step() -> float:
@@ -295,6 +308,18 @@ def build_official(models_vicmae, args: argparse.Namespace, images, *, threads: 
     loss.backward()
     optimizer.step()
     return loss.item()
+
+  if args.device == "gpu":  # engine_pretrain.py's recipe: fp16 autocast, the loss scaled
+    scaler = torch.amp.GradScaler("cuda")
+
+    def step() -> float:  # noqa: F811
+      optimizer.zero_grad(set_to_none=True)
+      with torch.autocast("cuda", dtype=torch.float16):
+        loss, _, _ = model([view1, view2])
+      scaler.scale(loss).backward()
+      scaler.step(optimizer)
+      scaler.update()
+      return loss.item()  # waits for the GPU
 
   return step, torch.__version__
 
@@ -337,13 +362,17 @@ def _finite(x: float) -> bool:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   args = parse_args(argv)
-  cpus = limit_threads(args.threads)
+  cpus = limit_threads(args.threads) if args.device == "cpu" else []
 
   import jax
+
+  if args.device == "gpu" and jax.default_backend() != "gpu":
+    raise SystemExit(f"--device=gpu: jax runs on {jax.default_backend()!r}, not a GPU")
 
   images = make_batch(args)
   cfg = model_config(args)
   result: dict[str, Any] = {
+    "device": args.device,
     "config": dict(cfg, image_size=args.image_size, batch_pairs=args.batch, lr=args.lr),
     "threads": args.threads,
     "cpus": cpus,

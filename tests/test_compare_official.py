@@ -120,3 +120,13 @@ def test_defaults_and_argument_errors_name_the_flag(capsys):
     with pytest.raises(SystemExit):
       script.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_gpu_device_is_refused_without_a_gpu():
+  """--device=gpu (both sides in their own mixed-precision recipes) needs jax on a GPU."""
+  module = _load_script()
+  with pytest.raises(SystemExit, match="--device=gpu: jax runs on 'cpu', not a GPU"):
+    module.main(["--skip_official", "--device=gpu", *TINY])
+  args = module.parse_args(["--skip_official", "--device=gpu", *TINY])
+  assert module.model_config(args)["dtype"] == "bfloat16"
+  assert module.model_config(module.parse_args(["--skip_official", *TINY]))["dtype"] == "float32"

@@ -234,14 +234,8 @@ class ViCMAE(nnx.Module):
     self.patch_size = patch_size
     self.in_channels = in_channels
     self.contrast_pool = contrast_pool
-    self.encoder = vit.VisionTransformer(
-      patch_size=patch_size,
-      embed_dim=embed_dim,
-      depth=depth,
-      num_heads=num_heads,
-      mlp_ratio=mlp_ratio,
-      in_channels=in_channels,
-      drop_path_rate=drop_path_rate,
+    # How both stacks compute (dtypes, rematerialization, scan, attention kernel, token gather).
+    stack = dict(
       dtype=dtype,
       param_dtype=param_dtype,
       remat=remat,
@@ -251,6 +245,16 @@ class ViCMAE(nnx.Module):
       token_gather=token_gather,
       rngs=rngs,
     )
+    self.encoder = vit.VisionTransformer(
+      patch_size=patch_size,
+      embed_dim=embed_dim,
+      depth=depth,
+      num_heads=num_heads,
+      mlp_ratio=mlp_ratio,
+      in_channels=in_channels,
+      drop_path_rate=drop_path_rate,
+      **stack,
+    )
     self.decoder = MAEDecoder(
       in_dim=embed_dim,
       embed_dim=decoder_embed_dim,
@@ -258,14 +262,7 @@ class ViCMAE(nnx.Module):
       num_heads=decoder_num_heads,
       patch_dim=patch_size * patch_size * in_channels,
       mlp_ratio=mlp_ratio,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      remat=remat,
-      scan_layers=scan_layers,
-      attention_impl=attention_impl,
-      activation_dtype=activation_dtype,
-      token_gather=token_gather,
-      rngs=rngs,
+      **stack,
     )
     self.projector = Projector(
       embed_dim,
