@@ -69,7 +69,8 @@ def make_train_step(graphdef, rest, tx, lr_fn, config, state_shardings, batch_sh
   mask_ratio = float(dims["mask_ratio"])
   patch_size = int(dims["patch_size"])
   repl = sharding_lib.replicated(mesh)
-  photometric = device_photometric.device_plan(config.data)  # None: the host did it all
+  # None: the host did it all (or no data config: the caller brings finished views).
+  photometric = device_photometric.device_plan(config.data) if "data" in config else None
 
   def step_fn(state, batch):
     key = common.step_key(state)
