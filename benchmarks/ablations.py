@@ -9,7 +9,8 @@ own workdir DIR/runs/<variant>_s<seed>, one after another. A finished run writes
 DIR/<variant>_s<seed>.json (the held-out kNN, linear-probe and attentive-probe top-1 at the end and
 at step 0) and is not run again; an interrupted one resumes from its checkpoint. The encoder at
 initialization is the `random_init` row: the step-0 evaluation of the `vicmae` runs (the same seeds).
-At the end: DIR/ablations.md (mean and spread over seeds), DIR/ablations.png (accuracy per variant,
+Finished runs of this repository's machine are kept in benchmarks/ablation_runs/: copy them into
+DIR to resume the table without rerunning them. At the end: DIR/ablations.md (mean and spread over seeds), DIR/ablations.png (accuracy per variant,
 one dot per seed) and DIR/curves.png (loss parts, health monitors and eval accuracies over the
 steps of the first `vicmae` run, read from its TensorBoard event file).
 """
@@ -285,11 +286,12 @@ def main(argv=None) -> int:
   print(text)
   plot_ablations(rows, os.path.join(args.out, "ablations.png"))
   first = next((r for r in results if r["variant"] == "vicmae"), results[0])
-  plot_curves(
-    os.path.join(args.out, "runs", run_name(first["variant"], first["seed"])),
-    os.path.join(args.out, "curves.png"),
-  )
-  print(f"wrote {args.out}/ablations.md, ablations.png, curves.png")
+  workdir = os.path.join(args.out, "runs", run_name(first["variant"], first["seed"]))
+  if glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+    plot_curves(workdir, os.path.join(args.out, "curves.png"))
+  else:  # a finished run's JSON copied in (e.g. from benchmarks/ablation_runs) without its workdir
+    print(f"no TensorBoard events in {workdir}: curves.png not drawn")
+  print(f"wrote {args.out}/ablations.md, ablations.png (and curves.png where drawn)")
   return 0
 
 
