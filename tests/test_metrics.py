@@ -25,6 +25,26 @@ def test_window_averages_and_event_counts_reach_metrics_jsonl(tmp_path):
   assert logger.history[-1]["data/skipped_total"] == 3.0
 
 
+def test_a_resumed_logger_drops_the_killed_runs_lines_past_its_checkpoint(tmp_path):
+  first = metrics.TrainLogger(str(tmp_path), total_steps=8, global_batch=8)
+  for step in range(1, 7):
+    first.add({"loss": float(step)})
+    first.flush(step)
+  first.close()
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 7, "train/lo')  # a line torn by the kill
+  # The checkpoint was at step 4: the resumed run re-does 5 and 6 with the same data.
+  second = metrics.TrainLogger(str(tmp_path), total_steps=8, global_batch=8, start_step=4)
+  for step in (5, 6):
+    second.add({"loss": 10.0 * step})
+    second.flush(step)
+  second.close()
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+  assert [r["train/loss"] for r in rows] == [1.0, 2.0, 3.0, 4.0, 50.0, 60.0]
+  assert not (tmp_path / "metrics.jsonl.tmp").exists()
+
+
 def test_check_finite_names_the_bad_metrics():
   metrics.check_finite({"loss": 1.0, "grad_norm": 2.0}, 3)
   with pytest.raises(FloatingPointError, match=r"at step 7: grad_norm=inf, loss=nan\."):

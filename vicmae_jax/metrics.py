@@ -28,6 +28,34 @@ def _fmt_duration(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def drop_lines_after(path: str, step: int) -> int:
+  """Removes the records of `path` (metrics.jsonl) with a step past `step`; returns how many.
+
+  The file is rewritten beside itself and renamed over, so a kill leaves the old or the new one.
+  A line that does not parse (the torn last line of a killed writer) is dropped as well.
+  """
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = f.read().splitlines()
+  kept = []
+  for line in lines:
+    try:
+      rec = json.loads(line)
+    except ValueError:
+      continue
+    if int(rec.get("step", 0)) <= step:
+      kept.append(line)
+  dropped = len(lines) - len(kept)
+  if dropped:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.write("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+    logging.info("metrics.jsonl: dropped %d line(s) past step %d (a killed run's)", dropped, step)
+  return dropped
+
+
 class TrainLogger:
   """Accumulates per-step host metrics and writes averages every `every_steps` steps."""
 
@@ -42,8 +70,13 @@ class TrainLogger:
     peak_flops_total: float | None = None,
     prefix: str = "train",
     wandb: Mapping | None = None,
+    start_step: int = 0,
   ):
-    """wandb: `config.log.wandb`; with a project, process 0 writes to W&B as well (wandb_writer.py)."""
+    """wandb: `config.log.wandb`; with a project, process 0 writes to W&B as well (wandb_writer.py).
+
+    start_step: the step the run resumes at. Lines of metrics.jsonl past it were written by a
+    killed run after its last checkpoint; they are dropped so the file tells one history.
+    """
     from clu import metric_writers  # imports TensorFlow: only when a run starts writing
 
     self.writer = metric_writers.create_default_writer(
@@ -69,9 +102,11 @@ class TrainLogger:
     self._window_steps = 0
     self.history: list[dict] = []
     # A JSON-lines copy of every written scalar: easy to read back for scripts and tests.
-    self._jsonl = (
-      open(os.path.join(workdir, "metrics.jsonl"), "a") if jax.process_index() == 0 else None
-    )
+    self._jsonl = None
+    if jax.process_index() == 0:
+      path = os.path.join(workdir, "metrics.jsonl")
+      drop_lines_after(path, start_step)
+      self._jsonl = open(path, "a")
 
   def write_hparams(self, hparams: Mapping):
     flat = {}

@@ -411,6 +411,7 @@ def run(
     global_batch=config.batch_size,
     unit=unit,
     wandb=config.log.get("wandb"),
+    start_step=start_step,
   )
   if start_step == 0 and jax.process_index() == 0:
     logger.write_hparams(config_lib.to_plain(config))

@@ -289,6 +289,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     flops_per_step=_flops(dims, config),
     peak_flops_total=_peak_flops_total(dims),
     wandb=config.log.get("wandb"),
+    start_step=start_step,
   )
   if start_step == 0 and jax.process_index() == 0:
     logger.write_hparams(config_lib.to_plain(config))
