@@ -11,6 +11,10 @@ Rows (pairs/s of the same model, batch and compiled step, all in this process):
                    metrics, logger, the final checkpoint) on batches already in host memory: what the
                    loop itself costs over the step (`loop_overhead`, as a fraction of step time)
   loop_real        the same loop fed by the real loader: the figure a run gets
+  step_ranked      step_alone's step as it runs on a logged step: with the health monitors' two
+                   effective ranks (eigendecompositions, computed on logged steps only);
+                   `rank_cost` is its extra time as a fraction of step time, paid once per
+                   `log.every_steps` steps
 
 Loop rows are timed between the dispatch of step `--warmup` and of the last step (the compilation,
 the first steps and the closing save are outside the window). step_alone and loop_in_memory take
@@ -186,6 +190,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
   state, state_sh, graphdef, rest = fresh()
   step = pretrain.make_train_step(graphdef, rest, tx, lr_fn, config, state_sh, batch_sh, mesh)
+  ranked_config = config.copy_and_resolve_references()
+  ranked_config.log.every_steps = 1
+  step_ranked = pretrain.make_train_step(
+    graphdef, rest, tx, lr_fn, ranked_config, state_sh, batch_sh, mesh
+  )
 
   rows: dict[str, dict[str, Any]] = {}
   rng = np.random.default_rng(0)
@@ -196,8 +205,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   state, metrics = step(state, device_batch)
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - start
+  state, metrics = step_ranked(state, device_batch)
+  jax.block_until_ready(metrics)
 
-  def step_alone(state):
+  def step_alone(state, step=step):
     """Steps back to back on one device batch: seconds per step."""
     for _ in range(args.warmup):
       state, metrics = step(state, device_batch)
@@ -242,13 +253,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
   # The step alone and the loop on in-memory batches take turns (the machine's busy spells fall
   # on both); no loader exists yet, so no loader thread competes with them for the host.
-  alone, in_memory = [], []
+  alone, in_memory, ranked = [], [], []
   for _ in range(args.repeats):
     state, seconds = step_alone(state)
     alone.append(seconds)
+    state, seconds = step_alone(state, step_ranked)
+    ranked.append(seconds)
     in_memory.append(loop(InMemoryBatches(host_batches)))
   del state
-  for name, times in (("step_alone", alone), ("loop_in_memory", in_memory)):
+  for name, times in (
+    ("step_alone", alone),
+    ("step_ranked", ranked),
+    ("loop_in_memory", in_memory),
+  ):
     median = float(np.median(times))
     rows[name] = {"step_ms": 1e3 * median, "pairs_per_s": args.batch / median}
     rows[name]["step_ms_each"] = [1e3 * t for t in times]
@@ -284,6 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   base = rows["step_alone"]["pairs_per_s"]
   ratios = {f"{name} / step_alone": row["pairs_per_s"] / base for name, row in rows.items()}
   overhead = rows["loop_in_memory"]["step_ms"] / rows["step_alone"]["step_ms"] - 1.0
+  rank_cost = rows["step_ranked"]["step_ms"] / rows["step_alone"]["step_ms"] - 1.0
   result = {
     "variant": args.variant,
     "image_size": args.image_size,
@@ -300,6 +318,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     "rows": rows,
     "ratios": ratios,
     "loop_overhead": overhead,
+    "rank_cost": rank_cost,
     "device": device.device_kind,
     "platform": device.platform,
     "jax_version": jax.__version__,
@@ -310,6 +329,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   for name, value in ratios.items():
     print(f"{name:30s} {value:.3f}")
   print(f"loop overhead over the step: {overhead:+.1%} of step time")
+  print(f"health ranks on a logged step: {rank_cost:+.1%} of step time")
   bench_lib.write_json(args.json_out, result)
   return result
 

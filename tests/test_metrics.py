@@ -45,6 +45,25 @@ def test_a_resumed_logger_drops_the_killed_runs_lines_past_its_checkpoint(tmp_pa
   assert not (tmp_path / "metrics.jsonl.tmp").exists()
 
 
+def test_sampled_metrics_average_over_the_steps_that_measured_them(tmp_path):
+  logger = metrics.TrainLogger(str(tmp_path), total_steps=3, global_batch=8)
+  nan = float("nan")
+  for loss, rank in [(1.0, nan), (2.0, nan), (3.0, 6.0)]:
+    metrics.check_finite({"loss": loss, "health/z_rank": rank}, 1)  # NaN here is no fault
+    logger.add({"loss": loss, "health/z_rank": rank})
+  logger.flush(3)
+  logger.add({"loss": 4.0, "health/z_rank": nan})
+  logger.flush(4)  # a window without a measurement writes none
+  logger.close()
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert rows[0]["train/loss"] == 2.0 and rows[0]["train/health/z_rank"] == 6.0
+  assert rows[1]["train/loss"] == 4.0 and "train/health/z_rank" not in rows[1]
+  with pytest.raises(FloatingPointError, match="health/z_std=nan"):
+    metrics.check_finite({"health/z_std": nan}, 1)  # an every-step monitor's NaN is one
+  with pytest.raises(FloatingPointError, match="health/z_rank=inf"):
+    metrics.check_finite({"health/z_rank": math.inf}, 1)
+
+
 def test_check_finite_names_the_bad_metrics():
   metrics.check_finite({"loss": 1.0, "grad_norm": 2.0}, 3)
   with pytest.raises(FloatingPointError, match=r"at step 7: grad_norm=inf, loss=nan\."):

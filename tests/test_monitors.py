@@ -1,5 +1,6 @@
 """Collapse / health monitors against numpy, on collapsed inputs, and in the real train step."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -100,12 +101,37 @@ def test_reconstruction_masked_and_visible_against_numpy():
   assert float(got["recon_masked"]) == pytest.approx(float(loss), rel=1e-6)
 
 
+def test_ranks_only_when_asked_and_the_rest_unchanged():
+  rng = np.random.default_rng(3)
+  outputs = {
+    "proj": jnp.asarray(rng.normal(size=(6, 2, 8)), jnp.float32),
+    "pooled": jnp.asarray(rng.normal(size=(6, 2, 12)), jnp.float32),
+    "pred": jnp.asarray(rng.normal(size=(6, 2, 4, 48)), jnp.float32),
+    "mask": jnp.asarray(rng.random(size=(6, 2, 4)) < 0.5, jnp.float32),
+  }
+  images = jnp.asarray(rng.normal(size=(6, 2, 8, 8, 3)), jnp.float32)
+  fn = jax.jit(lambda now: monitors.pretrain_health(images, outputs, patch_size=4, rank_now=now))
+  on, off = fn(jnp.asarray(True)), fn(jnp.asarray(False))
+  assert set(monitors.SAMPLED_KEYS) <= set(on)
+  for k in on:
+    if k in monitors.SAMPLED_KEYS:
+      assert np.isfinite(float(on[k])) and np.isnan(float(off[k])), k
+    else:
+      assert float(on[k]) == float(off[k]), k
+  flat = np.asarray(outputs["proj"]).reshape(12, 8)
+  flat = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+  assert float(on["health/z_rank"]) == pytest.approx(_np_rank(flat), rel=1e-4)
+
+
 def test_train_step_logs_health(demo_root, tmp_path):
   from runs import tiny_config
   from vicmae_jax import main
 
-  config = tiny_config(demo_root, num_steps=2)
+  config = tiny_config(demo_root, num_steps=5)
+  config.log.every_steps = 2  # ranks measured on steps 2, 4 and 5 (the last)
   summary = main.run(config, str(tmp_path))
+  assert [h["step"] for h in summary["history"]] == [2, 4, 5]
+  assert all(np.isfinite(h["train/health/z_rank"]) for h in summary["history"])
   last = summary["history"][-1]
   for name in ("z_std", "z_rank", "pooled_std", "pooled_rank", "pos_cos", "neg_cos"):
     assert np.isfinite(last[f"train/health/{name}"]), name

@@ -18,6 +18,8 @@ from absl import logging
 import jax
 import numpy as np
 
+from vicmae_jax import monitors
+
 
 def _fmt_duration(seconds: float) -> str:
   if not math.isfinite(seconds):
@@ -26,6 +28,11 @@ def _fmt_duration(seconds: float) -> str:
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+# Metrics a step measures only on some steps (the ones it logs) and reports as NaN on the others:
+# averaged over the steps that measured them, and their NaN is no fault.
+SAMPLED_KEYS = monitors.SAMPLED_KEYS
 
 
 def drop_lines_after(path: str, step: int) -> int:
@@ -95,6 +102,7 @@ class TrainLogger:
     self.peak_flops_total = peak_flops_total
     self.prefix = prefix
     self._sums: dict[str, float] = {}
+    self._seen: dict[str, int] = {}  # steps of the window that measured each metric
     self._count = 0
     self._counts: dict[str, int] = {}  # events counted per window (e.g. skipped examples)
     self._totals: dict[str, int] = {}
@@ -126,7 +134,10 @@ class TrainLogger:
 
   def add(self, metrics: Mapping[str, float]):
     for k, v in metrics.items():
+      if k in SAMPLED_KEYS and math.isnan(float(v)):
+        continue  # not measured on this step
       self._sums[k] = self._sums.get(k, 0.0) + float(v)
+      self._seen[k] = self._seen.get(k, 0) + 1
     self._count += 1
     self._window_steps += 1
 
@@ -148,7 +159,7 @@ class TrainLogger:
     """Writes window averages for `step` (1-based count of completed steps)."""
     if not self._count:
       return None
-    avg = {f"{self.prefix}/{k}": v / self._count for k, v in self._sums.items()}
+    avg = {f"{self.prefix}/{k}": v / self._seen[k] for k, v in self._sums.items()}
     elapsed = time.perf_counter() - self._window_start
     step_time = elapsed / max(self._window_steps, 1)
     avg[f"{self.prefix}/step_time_s"] = step_time
@@ -186,7 +197,7 @@ class TrainLogger:
     parts.append(f"ETA {_fmt_duration(eta)}")
     logging.info(" | ".join(parts))
     self.history.append({"step": step, **avg})
-    self._sums, self._count, self._counts = {}, 0, {}
+    self._sums, self._seen, self._count, self._counts = {}, {}, 0, {}
     self._window_start = time.perf_counter()
     self._window_steps = 0
     return avg
@@ -215,7 +226,11 @@ class TrainLogger:
 
 def check_finite(metrics: Mapping[str, float], step: int) -> None:
   """Raises FloatingPointError naming the bad metrics when any is NaN or Inf."""
-  bad = {k: v for k, v in metrics.items() if not math.isfinite(float(v))}
+  bad = {
+    k: v
+    for k, v in metrics.items()
+    if not math.isfinite(float(v)) and not (k in SAMPLED_KEYS and math.isnan(float(v)))
+  }
   if bad:
     raise FloatingPointError(
       f"non-finite training metrics at step {step}: "

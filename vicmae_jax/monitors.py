@@ -18,6 +18,10 @@ the step already has (no extra forward pass), under ``stop_gradient``:
   recon_visible    the same error on the visible patches, which the loss never sees; with a mask
                    ratio of 0 it is the only one.
 
+The two ranks need an eigendecomposition (slow next to the rest on a GPU): the train step
+computes them on the steps it logs only (`rank_now`) and reports NaN on the others, which the
+logger skips (`SAMPLED_KEYS`). The other monitors are a few reductions and run every step.
+
 Singular values come from the eigenvalues of the Gram matrix of the smaller side ([P, P] or
 [D, D] once 2N exceeds the width: a reduction over the batch, cheap and sharding-friendly).
 """
@@ -30,6 +34,8 @@ import jax
 import jax.numpy as jnp
 
 from vicmae_jax import losses
+
+SAMPLED_KEYS = ("health/z_rank", "health/pooled_rank")
 
 
 def _normalize(x: jax.Array) -> jax.Array:
@@ -100,14 +106,35 @@ def reconstruction_health(
 
 
 def pretrain_health(
-  images: jax.Array, outputs: Mapping[str, jax.Array], *, patch_size: int, norm_pix: bool = True
+  images: jax.Array,
+  outputs: Mapping[str, jax.Array],
+  *,
+  patch_size: int,
+  norm_pix: bool = True,
+  rank_now: jax.Array | bool = True,
 ) -> dict[str, jax.Array]:
-  """Every monitor of the module docstring as ``{"health/<name>": scalar}`` (gradient-free)."""
+  """Every monitor of the module docstring as ``{"health/<name>": scalar}`` (gradient-free).
+
+  rank_now: a (traced) bool; where false the two ranks are NaN and their eigendecompositions are
+  not run (``lax.cond``).
+  """
   out = jax.lax.stop_gradient(dict(outputs))
   images = jax.lax.stop_gradient(images)
+  z = _normalize(out["proj"]).reshape(-1, out["proj"].shape[-1])
+  pooled = _normalize(out["pooled"]).reshape(-1, out["pooled"].shape[-1])
+
+  def ranks():
+    return effective_rank(z), effective_rank(pooled)
+
+  def skipped():
+    return jnp.float32(jnp.nan), jnp.float32(jnp.nan)
+
+  z_rank, pooled_rank = jax.lax.cond(jnp.asarray(rank_now), ranks, skipped)
   metrics = {
-    **embedding_health(out["proj"], "z"),
-    **embedding_health(out["pooled"], "pooled"),
+    "z_std": jnp.mean(jnp.std(z, axis=0)),
+    "z_rank": z_rank,
+    "pooled_std": jnp.mean(jnp.std(pooled, axis=0)),
+    "pooled_rank": pooled_rank,
     **contrastive_health(out["proj"]),
     **reconstruction_health(images, out["pred"], out["mask"], patch_size, norm_pix),
   }

@@ -64,13 +64,19 @@ def validate(config: ml_collections.ConfigDict, check_data: bool = True) -> dict
   return dims
 
 
-def make_train_step(graphdef, rest, tx, lr_fn, config, state_shardings, batch_sharding, mesh):
+def make_train_step(
+  graphdef, rest, tx, lr_fn, config, state_shardings, batch_sharding, mesh, total_steps=None
+):
+  """The jitted step. The health monitors' ranks are computed on the steps the loop logs (every
+  `config.log.every_steps` and the `total_steps`-th), NaN on the others."""
   dims = vicmae.resolve_model_config(config.model)
   mask_ratio = float(dims["mask_ratio"])
   patch_size = int(dims["patch_size"])
   repl = sharding_lib.replicated(mesh)
   # None: the host did it all (or no data config: the caller brings finished views).
   photometric = device_photometric.device_plan(config.data) if "data" in config else None
+  log_every = max(int(config.log.every_steps), 1)
+  last_step = int(total_steps) if total_steps else -1
 
   def step_fn(state, batch):
     key = common.step_key(state)
@@ -92,13 +98,18 @@ def make_train_step(graphdef, rest, tx, lr_fn, config, state_shardings, batch_sh
         weight_contrast=float(dims["weight_contrast"]),
         norm_pix=bool(dims["norm_pix_loss"]),
       )
-      health = monitors.pretrain_health(
-        images, out, patch_size=patch_size, norm_pix=bool(dims["norm_pix_loss"])
-      )
-      return loss, {**parts, **health}
+      return loss, (parts, out)
 
-    new_state, _, parts, norms = common.apply_gradients(state, model, loss_fn, tx, lr_fn)
-    return new_state, {**parts, **norms}
+    new_state, _, (parts, out), norms = common.apply_gradients(state, model, loss_fn, tx, lr_fn)
+    done = new_state["step"]  # the 1-based step the loop logs these metrics under
+    health = monitors.pretrain_health(
+      images,
+      out,
+      patch_size=patch_size,
+      norm_pix=bool(dims["norm_pix_loss"]),
+      rank_now=(done % log_every == 0) | (done == last_step),
+    )
+    return new_state, {**parts, **health, **norms}
 
   return jax.jit(
     step_fn,
@@ -270,7 +281,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model_fn, tx, lr_fn = make_model_and_optimizer(config, total_steps, durations.warmup_steps)
   state, state_sh, graphdef, rest = common.create_state(model_fn, tx, mesh, config.seed)
   batch_sh = sharding_lib.batch_sharding(mesh)
-  train_step = make_train_step(graphdef, rest, tx, lr_fn, config, state_sh, batch_sh, mesh)
+  train_step = make_train_step(
+    graphdef, rest, tx, lr_fn, config, state_sh, batch_sh, mesh, total_steps=total_steps
+  )
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
   logging.info(
     "Model: %s, %.2fM parameters", config.model.get("variant", "custom"), num_params / 1e6
