@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from vicmae_jax.data.source_base import Skipped, SkipLog, Source
+from vicmae_jax.data.source_base import Skipped, SkipLog, Source, existing_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -40,13 +40,13 @@ class TfdsImageSource(Source):
     super().__init__(name, skip_log)
     import tensorflow_datasets as tfds  # heavy (imports TensorFlow): only when a TFDS source is used
 
-    if data_dir is not None and not os.path.isdir(os.path.expanduser(data_dir)):
-      raise FileNotFoundError(f"TFDS data_dir not found: {data_dir}")
+    if data_dir is not None:
+      data_dir = existing_path(data_dir, "TFDS data_dir", folder=True)
     try:
       self._data = tfds.data_source(
         dataset,
         split=split,
-        data_dir=os.path.expanduser(data_dir) if data_dir else None,
+        data_dir=data_dir or None,
         download=False,
         decoders={image_key: tfds.decode.SkipDecoding()},
       )
@@ -92,9 +92,7 @@ class ImageFolderSource(Source):
 
   def __init__(self, path: str, *, name: str = "image_folder", skip_log: SkipLog | None = None):
     super().__init__(name, skip_log)
-    root = os.path.expanduser(str(path))
-    if not os.path.isdir(root):
-      raise FileNotFoundError(f"image folder not found: {path}")
+    root = existing_path(path, "image folder", folder=True)
     files: list[tuple[str, str]] = []
     for directory, subdirs, names in os.walk(root):
       subdirs.sort()
@@ -138,9 +136,7 @@ class NpzImageSource(Source):
 
   def __init__(self, path: str, *, name: str = "npz", skip_log: SkipLog | None = None):
     super().__init__(name, skip_log)
-    path = os.path.expanduser(str(path))
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"npz image file not found: {path}")
+    path = existing_path(path, "npz image file", folder=False)
     with np.load(path) as arrays:
       if "images" not in arrays:
         raise ValueError(f"{path}: no 'images' array (has {sorted(arrays.files)})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import threading
 from typing import Any
 
@@ -118,6 +119,14 @@ class Source:
 
 class RecordReadError(ValueError):
   """A stored record could not be read."""
+
+
+def existing_path(path: str | os.PathLike, what: str, *, folder: bool) -> str:
+  """`path` with `~` expanded; FileNotFoundError naming `what` when it is no folder / no file."""
+  expanded = os.path.expanduser(str(path))
+  if not (os.path.isdir if folder else os.path.isfile)(expanded):
+    raise FileNotFoundError(f"{what} not found: {path}")
+  return expanded
 
 
 def decode_image(data: Any) -> np.ndarray:
