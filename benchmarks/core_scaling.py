@@ -24,7 +24,6 @@ a busy spell of a shared machine falls on both.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import sys
@@ -36,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np  # noqa: E402
 
-from benchmarks import input_pipeline, train_throughput  # noqa: E402
+from benchmarks import bench_lib, input_pipeline, train_throughput  # noqa: E402
 from vicmae_jax.data import pipeline, sources  # noqa: E402
 
 
@@ -152,9 +151,7 @@ def main(argv=None) -> dict:
       flush=True,
     )
   result = {"rows": rows, "cores": os.cpu_count(), "image_size": args.image_size}
-  if args.json_out:
-    with open(args.json_out, "w") as f:
-      json.dump(result, f, indent=1)
+  bench_lib.write_json(args.json_out, result)
   return result
 
 
