@@ -23,7 +23,10 @@ MULTINODE = os.path.join(REPO_ROOT, "launch", "multinode_gpu.sh")
 
 WHERE = ["--project=my-proj", "--zone=us-central2-b", "--name=vicmae-v4"]
 WHERE_ARGV = ["--zone=us-central2-b", "--project=my-proj"]
-SSH = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "vicmae-v4", *WHERE_ARGV]
+TPU_VM = ["gcloud", "compute", "tpus", "tpu-vm"]
+QUEUED_RESOURCES = ["gcloud", "compute", "tpus", "queued-resources"]
+SSH = [*TPU_VM, "ssh", "vicmae-v4", *WHERE_ARGV]
+DELETE = [*TPU_VM, "delete", "vicmae-v4", *WHERE_ARGV, "--quiet"]
 
 
 @pytest.fixture(autouse=True)
@@ -72,10 +75,7 @@ def test_create_tpu_vm(capsys):
   commands, _ = dry_run(capsys, "create", *WHERE, "--accelerator_type=v4-32")
   assert commands == [
     [
-      "gcloud",
-      "compute",
-      "tpus",
-      "tpu-vm",
+      *TPU_VM,
       "create",
       "vicmae-v4",
       *WHERE_ARGV,
@@ -104,10 +104,7 @@ def test_create_queued_resource_waits_for_active(capsys):
   )
   assert commands == [
     [
-      "gcloud",
-      "compute",
-      "tpus",
-      "queued-resources",
+      *QUEUED_RESOURCES,
       "create",
       "vicmae-v4",
       "--node-id=vicmae-v4",
@@ -118,10 +115,7 @@ def test_create_queued_resource_waits_for_active(capsys):
       "--valid-until-duration=6h",
     ],
     [
-      "gcloud",
-      "compute",
-      "tpus",
-      "queued-resources",
+      *QUEUED_RESOURCES,
       "describe",
       "vicmae-v4",
       *WHERE_ARGV,
@@ -133,16 +127,11 @@ def test_create_queued_resource_waits_for_active(capsys):
 
 def test_delete_and_status(capsys):
   commands, _ = dry_run(capsys, "delete", *WHERE)
-  assert commands == [
-    ["gcloud", "compute", "tpus", "tpu-vm", "delete", "vicmae-v4", *WHERE_ARGV, "--quiet"]
-  ]
+  assert commands == [DELETE]
   commands, _ = dry_run(capsys, "delete", *WHERE, "--queued")
   assert commands == [
     [
-      "gcloud",
-      "compute",
-      "tpus",
-      "queued-resources",
+      *QUEUED_RESOURCES,
       "delete",
       "vicmae-v4",
       *WHERE_ARGV,
@@ -151,7 +140,7 @@ def test_delete_and_status(capsys):
     ]
   ]
   commands, _ = dry_run(capsys, "status", *WHERE)
-  assert commands == [["gcloud", "compute", "tpus", "tpu-vm", "describe", "vicmae-v4", *WHERE_ARGV]]
+  assert commands == [[*TPU_VM, "describe", "vicmae-v4", *WHERE_ARGV]]
 
 
 @pytest.mark.parametrize(
@@ -184,10 +173,7 @@ def test_setup_copies_the_checkout_and_installs_on_every_worker(capsys, monkeypa
   tarball = str(tmp_path / "vicmae_jax-vicmae-v4.tar.gz")
   assert pack[:3] == ["tar", "-czf", tarball] and pack[-3:] == ["-C", REPO_ROOT, "."]
   assert copy == [
-    "gcloud",
-    "compute",
-    "tpus",
-    "tpu-vm",
+    *TPU_VM,
     "scp",
     tarball,
     "vicmae-v4:/tmp/vicmae_jax.tar.gz",
@@ -353,12 +339,12 @@ def test_up_creates_then_sets_up_then_runs(capsys):
   )
   steps = [c[:5] for c in commands]
   assert steps == [
-    ["gcloud", "compute", "tpus", "queued-resources", "create"],
-    ["gcloud", "compute", "tpus", "queued-resources", "describe"],
+    [*QUEUED_RESOURCES, "create"],
+    [*QUEUED_RESOURCES, "describe"],
     ["tar", "-czf", commands[2][2], "--exclude=.git", "--exclude=.cache"],
-    ["gcloud", "compute", "tpus", "tpu-vm", "scp"],
-    ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],
-    ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],
+    [*TPU_VM, "scp"],
+    [*TPU_VM, "ssh"],
+    [*TPU_VM, "ssh"],
   ]
   assert "uv pip install" in remote_script(commands[4])
   assert "-m vicmae_jax.main --config=configs/pretrain.py" in remote_script(commands[5])
@@ -373,16 +359,7 @@ def test_module_entry_point():
     timeout=60,
   )
   assert result.returncode == 0, result.stderr
-  assert shlex.split(result.stdout) == [
-    "gcloud",
-    "compute",
-    "tpus",
-    "tpu-vm",
-    "delete",
-    "vicmae-v4",
-    *WHERE_ARGV,
-    "--quiet",
-  ]
+  assert shlex.split(result.stdout) == DELETE
 
 
 @pytest.mark.parametrize(
