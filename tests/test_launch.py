@@ -25,8 +25,15 @@ WHERE = ["--project=my-proj", "--zone=us-central2-b", "--name=vicmae-v4"]
 WHERE_ARGV = ["--zone=us-central2-b", "--project=my-proj"]
 TPU_VM = ["gcloud", "compute", "tpus", "tpu-vm"]
 QUEUED_RESOURCES = ["gcloud", "compute", "tpus", "queued-resources"]
-SSH = [*TPU_VM, "ssh", "vicmae-v4", *WHERE_ARGV]
-DELETE = [*TPU_VM, "delete", "vicmae-v4", *WHERE_ARGV, "--quiet"]
+
+
+def on_the_tpu(prefix, verb, *flags):
+  """The gcloud command `prefix verb` on the test TPU, then `flags`."""
+  return [*prefix, verb, "vicmae-v4", *WHERE_ARGV, *flags]
+
+
+SSH = on_the_tpu(TPU_VM, "ssh")
+DELETE = on_the_tpu(TPU_VM, "delete", "--quiet")
 
 
 @pytest.fixture(autouse=True)
@@ -74,14 +81,7 @@ def expect_usage_error(capsys, argv, message):
 def test_create_tpu_vm(capsys):
   commands, _ = dry_run(capsys, "create", *WHERE, "--accelerator_type=v4-32")
   assert commands == [
-    [
-      *TPU_VM,
-      "create",
-      "vicmae-v4",
-      *WHERE_ARGV,
-      "--accelerator-type=v4-32",
-      "--version=tpu-ubuntu2204-base",
-    ]
+    on_the_tpu(TPU_VM, "create", "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base")
   ]
   commands, _ = dry_run(
     capsys,
@@ -114,13 +114,7 @@ def test_create_queued_resource_waits_for_active(capsys):
       "--spot",
       "--valid-until-duration=6h",
     ],
-    [
-      *QUEUED_RESOURCES,
-      "describe",
-      "vicmae-v4",
-      *WHERE_ARGV,
-      "--format=value(state.state)",
-    ],
+    on_the_tpu(QUEUED_RESOURCES, "describe", "--format=value(state.state)"),
   ]
   assert any("ACTIVE" in note for note in notes)
 
@@ -129,18 +123,9 @@ def test_delete_and_status(capsys):
   commands, _ = dry_run(capsys, "delete", *WHERE)
   assert commands == [DELETE]
   commands, _ = dry_run(capsys, "delete", *WHERE, "--queued")
-  assert commands == [
-    [
-      *QUEUED_RESOURCES,
-      "delete",
-      "vicmae-v4",
-      *WHERE_ARGV,
-      "--force",
-      "--quiet",
-    ]
-  ]
+  assert commands == [on_the_tpu(QUEUED_RESOURCES, "delete", "--force", "--quiet")]
   commands, _ = dry_run(capsys, "status", *WHERE)
-  assert commands == [[*TPU_VM, "describe", "vicmae-v4", *WHERE_ARGV]]
+  assert commands == [on_the_tpu(TPU_VM, "describe")]
 
 
 @pytest.mark.parametrize(
