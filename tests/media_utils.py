@@ -96,18 +96,25 @@ def make_video(
     # Millisecond ticks let variable frame times be exact.
     time_base = Fraction(1, 1000) if frame_times is not None else 1 / rate
     stream.codec_context.time_base = time_base
-    for index in range(num_frames):
+
+    def frame_at(index: int) -> av.VideoFrame:
       frame = av.VideoFrame.from_ndarray(frame_pattern(index, height, width), format="rgb24")
       if frame_times is not None:
         frame.pts = int(round(frame_times[index] * 1000))
       else:
         frame.pts = index
       frame.time_base = time_base
-      for packet in stream.encode(frame):
-        container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
+      return frame
+
+    _encode_all(container, stream, map(frame_at, range(num_frames)))
   return path
+
+
+def _encode_all(container, stream, frames) -> None:
+  """Encodes `frames` into `stream` in order, muxing every packet, then flushes the encoder."""
+  for frame in frames:
+    container.mux(stream.encode(frame))
+  container.mux(stream.encode())
 
 
 def make_zero_byte(path: str | os.PathLike) -> Path:
@@ -145,17 +152,17 @@ def make_audio_only(path: str | os.PathLike, *, seconds: float = 1.0) -> Path:
     stream.layout = "mono"
     samples_per_frame = 960
     total = int(seconds * sample_rate)
-    for start in range(0, total, samples_per_frame):
+
+    def frame_at(start: int) -> av.AudioFrame:
       t = (np.arange(start, start + samples_per_frame) / sample_rate).astype(np.float32)
       tone = (0.2 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)[None, :]
       frame = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
       frame.sample_rate = sample_rate
       frame.pts = start
       frame.time_base = Fraction(1, sample_rate)
-      for packet in stream.encode(frame):
-        container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
+      return frame
+
+    _encode_all(container, stream, map(frame_at, range(0, total, samples_per_frame)))
   return path
 
 

@@ -23,7 +23,17 @@ MULTINODE = os.path.join(REPO_ROOT, "launch", "multinode_gpu.sh")
 
 WHERE = ["--project=my-proj", "--zone=us-central2-b", "--name=vicmae-v4"]
 WHERE_ARGV = ["--zone=us-central2-b", "--project=my-proj"]
-SSH = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "vicmae-v4", *WHERE_ARGV]
+TPU_VM = ["gcloud", "compute", "tpus", "tpu-vm"]
+QUEUED_RESOURCES = ["gcloud", "compute", "tpus", "queued-resources"]
+
+
+def on_the_tpu(prefix, verb, *flags):
+  """The gcloud command `prefix verb` on the test TPU, then `flags`."""
+  return [*prefix, verb, "vicmae-v4", *WHERE_ARGV, *flags]
+
+
+SSH = on_the_tpu(TPU_VM, "ssh")
+DELETE = on_the_tpu(TPU_VM, "delete", "--quiet")
 
 
 @pytest.fixture(autouse=True)
@@ -71,17 +81,7 @@ def expect_usage_error(capsys, argv, message):
 def test_create_tpu_vm(capsys):
   commands, _ = dry_run(capsys, "create", *WHERE, "--accelerator_type=v4-32")
   assert commands == [
-    [
-      "gcloud",
-      "compute",
-      "tpus",
-      "tpu-vm",
-      "create",
-      "vicmae-v4",
-      *WHERE_ARGV,
-      "--accelerator-type=v4-32",
-      "--version=tpu-ubuntu2204-base",
-    ]
+    on_the_tpu(TPU_VM, "create", "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base")
   ]
   commands, _ = dry_run(
     capsys,
@@ -104,10 +104,7 @@ def test_create_queued_resource_waits_for_active(capsys):
   )
   assert commands == [
     [
-      "gcloud",
-      "compute",
-      "tpus",
-      "queued-resources",
+      *QUEUED_RESOURCES,
       "create",
       "vicmae-v4",
       "--node-id=vicmae-v4",
@@ -117,41 +114,18 @@ def test_create_queued_resource_waits_for_active(capsys):
       "--spot",
       "--valid-until-duration=6h",
     ],
-    [
-      "gcloud",
-      "compute",
-      "tpus",
-      "queued-resources",
-      "describe",
-      "vicmae-v4",
-      *WHERE_ARGV,
-      "--format=value(state.state)",
-    ],
+    on_the_tpu(QUEUED_RESOURCES, "describe", "--format=value(state.state)"),
   ]
   assert any("ACTIVE" in note for note in notes)
 
 
 def test_delete_and_status(capsys):
   commands, _ = dry_run(capsys, "delete", *WHERE)
-  assert commands == [
-    ["gcloud", "compute", "tpus", "tpu-vm", "delete", "vicmae-v4", *WHERE_ARGV, "--quiet"]
-  ]
+  assert commands == [DELETE]
   commands, _ = dry_run(capsys, "delete", *WHERE, "--queued")
-  assert commands == [
-    [
-      "gcloud",
-      "compute",
-      "tpus",
-      "queued-resources",
-      "delete",
-      "vicmae-v4",
-      *WHERE_ARGV,
-      "--force",
-      "--quiet",
-    ]
-  ]
+  assert commands == [on_the_tpu(QUEUED_RESOURCES, "delete", "--force", "--quiet")]
   commands, _ = dry_run(capsys, "status", *WHERE)
-  assert commands == [["gcloud", "compute", "tpus", "tpu-vm", "describe", "vicmae-v4", *WHERE_ARGV]]
+  assert commands == [on_the_tpu(TPU_VM, "describe")]
 
 
 @pytest.mark.parametrize(
@@ -184,10 +158,7 @@ def test_setup_copies_the_checkout_and_installs_on_every_worker(capsys, monkeypa
   tarball = str(tmp_path / "vicmae_jax-vicmae-v4.tar.gz")
   assert pack[:3] == ["tar", "-czf", tarball] and pack[-3:] == ["-C", REPO_ROOT, "."]
   assert copy == [
-    "gcloud",
-    "compute",
-    "tpus",
-    "tpu-vm",
+    *TPU_VM,
     "scp",
     tarball,
     "vicmae-v4:/tmp/vicmae_jax.tar.gz",
@@ -353,12 +324,12 @@ def test_up_creates_then_sets_up_then_runs(capsys):
   )
   steps = [c[:5] for c in commands]
   assert steps == [
-    ["gcloud", "compute", "tpus", "queued-resources", "create"],
-    ["gcloud", "compute", "tpus", "queued-resources", "describe"],
+    [*QUEUED_RESOURCES, "create"],
+    [*QUEUED_RESOURCES, "describe"],
     ["tar", "-czf", commands[2][2], "--exclude=.git", "--exclude=.cache"],
-    ["gcloud", "compute", "tpus", "tpu-vm", "scp"],
-    ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],
-    ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],
+    [*TPU_VM, "scp"],
+    [*TPU_VM, "ssh"],
+    [*TPU_VM, "ssh"],
   ]
   assert "uv pip install" in remote_script(commands[4])
   assert "-m vicmae_jax.main --config=configs/pretrain.py" in remote_script(commands[5])
@@ -373,16 +344,7 @@ def test_module_entry_point():
     timeout=60,
   )
   assert result.returncode == 0, result.stderr
-  assert shlex.split(result.stdout) == [
-    "gcloud",
-    "compute",
-    "tpus",
-    "tpu-vm",
-    "delete",
-    "vicmae-v4",
-    *WHERE_ARGV,
-    "--quiet",
-  ]
+  assert shlex.split(result.stdout) == DELETE
 
 
 @pytest.mark.parametrize(

@@ -67,19 +67,27 @@ def _int_keys(tree):
   return tree
 
 
-def test_linear_probe_on_clips_runs_the_frozen_encoder_in_the_step(prepared, pretrained, tmp_path):
+def _run_on_clips(prepared, pretrained, workdir, head, **overrides):
+  """Two steps of a `head` probe on uncached clips from `pretrained`: its config and final params."""
   config = downstream_config(
     "demo_linear_probe.py",
     prepared,
-    "tiny,video,nocache",
+    f"tiny,video,nocache,head={head}",
     init_from=pretrained,
     num_steps=2,
-    **{"eval_data.num_temporal_views": 2},
+    **overrides,
   )
-  summary = main_lib.run(config, str(tmp_path))
+  summary = main_lib.run(config, str(workdir))
   assert summary["final_step"] == 2 and summary["eval"]["count"] == 10
+  return config, _final_params(workdir)
+
+
+def test_linear_probe_on_clips_runs_the_frozen_encoder_in_the_step(prepared, pretrained, tmp_path):
+  _, params = _run_on_clips(
+    prepared, pretrained, tmp_path, "linear", **{"eval_data.num_temporal_views": 2}
+  )
   # Only the head is trained: the checkpoint holds no encoder.
-  assert sorted(_final_params(tmp_path)) == ["head/bias", "head/kernel"]
+  assert sorted(params) == ["head/bias", "head/kernel"]
 
 
 def test_attentive_probe_on_cached_patch_tokens(prepared, pretrained, tmp_path):
@@ -102,18 +110,8 @@ def test_attentive_probe_on_cached_patch_tokens(prepared, pretrained, tmp_path):
 def test_attentive_probe_on_clips_runs_the_frozen_encoder_in_the_step(
   prepared, pretrained, tmp_path
 ):
-  from vicmae_jax.trainers import linear_probe
-
-  config = downstream_config(
-    "demo_linear_probe.py",
-    prepared,
-    "tiny,video,nocache,head=attentive",
-    init_from=pretrained,
-    num_steps=2,
-  )
-  summary = main_lib.run(config, str(tmp_path))
-  assert summary["final_step"] == 2 and summary["eval"]["count"] == 10
-  assert "queries" in _final_params(tmp_path)
+  config, params = _run_on_clips(prepared, pretrained, tmp_path, "attentive")
+  assert "queries" in params
   config.probe.head = "attentiv"
   with pytest.raises(config_lib.ConfigError, match="config.probe.head: must be one of"):
     linear_probe.validate(config)

@@ -74,9 +74,24 @@ def _prepared_config(media, **overrides):
   return cfg
 
 
+def _prepared_loader(media, **kwargs):
+  """A loader over the prepared videos, with views that keep the frame index readable."""
+  return pipeline.make_pretrain_loader(_prepared_config(media), **kwargs)
+
+
 def _batches(loader, count):
   iterator = iter(loader)
   return [next(iterator) for _ in range(count)]
+
+
+def _process_loaders(cfg, process_count, **kwargs):
+  """The loaders of the `process_count` processes of one run, by process index."""
+  return [
+    pipeline.make_pretrain_loader(
+      cfg, process_index=process_index, process_count=process_count, **kwargs
+    )
+    for process_index in range(process_count)
+  ]
 
 
 def _pairs(batches):
@@ -93,12 +108,7 @@ def _pairs(batches):
 
 
 def test_prepared_pairs_are_the_requested_time_apart(media):
-  loader = pipeline.make_pretrain_loader(
-    _prepared_config(media),
-    global_batch_size=4,
-    image_size=32,
-    seed=0,
-  )
+  loader = _prepared_loader(media, global_batch_size=4, image_size=32, seed=0)
   batches = _batches(loader, 6)
   assert batches[0]["views"].shape == (4, 2, 32, 32, 3) and batches[0]["views"].dtype == np.uint8
   assert batches[0]["label"].dtype == np.int32
@@ -177,42 +187,27 @@ def test_same_pairs_for_a_record_whatever_the_process_count(media):
 
   def first_epoch(process_count):
     found = {}
-    for process_index in range(process_count):
-      loader = pipeline.make_pretrain_loader(
-        _prepared_config(media),
-        global_batch_size=process_count,
-        image_size=32,
-        seed=5,
-        process_index=process_index,
-        process_count=process_count,
-      )
+    loaders = _process_loaders(
+      _prepared_config(media), process_count, global_batch_size=process_count, image_size=32, seed=5
+    )
+    for loader in loaders:
       for label, a, b in _pairs(_batches(loader, NUM_VIDEOS // process_count)):
         found[label] = (a, b)
     return found
 
   one, three = first_epoch(1), first_epoch(3)
   assert sorted(one) == list(range(NUM_VIDEOS)) and one == three
-  other_seed = pipeline.make_pretrain_loader(
-    _prepared_config(media),
-    global_batch_size=6,
-    image_size=32,
-    seed=6,
-  )
+  other_seed = _prepared_loader(media, global_batch_size=6, image_size=32, seed=6)
   assert {label: (a, b) for label, a, b in _pairs(_batches(other_seed, 1))} != one
 
 
 @pytest.mark.parametrize("process_count", [2, 3, 4])
 def test_process_shards_are_disjoint_and_cover_the_index(media, process_count):
   seen = []
-  for process_index in range(process_count):
-    loader = pipeline.make_pretrain_loader(
-      _prepared_config(media),
-      global_batch_size=process_count,
-      image_size=32,
-      seed=0,
-      process_index=process_index,
-      process_count=process_count,
-    )
+  loaders = _process_loaders(
+    _prepared_config(media), process_count, global_batch_size=process_count, image_size=32, seed=0
+  )
+  for process_index, loader in enumerate(loaders):
     share = len(range(process_index, NUM_VIDEOS, process_count))
     labels = [label for label, _, _ in _pairs(_batches(loader, share))]
     assert len(set(labels)) == share  # one pass over its own part, no repeats
@@ -235,15 +230,10 @@ def _mixture_config(media, clips_path=None):
 def _global_batches(cfg, process_count, count, global_batch=8, seed=4):
   """The first `count` global batches of a run over `process_count` processes: host batches concatenated."""
   per_process = []
-  for process_index in range(process_count):
-    loader = pipeline.make_pretrain_loader(
-      cfg,
-      global_batch_size=global_batch,
-      image_size=16,
-      seed=seed,
-      process_index=process_index,
-      process_count=process_count,
-    )
+  loaders = _process_loaders(
+    cfg, process_count, global_batch_size=global_batch, image_size=16, seed=seed
+  )
+  for loader in loaders:
     assert loader.host_batch_size == global_batch // process_count
     per_process.append(_batches(loader, count))
   return [
@@ -304,12 +294,7 @@ def test_unusable_records_are_replaced_the_same_way_for_any_process_count(media,
 
 
 def test_epochs_reshuffle_and_redraw_pairs(media):
-  loader = pipeline.make_pretrain_loader(
-    _prepared_config(media),
-    global_batch_size=6,
-    image_size=32,
-    seed=0,
-  )
+  loader = _prepared_loader(media, global_batch_size=6, image_size=32, seed=0)
   epoch0, epoch1 = (_pairs([b]) for b in _batches(loader, 2))
   assert (
     sorted(label for label, _, _ in epoch0)
@@ -473,13 +458,8 @@ def test_image_views_without_cropping_equal_the_image(media):
 
 def test_batch_size_must_split_over_processes(media):
   with pytest.raises(ValueError, match="batch_size"):
-    pipeline.make_pretrain_loader(
-      _prepared_config(media),
-      global_batch_size=10,
-      image_size=32,
-      seed=0,
-      process_index=0,
-      process_count=3,
+    _prepared_loader(
+      media, global_batch_size=10, image_size=32, seed=0, process_index=0, process_count=3
     )
 
 
@@ -786,12 +766,7 @@ def test_to_global_places_the_host_batch_on_the_mesh(media):
   devices = np.array(jax.devices())
   mesh = jax.sharding.Mesh(devices, ("data",))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  loader = pipeline.make_pretrain_loader(
-    _prepared_config(media),
-    global_batch_size=len(devices),
-    image_size=16,
-    seed=0,
-  )
+  loader = _prepared_loader(media, global_batch_size=len(devices), image_size=16, seed=0)
   batch = next(iter(loader))
   arrays = pipeline.to_global(batch, sharding)
   assert arrays["views"].shape == (len(devices), 2, 16, 16, 3) and arrays["views"].dtype == np.uint8
@@ -802,12 +777,7 @@ def test_to_global_places_the_host_batch_on_the_mesh(media):
 
 def test_example_rng_is_what_the_pipeline_uses(media):
   """The pair of a record can be recomputed from (seed, source name, record index, epoch) alone."""
-  loader = pipeline.make_pretrain_loader(
-    _prepared_config(media),
-    global_batch_size=6,
-    image_size=32,
-    seed=9,
-  )
+  loader = _prepared_loader(media, global_batch_size=6, image_size=32, seed=9)
   pairs = {label: (a, b) for label, a, b in _pairs(_batches(loader, 1))}
   source = pipeline.build_sources(_prepared_config(media))[0][2]
   for record in range(NUM_VIDEOS):

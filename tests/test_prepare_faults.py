@@ -37,6 +37,12 @@ def _run(*args, timeout=120):
   )
 
 
+def _start(*args, **popen_kwargs):
+  """Starts what `_run` runs without waiting for it; its output is dropped unless asked for."""
+  popen_kwargs = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, **popen_kwargs}
+  return subprocess.Popen([sys.executable, *args], env=_env(), cwd=REPO, **popen_kwargs)
+
+
 @pytest.fixture(scope="module")
 def small_videos(tmp_path_factory):
   """8 short videos in two class folders."""
@@ -160,13 +166,7 @@ def test_kill_9_leaves_no_worker_and_a_rerun_matches_an_uninterrupted_prepare(
   seed = random.randrange(1 << 30)
   wanted = random.Random(seed).randint(1, 3)  # finished shards before the kill
   output = tmp_path / "killed"
-  proc = subprocess.Popen(
-    [sys.executable, *_prepare_args(longer_videos, output, *options)],
-    env=_env(),
-    cwd=REPO,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
-  )
+  proc = _start(*_prepare_args(longer_videos, output, *options))
   deadline = time.time() + 120
   while len(glob.glob(str(output / "train-*.array_record"))) < wanted:
     assert proc.poll() is None and time.time() < deadline, f"seed {seed}: not killed in time"
@@ -195,13 +195,7 @@ def test_kill_9_leaves_no_worker_and_a_rerun_matches_an_uninterrupted_prepare(
 def test_a_second_prepare_on_the_same_output_is_refused_with_one_line(longer_videos, tmp_path):
   output = tmp_path / "out"
   options = ("--workers=1", "--num_shards=4")
-  first = subprocess.Popen(
-    [sys.executable, *_prepare_args(longer_videos, output, *options)],
-    env=_env(),
-    cwd=REPO,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
-  )
+  first = _start(*_prepare_args(longer_videos, output, *options))
   lock = output / shard_files.LOCK_NAME
   holder = None
   deadline = time.time() + 60
@@ -265,9 +259,7 @@ def test_without_prctl_a_worker_still_ends_with_its_parent(tmp_path):
     "print(child.pid, flush=True)\n"
     "time.sleep(120)\n"
   )
-  parent = subprocess.Popen(
-    [sys.executable, "-c", parent_code], env=_env(), cwd=REPO, stdout=subprocess.PIPE, text=True
-  )
+  parent = _start("-c", parent_code, stdout=subprocess.PIPE, stderr=None, text=True)
   child = int(parent.stdout.readline())
   try:
     time.sleep(1.0)  # the child is up and watching
