@@ -18,7 +18,7 @@ from flax import nnx
 
 from vicmae_jax import sharding
 from vicmae_jax.models import param_tree
-from vicmae_jax.models.layers import Block, LayerNorm
+from vicmae_jax.models.layers import Block, LayerNorm, layer_norm
 
 REMAT_POLICIES = ("none", "full", "dots")
 
@@ -154,6 +154,69 @@ def run_blocks(
     key=key if train else None,
   )
   return norm(x)
+
+
+class BlockStackModule(nnx.Module):
+  """Base of the modules that own a block stack: its Blocks as ``blocks`` and the final LayerNorm
+  as ``norm`` (parameter paths ``blocks/...``, ``norm/...``), built by ``init_stack`` and run by
+  ``run_stack``."""
+
+  def init_stack(
+    self,
+    depth: int,
+    dim: int,
+    num_heads: int,
+    mlp_ratio: float,
+    *,
+    drop_path_rate: float = 0.0,
+    dtype: Any,
+    param_dtype: Any,
+    remat: str,
+    scan_layers: bool,
+    attention_impl: str | None,
+    activation_dtype: Any,
+    norm_activation_dtype: Any = None,
+    rngs: nnx.Rngs,
+  ) -> None:
+    """Validates ``remat``, sets the stack's settings and builds ``blocks`` (``make_blocks``) then
+    ``norm``, whose output is in ``norm_activation_dtype`` (None: the blocks' ``activation_dtype``).
+    """
+    remat_policy(remat)  # validates the value early
+    self.remat = remat
+    self.scan_layers = scan_layers
+    self.drop_path_rates = drop_path_schedule(drop_path_rate, depth)
+    self.blocks = make_blocks(
+      depth,
+      dim,
+      num_heads,
+      mlp_ratio,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      attention_impl=attention_impl,
+      scan_layers=scan_layers,
+      rngs=rngs,
+      activation_dtype=activation_dtype,
+    )
+    if norm_activation_dtype is None:
+      norm_activation_dtype = activation_dtype
+    self.norm = layer_norm(
+      dim, param_dtype=param_dtype, rngs=rngs, activation_dtype=norm_activation_dtype
+    )
+
+  def run_stack(
+    self, x: jax.Array, *, key: jax.Array | None = None, train: bool = False
+  ) -> jax.Array:
+    """``run_blocks`` with this module's blocks, norm and settings: ``[B, N, D] -> [B, N, D]``."""
+    return run_blocks(
+      self.blocks,
+      self.norm,
+      x,
+      scan_layers=self.scan_layers,
+      remat=self.remat,
+      drop_path_rates=self.drop_path_rates,
+      key=key,
+      train=train,
+    )
 
 
 def stack_blocks_in_tree(tree: Any) -> Any:
