@@ -8,7 +8,7 @@ A stack is an ``nnx.List`` of ``layers.Block`` (parameter paths ``blocks/<i>/...
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -23,34 +23,11 @@ from vicmae_jax.models.layers import Block, LayerNorm, layer_norm
 REMAT_POLICIES = ("none", "full", "dots")
 
 
-def make_blocks(
-  depth: int,
-  dim: int,
-  num_heads: int,
-  mlp_ratio: float,
-  *,
-  dtype: Any,
-  param_dtype: Any,
-  attention_impl: str | None,
-  scan_layers: bool,
-  rngs: nnx.Rngs,
-  activation_dtype: Any = jnp.float32,
-):
-  """``depth`` Blocks of width ``dim``: an ``nnx.List``, or (``scan_layers``) one Block of stacked
-  ``[depth, ...]`` arrays; their residual stream in ``activation_dtype``."""
-
-  def make_block(block_rngs: nnx.Rngs) -> Block:
-    return Block(
-      dim,
-      num_heads,
-      mlp_ratio,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      attention_impl=attention_impl,
-      activation_dtype=activation_dtype,
-      rngs=block_rngs,
-    )
-
+def stack_layout(
+  make_block: Callable[[nnx.Rngs], Block], depth: int, *, scan_layers: bool, rngs: nnx.Rngs
+) -> Any:
+  """``depth`` Blocks from ``make_block(rngs)``: an ``nnx.List``, or (``scan_layers``) one Block of
+  stacked ``[depth, ...]`` arrays (the leading axis named 'layers')."""
   if not scan_layers:
     return nnx.List([make_block(rngs) for _ in range(depth)])
 
@@ -178,25 +155,28 @@ class BlockStackModule(nnx.Module):
     norm_activation_dtype: Any = None,
     rngs: nnx.Rngs,
   ) -> None:
-    """Validates ``remat``, sets the stack's settings and builds ``blocks`` (``make_blocks``) then
-    ``norm``, whose output is in ``norm_activation_dtype`` (None: the blocks' ``activation_dtype``).
+    """Validates ``remat``, sets the stack's settings and builds ``blocks`` (``depth`` Blocks of
+    width ``dim`` in the ``scan_layers`` layout, their residual stream in ``activation_dtype``)
+    then ``norm``, whose output is in ``norm_activation_dtype`` (None: ``activation_dtype``).
     """
     remat_policy(remat)  # validates the value early
     self.remat = remat
     self.scan_layers = scan_layers
     self.drop_path_rates = drop_path_schedule(drop_path_rate, depth)
-    self.blocks = make_blocks(
-      depth,
-      dim,
-      num_heads,
-      mlp_ratio,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      attention_impl=attention_impl,
-      scan_layers=scan_layers,
-      rngs=rngs,
-      activation_dtype=activation_dtype,
-    )
+
+    def make_block(block_rngs: nnx.Rngs) -> Block:
+      return Block(
+        dim,
+        num_heads,
+        mlp_ratio,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        attention_impl=attention_impl,
+        activation_dtype=activation_dtype,
+        rngs=block_rngs,
+      )
+
+    self.blocks = stack_layout(make_block, depth, scan_layers=scan_layers, rngs=rngs)
     if norm_activation_dtype is None:
       norm_activation_dtype = activation_dtype
     self.norm = layer_norm(
