@@ -66,22 +66,12 @@ class BatchNorm(nnx.Module):
     self.bias = nnx.Param(
       jnp.zeros((num_features,), param_dtype), out_sharding=("mlp",), eager_sharding=False
     )
-    self.mean = nnx.BatchStat(
-      jnp.zeros((num_features,), jnp.float32), out_sharding=("mlp",), eager_sharding=False
-    )
-    self.var = nnx.BatchStat(
-      jnp.ones((num_features,), jnp.float32), out_sharding=("mlp",), eager_sharding=False
-    )
+    self.mean, self.var = layers.running_statistics(num_features, "mlp")
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     x = x.astype(jnp.float32)
     if train:
-      batch = x.shape[0]
-      if batch < 2:
-        raise ValueError(f"BatchNorm in training needs batch_size >= 2 per view, got {batch}")
-      mean = jnp.mean(x, axis=0)  # [V, F]
-      var = jnp.mean(jnp.square(x - mean), axis=0)
-      unbiased = jax.lax.stop_gradient(var * (batch / (batch - 1)))
+      mean, var, unbiased = layers.batch_moments(x, "batch_size >= 2 per view")  # [V, F] each
       running_mean, running_var = self.mean[...], self.var[...]
       for view in range(x.shape[1]):
         running_mean = (1 - self.momentum) * running_mean + self.momentum * jax.lax.stop_gradient(
