@@ -141,7 +141,7 @@ def sincos_2d(embed_dim: int, grid_h: int, grid_w: int, cls_token: bool) -> np.n
 
 def patch_embedding(
   patch_dim: int, embed_dim: int, *, use_cls: bool, dtype: Any, param_dtype: Any, rngs: nnx.Rngs
-) -> tuple[nnx.Module, nnx.Param | None]:
+) -> tuple[nnx.Linear, nnx.Param | None]:
   """An encoder's ``patch_embed`` (a Dense ``[patch_dim, D]``, axes 'patch' x 'embed') and, with
   ``use_cls``, its ``cls_token [1, 1, D]`` (None without), initialized from ``rngs`` in that order."""
   embed = layers.dense(
