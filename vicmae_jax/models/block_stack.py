@@ -8,7 +8,7 @@ A stack is an ``nnx.List`` of ``layers.Block`` (parameter paths ``blocks/<i>/...
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -18,39 +18,16 @@ from flax import nnx
 
 from vicmae_jax import sharding
 from vicmae_jax.models import param_tree
-from vicmae_jax.models.layers import Block, LayerNorm
+from vicmae_jax.models.layers import Block, LayerNorm, layer_norm
 
 REMAT_POLICIES = ("none", "full", "dots")
 
 
-def make_blocks(
-  depth: int,
-  dim: int,
-  num_heads: int,
-  mlp_ratio: float,
-  *,
-  dtype: Any,
-  param_dtype: Any,
-  attention_impl: str | None,
-  scan_layers: bool,
-  rngs: nnx.Rngs,
-  activation_dtype: Any = jnp.float32,
-):
-  """``depth`` Blocks of width ``dim``: an ``nnx.List``, or (``scan_layers``) one Block of stacked
-  ``[depth, ...]`` arrays; their residual stream in ``activation_dtype``."""
-
-  def make_block(block_rngs: nnx.Rngs) -> Block:
-    return Block(
-      dim,
-      num_heads,
-      mlp_ratio,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      attention_impl=attention_impl,
-      activation_dtype=activation_dtype,
-      rngs=block_rngs,
-    )
-
+def stack_layout(
+  make_block: Callable[[nnx.Rngs], Block], depth: int, *, scan_layers: bool, rngs: nnx.Rngs
+) -> Any:
+  """``depth`` Blocks from ``make_block(rngs)``: an ``nnx.List``, or (``scan_layers``) one Block of
+  stacked ``[depth, ...]`` arrays (the leading axis named 'layers')."""
   if not scan_layers:
     return nnx.List([make_block(rngs) for _ in range(depth)])
 
@@ -154,6 +131,72 @@ def run_blocks(
     key=key if train else None,
   )
   return norm(x)
+
+
+class BlockStackModule(nnx.Module):
+  """Base of the modules that own a block stack: its Blocks as ``blocks`` and the final LayerNorm
+  as ``norm`` (parameter paths ``blocks/...``, ``norm/...``), built by ``init_stack`` and run by
+  ``run_stack``."""
+
+  def init_stack(
+    self,
+    depth: int,
+    dim: int,
+    num_heads: int,
+    mlp_ratio: float,
+    *,
+    drop_path_rate: float = 0.0,
+    dtype: Any,
+    param_dtype: Any,
+    remat: str,
+    scan_layers: bool,
+    attention_impl: str | None,
+    activation_dtype: Any,
+    norm_activation_dtype: Any = None,
+    rngs: nnx.Rngs,
+  ) -> None:
+    """Validates ``remat``, sets the stack's settings and builds ``blocks`` (``depth`` Blocks of
+    width ``dim`` in the ``scan_layers`` layout, their residual stream in ``activation_dtype``)
+    then ``norm``, whose output is in ``norm_activation_dtype`` (None: ``activation_dtype``).
+    """
+    remat_policy(remat)  # validates the value early
+    self.remat = remat
+    self.scan_layers = scan_layers
+    self.drop_path_rates = drop_path_schedule(drop_path_rate, depth)
+
+    def make_block(block_rngs: nnx.Rngs) -> Block:
+      return Block(
+        dim,
+        num_heads,
+        mlp_ratio,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        attention_impl=attention_impl,
+        activation_dtype=activation_dtype,
+        rngs=block_rngs,
+      )
+
+    self.blocks = stack_layout(make_block, depth, scan_layers=scan_layers, rngs=rngs)
+    if norm_activation_dtype is None:
+      norm_activation_dtype = activation_dtype
+    self.norm = layer_norm(
+      dim, param_dtype=param_dtype, rngs=rngs, activation_dtype=norm_activation_dtype
+    )
+
+  def run_stack(
+    self, x: jax.Array, *, key: jax.Array | None = None, train: bool = False
+  ) -> jax.Array:
+    """``run_blocks`` with this module's blocks, norm and settings: ``[B, N, D] -> [B, N, D]``."""
+    return run_blocks(
+      self.blocks,
+      self.norm,
+      x,
+      scan_layers=self.scan_layers,
+      remat=self.remat,
+      drop_path_rates=self.drop_path_rates,
+      key=key,
+      train=train,
+    )
 
 
 def stack_blocks_in_tree(tree: Any) -> Any:

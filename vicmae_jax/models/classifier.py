@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vicmae_jax.models import variants, vit
+from vicmae_jax.models import layers, variants, vit
 
 # Also reached through this module: the block-layout conversion of loaded trees and the pooling
 # of the encoder's tokens.
@@ -215,22 +215,12 @@ class FeatureBatchNorm(nnx.Module):
   def __init__(self, num_features: int, *, momentum: float = 0.1, epsilon: float = 1e-6):
     self.momentum = momentum
     self.epsilon = epsilon
-    self.mean = nnx.BatchStat(
-      jnp.zeros((num_features,), jnp.float32), out_sharding=("embed",), eager_sharding=False
-    )
-    self.var = nnx.BatchStat(
-      jnp.ones((num_features,), jnp.float32), out_sharding=("embed",), eager_sharding=False
-    )
+    self.mean, self.var = layers.running_statistics(num_features, "embed")
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     x = x.astype(jnp.float32)
     if train:
-      batch = x.shape[0]
-      if batch < 2:
-        raise ValueError(f"BatchNorm in training needs a batch of at least 2, got {batch}")
-      mean = jnp.mean(x, axis=0)
-      var = jnp.mean(jnp.square(x - mean), axis=0)
-      unbiased = jax.lax.stop_gradient(var * (batch / (batch - 1)))
+      mean, var, unbiased = layers.batch_moments(x, "a batch of at least 2")
       self.mean[...] = (1 - self.momentum) * self.mean[...] + self.momentum * jax.lax.stop_gradient(
         mean
       )

@@ -146,6 +146,34 @@ def token_param(
   return nnx.Param(value, out_sharding=axes, eager_sharding=False)
 
 
+def running_statistics(num_features: int, axis: str) -> tuple[nnx.BatchStat, nnx.BatchStat]:
+  """A BatchNorm's running mean (zeros) and variance (ones), ``[num_features]`` float32, sharded
+  along the logical ``axis``."""
+  mean = nnx.BatchStat(
+    jnp.zeros((num_features,), jnp.float32), out_sharding=(axis,), eager_sharding=False
+  )
+  var = nnx.BatchStat(
+    jnp.ones((num_features,), jnp.float32), out_sharding=(axis,), eager_sharding=False
+  )
+  return mean, var
+
+
+def batch_moments(x: jax.Array, needs: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Training BatchNorm statistics over axis 0 of ``x [B, ...]`` (PyTorch semantics): the mean and
+  the biased variance, and the unbiased variance (no gradient) for the running statistics.
+
+  Raises:
+    ValueError: "BatchNorm in training needs {needs}, got B" when B < 2.
+  """
+  batch = x.shape[0]
+  if batch < 2:
+    raise ValueError(f"BatchNorm in training needs {needs}, got {batch}")
+  mean = jnp.mean(x, axis=0)
+  var = jnp.mean(jnp.square(x - mean), axis=0)
+  unbiased = jax.lax.stop_gradient(var * (batch / (batch - 1)))
+  return mean, var, unbiased
+
+
 def drop_path(x: jax.Array, rate: jax.Array | float, key: jax.Array) -> jax.Array:
   """Stochastic depth on a residual branch ``[B, ...]``: drops whole samples, rescales the rest."""
   keep = 1.0 - jnp.asarray(rate, jnp.float32)

@@ -80,44 +80,50 @@ def _numpy_stack(leaves: Sequence[Any]) -> np.ndarray:
   return np.stack([np.asarray(leaf) for leaf in leaves])
 
 
+def _map_blocks(tree: Mapping, *, scanned: bool, convert: Callable[[Mapping], dict]) -> dict:
+  """The tree with ``convert`` applied to every non-empty ``blocks`` mapping in the scanned
+  (``scanned``) or list layout; everything else copied as it is."""
+  out = {}
+  for key, value in tree.items():
+    if key == "blocks" and isinstance(value, Mapping) and value and is_scanned(value) == scanned:
+      out[key] = convert(value)
+    elif isinstance(value, Mapping):
+      out[key] = _map_blocks(value, scanned=scanned, convert=convert)
+    else:
+      out[key] = value
+  return out
+
+
 def stack_blocks(tree: Mapping, *, stack: Callable[[list], Any] = _numpy_stack) -> dict:
   """List layout -> scanned layout in every ``blocks`` of the tree (layers in numeric order).
 
   ``stack`` joins one leaf of all layers (numpy arrays by default; ``jnp.stack`` keeps jax).
   """
-  out = {}
-  for key, value in tree.items():
-    if key == "blocks" and isinstance(value, Mapping) and value and not is_scanned(value):
-      layers = [flatten(value[k]) for k in sorted(value, key=int)]
-      stacked: dict = {}
-      for path in layers[0]:
-        set_path(stacked, path, stack([layer[path] for layer in layers]))
-      out[key] = stacked
-    elif isinstance(value, Mapping):
-      out[key] = stack_blocks(value, stack=stack)
-    else:
-      out[key] = value
-  return out
+
+  def stack_layers(blocks: Mapping) -> dict:
+    layers = [flatten(blocks[k]) for k in sorted(blocks, key=int)]
+    stacked: dict = {}
+    for path in layers[0]:
+      set_path(stacked, path, stack([layer[path] for layer in layers]))
+    return stacked
+
+  return _map_blocks(tree, scanned=False, convert=stack_layers)
 
 
 def unstack_blocks(tree: Mapping, *, index: Callable[[int], Any] = str) -> dict:
   """Scanned layout -> list layout in every ``blocks`` of the tree; ``index`` makes the layer keys
   (``str``: "0", "1", ... as in loaded checkpoints; ``int``: as in ``nnx.to_pure_dict``)."""
-  out = {}
-  for key, value in tree.items():
-    if key == "blocks" and isinstance(value, Mapping) and value and is_scanned(value):
-      flat = flatten(value)
-      depth = np.shape(next(iter(flat.values())))[0]
-      layers: dict = {}
-      for i in range(depth):
-        for path, array in flat.items():
-          set_path(layers, (index(i),) + path, _layer(array, i))
-      out[key] = layers
-    elif isinstance(value, Mapping):
-      out[key] = unstack_blocks(value, index=index)
-    else:
-      out[key] = value
-  return out
+
+  def unstack_layers(blocks: Mapping) -> dict:
+    flat = flatten(blocks)
+    depth = np.shape(next(iter(flat.values())))[0]
+    layers: dict = {}
+    for i in range(depth):
+      for path, array in flat.items():
+        set_path(layers, (index(i),) + path, _layer(array, i))
+    return layers
+
+  return _map_blocks(tree, scanned=True, convert=unstack_layers)
 
 
 def list_layout(tree: Mapping) -> dict:

@@ -66,22 +66,12 @@ class BatchNorm(nnx.Module):
     self.bias = nnx.Param(
       jnp.zeros((num_features,), param_dtype), out_sharding=("mlp",), eager_sharding=False
     )
-    self.mean = nnx.BatchStat(
-      jnp.zeros((num_features,), jnp.float32), out_sharding=("mlp",), eager_sharding=False
-    )
-    self.var = nnx.BatchStat(
-      jnp.ones((num_features,), jnp.float32), out_sharding=("mlp",), eager_sharding=False
-    )
+    self.mean, self.var = layers.running_statistics(num_features, "mlp")
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     x = x.astype(jnp.float32)
     if train:
-      batch = x.shape[0]
-      if batch < 2:
-        raise ValueError(f"BatchNorm in training needs batch_size >= 2 per view, got {batch}")
-      mean = jnp.mean(x, axis=0)  # [V, F]
-      var = jnp.mean(jnp.square(x - mean), axis=0)
-      unbiased = jax.lax.stop_gradient(var * (batch / (batch - 1)))
+      mean, var, unbiased = layers.batch_moments(x, "batch_size >= 2 per view")  # [V, F] each
       running_mean, running_var = self.mean[...], self.var[...]
       for view in range(x.shape[1]):
         running_mean = (1 - self.momentum) * running_mean + self.momentum * jax.lax.stop_gradient(
@@ -123,7 +113,7 @@ class Projector(nnx.Module):
     return self.fc3(x).astype(jnp.float32)
 
 
-class MAEDecoder(nnx.Module):
+class MAEDecoder(block_stack.BlockStackModule):
   """Fills in mask tokens, adds its own sin-cos positions, predicts pixels of every patch.
 
   ``(tokens [N, 1+K, D], ids_restore [N, L], grid) -> pred [N, L, p*p*C]`` float32.
@@ -150,28 +140,24 @@ class MAEDecoder(nnx.Module):
     self.embed_dim = embed_dim
     self.activation_dtype = activation_dtype
     self.token_gather = token_gather
-    self.remat = remat
-    self.scan_layers = scan_layers
     self.embed = layers.dense(
       in_dim, embed_dim, ("embed", None), dtype=dtype, param_dtype=param_dtype, rngs=rngs
     )
     self.mask_token = layers.token_param(
       (1, 1, embed_dim), (None, None, "embed"), param_dtype=param_dtype, rngs=rngs
     )
-    self.blocks = block_stack.make_blocks(
+    self.init_stack(
       depth,
       embed_dim,
       num_heads,
       mlp_ratio,
       dtype=dtype,
       param_dtype=param_dtype,
-      attention_impl=attention_impl,
+      remat=remat,
       scan_layers=scan_layers,
-      rngs=rngs,
+      attention_impl=attention_impl,
       activation_dtype=activation_dtype,
-    )
-    self.norm = layers.layer_norm(
-      embed_dim, param_dtype=param_dtype, rngs=rngs, activation_dtype=activation_dtype
+      rngs=rngs,
     )
     self.pred = layers.dense(
       embed_dim, patch_dim, ("embed", "patch"), dtype=dtype, param_dtype=param_dtype, rngs=rngs
@@ -196,9 +182,7 @@ class MAEDecoder(nnx.Module):
     x = jnp.concatenate([x[:, :1], patches], axis=1).astype(jnp.float32)
     x = x + jnp.asarray(vit.sincos_2d(self.embed_dim, grid[0], grid[1], cls_token=True))
     x = x.astype(act)
-    x = block_stack.run_blocks(
-      self.blocks, self.norm, x, scan_layers=self.scan_layers, remat=self.remat
-    )
+    x = self.run_stack(x)
     x = self.pred(x).astype(jnp.float32)
     return x[:, 1:]
 

@@ -53,7 +53,7 @@ from vicmae_jax.models import block_stack, layers, variants, vit
 NEW_PARAMS = ("temporal_pos_embed", "fc_norm", "head")
 
 
-class VideoViT(nnx.Module):
+class VideoViT(block_stack.BlockStackModule):
   """Inflated space-time ViT classifier. ``__call__(video [B, T, H, W, C]) -> logits [B, K]``."""
 
   def __init__(
@@ -86,49 +86,41 @@ class VideoViT(nnx.Module):
       raise ValueError(
         f"num_frames={num_frames} must be a positive multiple of tubelet_size={tubelet_size}"
       )
-    block_stack.remat_policy(remat)
     self.patch_size = patch_size
     self.embed_dim = embed_dim
     self.in_channels = in_channels
     self.tubelet_size = tubelet_size
     self.num_frames = num_frames
     self.use_cls = use_cls
-    self.remat = remat
-    self.scan_layers = scan_layers
-    self.drop_path_rates = block_stack.drop_path_schedule(drop_path_rate, depth)
-    self.patch_embed = layers.dense(
+    self.patch_embed, self.cls_token = vit.patch_embedding(
       tubelet_size * patch_size * patch_size * in_channels,
       embed_dim,
-      ("patch", "embed"),
+      use_cls=use_cls,
       dtype=dtype,
       param_dtype=param_dtype,
       rngs=rngs,
-    )
-    self.cls_token = (
-      layers.token_param(
-        (1, 1, embed_dim), (None, None, "embed"), param_dtype=param_dtype, rngs=rngs
-      )
-      if use_cls
-      else None
     )
     self.temporal_pos_embed = nnx.Param(
       jnp.zeros((num_frames // tubelet_size, embed_dim), param_dtype),
       out_sharding=(None, "embed"),
       eager_sharding=False,
     )
-    self.blocks = block_stack.make_blocks(
+    # The blocks as the image encoder's; the final norm's output stays float32.
+    self.init_stack(
       depth,
       embed_dim,
       num_heads,
       mlp_ratio,
+      drop_path_rate=drop_path_rate,
       dtype=dtype,
       param_dtype=param_dtype,
-      attention_impl=attention_impl,
+      remat=remat,
       scan_layers=scan_layers,
-      rngs=rngs,
+      attention_impl=attention_impl,
       activation_dtype=activation_dtype,
+      norm_activation_dtype=jnp.float32,
+      rngs=rngs,
     )
-    self.norm = layers.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
     self.fc_norm = layers.layer_norm(embed_dim, param_dtype=param_dtype, rngs=rngs)
     # Official fine-tuning head init: weights N(0, 2e-5) (truncated), zero bias.
     self.head = nnx.Linear(
@@ -168,8 +160,8 @@ class VideoViT(nnx.Module):
 
   def embed(self, video: jax.Array) -> jax.Array:
     """``[B, T, H, W, C]`` -> input tokens ``[B, N, D]`` float32 (cls copies first, if used)."""
-    grid_h, grid_w = video.shape[2] // self.patch_size, video.shape[3] // self.patch_size
     x = self.patch_embed(self.tubelets(video)).astype(jnp.float32)  # [B, T', L, D]
+    grid_h, grid_w = vit.patch_grid(video, self.patch_size)
     batch, slots = x.shape[:2]
     temporal = self.temporal_embedding(slots)
     x = x + jnp.asarray(vit.sincos_2d(self.embed_dim, grid_h, grid_w, cls_token=False))[None, None]
@@ -184,16 +176,7 @@ class VideoViT(nnx.Module):
     self, video: jax.Array, *, key: jax.Array | None = None, train: bool = False
   ) -> jax.Array:
     """Output tokens after blocks and final norm, ``[B, N, D]`` float32."""
-    return block_stack.run_blocks(
-      self.blocks,
-      self.norm,
-      self.embed(video),
-      scan_layers=self.scan_layers,
-      remat=self.remat,
-      drop_path_rates=self.drop_path_rates,
-      key=key,
-      train=train,
-    )
+    return self.run_stack(self.embed(video), key=key, train=train)
 
   def features(
     self, video: jax.Array, *, key: jax.Array | None = None, train: bool = False

@@ -59,17 +59,28 @@ def normalize_images(x: Any) -> jax.Array:
   return (x - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
 
 
+def patch_grid(images: jax.Array, patch_size: int) -> tuple[int, int]:
+  """Patch grid (rows, cols) of ``images [..., H, W, C]``.
+
+  Raises:
+    ValueError: when H or W is not divisible by ``patch_size``.
+  """
+  height, width = images.shape[-3], images.shape[-2]
+  p = patch_size
+  if height % p or width % p:
+    raise ValueError(f"image_size {height}x{width} is not divisible by patch_size {p}")
+  return height // p, width // p
+
+
 def patchify(images: jax.Array, patch_size: int) -> jax.Array:
   """``[..., H, W, C]`` -> ``[..., L, p*p*C]`` in the official (p, q, c) order.
 
   Raises:
     ValueError: when H or W is not divisible by ``patch_size``.
   """
-  *lead, height, width, channels = images.shape
+  *lead, _, _, channels = images.shape
   p = patch_size
-  if height % p or width % p:
-    raise ValueError(f"image_size {height}x{width} is not divisible by patch_size {p}")
-  gh, gw = height // p, width // p
+  gh, gw = patch_grid(images, p)
   # Each patch row (p pixels x C channels) is contiguous in the image, so only the row-in-patch
   # and patch-column axes swap: a 4-D transpose instead of a 6-D one with a 3-wide inner axis.
   x = images.reshape(*lead, gh, p, gw, p * channels)
@@ -126,6 +137,22 @@ def sincos_2d(embed_dim: int, grid_h: int, grid_w: int, cls_token: bool) -> np.n
   order, zero row first for the cls token when ``cls_token``), extended to any grid_h x grid_w.
   """
   return _sincos_2d_cached(int(embed_dim), int(grid_h), int(grid_w), bool(cls_token))
+
+
+def patch_embedding(
+  patch_dim: int, embed_dim: int, *, use_cls: bool, dtype: Any, param_dtype: Any, rngs: nnx.Rngs
+) -> tuple[nnx.Linear, nnx.Param | None]:
+  """An encoder's ``patch_embed`` (a Dense ``[patch_dim, D]``, axes 'patch' x 'embed') and, with
+  ``use_cls``, its ``cls_token [1, 1, D]`` (None without), initialized from ``rngs`` in that order."""
+  embed = layers.dense(
+    patch_dim, embed_dim, ("patch", "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs
+  )
+  if not use_cls:
+    return embed, None
+  token = layers.token_param(
+    (1, 1, embed_dim), (None, None, "embed"), param_dtype=param_dtype, rngs=rngs
+  )
+  return embed, token
 
 
 POOLS = ("mean", "cls")
@@ -195,7 +222,7 @@ def random_masking(
   return x_kept, mask, ids_restore
 
 
-class VisionTransformer(nnx.Module):
+class VisionTransformer(block_stack.BlockStackModule):
   """ViT encoder: patch Dense + fixed sin-cos positions, cls token, random masking, blocks, LayerNorm.
 
   ``__call__(images [B, H, W, C], ...) -> dict(tokens [B, 1+K, D], mask [B, L], ids_restore [B, L])``.
@@ -220,49 +247,37 @@ class VisionTransformer(nnx.Module):
     token_gather: str = "take",
     rngs: nnx.Rngs,
   ):
-    block_stack.remat_policy(remat)  # validates the value early
     self.activation_dtype = activation_dtype
     self.token_gather = token_gather
     self.patch_size = patch_size
     self.embed_dim = embed_dim
     self.in_channels = in_channels
-    self.remat = remat
-    self.scan_layers = scan_layers
-    self.drop_path_rates = block_stack.drop_path_schedule(drop_path_rate, depth)
-    self.patch_embed = layers.dense(
+    self.patch_embed, self.cls_token = patch_embedding(
       patch_size * patch_size * in_channels,
       embed_dim,
-      ("patch", "embed"),
+      use_cls=True,
       dtype=dtype,
       param_dtype=param_dtype,
       rngs=rngs,
     )
-    self.cls_token = layers.token_param(
-      (1, 1, embed_dim), (None, None, "embed"), param_dtype=param_dtype, rngs=rngs
-    )
-    self.blocks = block_stack.make_blocks(
+    self.init_stack(
       depth,
       embed_dim,
       num_heads,
       mlp_ratio,
+      drop_path_rate=drop_path_rate,
       dtype=dtype,
       param_dtype=param_dtype,
-      attention_impl=attention_impl,
+      remat=remat,
       scan_layers=scan_layers,
-      rngs=rngs,
+      attention_impl=attention_impl,
       activation_dtype=activation_dtype,
-    )
-    self.norm = layers.layer_norm(
-      embed_dim, param_dtype=param_dtype, rngs=rngs, activation_dtype=activation_dtype
+      rngs=rngs,
     )
 
   def grid(self, images: jax.Array) -> tuple[int, int]:
     """Patch grid (rows, cols) of ``images [..., H, W, C]``."""
-    height, width = images.shape[-3], images.shape[-2]
-    p = self.patch_size
-    if height % p or width % p:
-      raise ValueError(f"image_size {height}x{width} is not divisible by patch_size {p}")
-    return height // p, width // p
+    return patch_grid(images, self.patch_size)
 
   def embed_patches(self, images: jax.Array) -> jax.Array:
     """``[B, H, W, C]`` -> patch tokens with position embeddings ``[B, L, D]`` (no cls), in the
@@ -287,16 +302,7 @@ class VisionTransformer(nnx.Module):
   ) -> jax.Array:
     """Blocks + final LayerNorm on any token sequence ``[B, N, D]`` -> ``[B, N, D]`` (activation
     dtype)."""
-    return block_stack.run_blocks(
-      self.blocks,
-      self.norm,
-      x,
-      scan_layers=self.scan_layers,
-      remat=self.remat,
-      drop_path_rates=self.drop_path_rates,
-      key=key,
-      train=train,
-    )
+    return self.run_stack(x, key=key, train=train)
 
   def __call__(
     self,
