@@ -95,6 +95,18 @@ def test_scanned_layouts_load_from_either_side():
   )
 
 
+def test_bfloat16_activations_run_in_both_block_layouts_alike():
+  clip = jnp.repeat(_images()[:, None], 8, axis=1)
+  encoder = _encoder()
+  outputs = []
+  for scan_layers in (False, True):
+    model = _video_model(scan_layers=scan_layers, activation_dtype=jnp.bfloat16)
+    video.from_image_encoder(model, encoder)
+    outputs.append(np.asarray(model.features(clip), np.float32))
+  assert np.isfinite(outputs[0]).all()
+  np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-6)
+
+
 def test_mapping_report_and_inflated_kernel():
   encoder = _encoder()
   model = _video_model()

@@ -162,6 +162,7 @@ class BlockStackModule(nnx.Module):
     remat_policy(remat)  # validates the value early
     self.remat = remat
     self.scan_layers = scan_layers
+    self.stack_dtype = activation_dtype  # the residual stream's, from the first block on
     self.drop_path_rates = drop_path_schedule(drop_path_rate, depth)
 
     def make_block(block_rngs: nnx.Rngs) -> Block:
@@ -190,7 +191,7 @@ class BlockStackModule(nnx.Module):
     return run_blocks(
       self.blocks,
       self.norm,
-      x,
+      x.astype(self.stack_dtype),
       scan_layers=self.scan_layers,
       remat=self.remat,
       drop_path_rates=self.drop_path_rates,
