@@ -130,24 +130,12 @@ def limit_threads(threads: int) -> list[int]:
   return cpus
 
 
-# The architecture flags: the same names in our model config and in the official ViCMAE's arguments.
-ARCH_FLAGS = (
-  "patch_size",
-  "embed_dim",
-  "depth",
-  "num_heads",
-  "decoder_embed_dim",
-  "decoder_depth",
-  "decoder_num_heads",
-  "projector_hidden_dim",
-  "projector_out_dim",
-  "mask_ratio",
-)
-
-
 def arch_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-  """The command-line architecture (ARCH_FLAGS), as keyword arguments of either model."""
-  return {name: getattr(args, name) for name in ARCH_FLAGS}
+  """The command-line architecture, as keyword arguments of either model (the same names)."""
+  from vicmae_jax.models import variants  # imports jax: only after limit_threads
+
+  names = (*variants.ARCH_FIELDS, "projector_hidden_dim", "projector_out_dim", "mask_ratio")
+  return {name: getattr(args, name) for name in names}
 
 
 def model_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -277,24 +265,25 @@ def import_official(official_repo: str) -> tuple[Any, list[str]]:
   return models_vicmae, notes
 
 
-# The official ViCMAE's arguments besides the architecture flags: the same in this comparison and in
-# the parity fixtures (tests/fixtures/make_official_golden.py).
-OFFICIAL_RECIPE = dict(
-  in_chans=3,
-  mlp_ratio=4.0,
-  temperature=0.1,
-  weight_contrast=0.03,
-  weight_recon=0.97,
-  norm_pix_loss=True,
-)
+# The official ViCMAE's arguments that our model config names alike and the command line does not
+# set: both models take them from our defaults, in this comparison and in the parity fixtures
+# (tests/fixtures/make_official_golden.py).
+SHARED_DEFAULTS = ("mlp_ratio", "temperature", "weight_contrast", "weight_recon", "norm_pix_loss")
 
 
 def official_model(models_vicmae, **config):
-  """The official ``ViCMAE(**config)``; OFFICIAL_RECIPE and LayerNorm(eps=1e-6) fill in the rest."""
+  """The official ``ViCMAE(**config)``, the rest as ours: SHARED_DEFAULTS and the input channels
+  from vicmae_jax.models.variants.DEFAULTS, and LayerNorm(eps=1e-6) like ours."""
   import torch
 
-  norm_layer = partial(torch.nn.LayerNorm, eps=1e-6)
-  return models_vicmae.ViCMAE(**{**OFFICIAL_RECIPE, "norm_layer": norm_layer, **config})
+  from vicmae_jax.models import variants
+
+  kwargs = {name: variants.DEFAULTS[name] for name in SHARED_DEFAULTS}
+  kwargs.update(
+    in_chans=variants.DEFAULTS["in_channels"], norm_layer=partial(torch.nn.LayerNorm, eps=1e-6)
+  )
+  kwargs.update(config)
+  return models_vicmae.ViCMAE(**kwargs)
 
 
 def build_official(models_vicmae, args: argparse.Namespace, images, *, threads: int):
