@@ -130,19 +130,18 @@ def limit_threads(threads: int) -> list[int]:
   return cpus
 
 
+def arch_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+  """The command-line architecture, as keyword arguments of either model (the same names)."""
+  from vicmae_jax.models import variants  # imports jax: only after limit_threads
+
+  names = (*variants.ARCH_FIELDS, "projector_hidden_dim", "projector_out_dim", "mask_ratio")
+  return {name: getattr(args, name) for name in names}
+
+
 def model_config(args: argparse.Namespace) -> dict[str, Any]:
   """Our model config (vicmae_jax.models.vicmae) for the command-line architecture."""
   return dict(
-    patch_size=args.patch_size,
-    embed_dim=args.embed_dim,
-    depth=args.depth,
-    num_heads=args.num_heads,
-    decoder_embed_dim=args.decoder_embed_dim,
-    decoder_depth=args.decoder_depth,
-    decoder_num_heads=args.decoder_num_heads,
-    projector_hidden_dim=args.projector_hidden_dim,
-    projector_out_dim=args.projector_out_dim,
-    mask_ratio=args.mask_ratio,
+    arch_kwargs(args),
     dtype="bfloat16" if args.device == "gpu" else "float32",
     param_dtype="float32",
   )
@@ -208,49 +207,83 @@ def build_ours(cfg: dict[str, Any], images, *, lr: float, seed: int):
 # ----------------------------------------------------------------------------------------------
 
 
+def import_timm() -> list[str]:
+  """Imports timm (with torch); returns notes about the import.
+
+  Where the installed torchvision does not match torch, its compiled operators fail to register and
+  `import timm` raises; torchvision is then imported with those registrations skipped (a note says
+  so), which timm's PatchEmbed / Block, all the official model uses, never miss."""
+  import torch
+
+  try:
+    import timm  # noqa: F401
+
+    return []
+  except RuntimeError as e:
+    if "torchvision" not in str(e):
+      raise
+  # torchvision's Python side registers fake kernels for operators its compiled library failed to
+  # define (a torch / torchvision version mismatch); skipping those registrations lets it import.
+  for name in [n for n in sys.modules if n.split(".")[0] in ("torchvision", "timm")]:
+    del sys.modules[name]
+  register_fake = torch.library.register_fake
+
+  def skip_torchvision_ops(op, *args, **kwargs):
+    if isinstance(op, str) and op.startswith("torchvision::"):
+      return lambda fn: fn
+    return register_fake(op, *args, **kwargs)
+
+  torch.library.register_fake = skip_torchvision_ops
+  try:
+    import torchvision
+  finally:
+    torch.library.register_fake = register_fake
+  import timm  # noqa: F401,F811
+
+  note = (
+    f"torchvision {torchvision.__version__} does not match torch {torch.__version__}: imported "
+    "with its compiled operators unregistered (the official model does not use them)"
+  )
+  return [note]
+
+
 def import_official(official_repo: str) -> tuple[Any, list[str]]:
   """Imports the official `models_vicmae` module; returns it and notes about the import."""
   try:
-    import torch
+    import torch  # noqa: F401
   except ImportError as e:
     raise SystemExit(
       f"the official model needs torch and timm ({e}); install them or pass --skip_official"
     ) from e
 
-  notes = []
-  try:
-    import timm  # noqa: F401
-  except RuntimeError as e:
-    if "torchvision" not in str(e):
-      raise
-    # torchvision's Python side registers fake kernels for operators its compiled library failed to
-    # define (a torch / torchvision version mismatch); skipping those registrations lets it import.
-    for name in [n for n in sys.modules if n.split(".")[0] in ("torchvision", "timm")]:
-      del sys.modules[name]
-    register_fake = torch.library.register_fake
-
-    def skip_torchvision_ops(op, *args, **kwargs):
-      if isinstance(op, str) and op.startswith("torchvision::"):
-        return lambda fn: fn
-      return register_fake(op, *args, **kwargs)
-
-    torch.library.register_fake = skip_torchvision_ops
-    try:
-      import torchvision
-    finally:
-      torch.library.register_fake = register_fake
-    import timm  # noqa: F401,F811
-
-    notes.append(
-      f"torchvision {torchvision.__version__} does not match torch {torch.__version__}: imported "
-      "with its compiled operators unregistered (the official model does not use them)"
-    )
+  notes = import_timm()
   sys.path.insert(0, os.path.abspath(official_repo))
   try:
     import models_vicmae
   finally:
     sys.path.pop(0)
   return models_vicmae, notes
+
+
+# The official ViCMAE's arguments that our model config names alike and the command line does not
+# set: both models take them from our defaults, in this comparison and in the parity fixtures
+# (tests/fixtures/make_official_golden.py).
+SHARED_DEFAULTS = ("mlp_ratio", "temperature", "weight_contrast", "weight_recon", "norm_pix_loss")
+
+
+def official_model(models_vicmae, **config):
+  """The official ``ViCMAE(**config)``, the rest as ours: SHARED_DEFAULTS and the input channels
+  from vicmae_jax.models.variants.DEFAULTS, and LayerNorm(eps=1e-6) like ours."""
+  import torch
+
+  from vicmae_jax.models import variants
+
+  kwargs = {name: variants.DEFAULTS[name] for name in SHARED_DEFAULTS}
+  kwargs.update(
+    in_chans=variants.DEFAULTS["in_channels"], norm_layer=partial(torch.nn.LayerNorm, eps=1e-6)
+  )
+  kwargs.update(config)
+  return models_vicmae.ViCMAE(**kwargs)
 
 
 def build_official(models_vicmae, args: argparse.Namespace, images, *, threads: int):
@@ -265,26 +298,7 @@ def build_official(models_vicmae, args: argparse.Namespace, images, *, threads: 
   ):  # only allowed before the first parallel work; the intra-op count is what matters
     pass
   torch.manual_seed(args.seed)
-  model = models_vicmae.ViCMAE(
-    img_size=args.image_size,
-    patch_size=args.patch_size,
-    in_chans=3,
-    embed_dim=args.embed_dim,
-    depth=args.depth,
-    num_heads=args.num_heads,
-    decoder_embed_dim=args.decoder_embed_dim,
-    decoder_depth=args.decoder_depth,
-    decoder_num_heads=args.decoder_num_heads,
-    mlp_ratio=4.0,
-    norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-    temperature=0.1,
-    mask_ratio=args.mask_ratio,
-    projector_hidden_dim=args.projector_hidden_dim,
-    projector_out_dim=args.projector_out_dim,
-    weight_contrast=0.03,
-    weight_recon=0.97,
-    norm_pix_loss=True,
-  )
+  model = official_model(models_vicmae, img_size=args.image_size, **arch_kwargs(args))
   model.train(True)
   # The official parameter groups: no weight decay on 1-D tensors and biases; frozen tensors skipped.
   decay, no_decay = [], []

@@ -405,30 +405,23 @@ def main(argv=None) -> dict:
     rng = sampling.example_rng(0, 1, number, 0)
     return sampling.pair_indices(example["timestamps"], sampling.DEFAULT_FRAME_GAP_SECONDS, rng)
 
-  def jpeg_only(decode):
+  def frames_of(source, use=None):
+    """16 pairs' two frames from `source`: read, and passed to `use` where given."""
+
     def work():
       for _ in range(16):
         counter["i"] += 1
-        clip = clips[counter["i"] % len(clips)]
-        for index in pair_of(clip, counter["i"]):
-          decode(clip["frames"][index])
+        example = source[counter["i"] % len(source)]
+        for index in pair_of(example, counter["i"]):
+          frame = example["frames"][index]
+          if use is not None:
+            use(frame)
       return 16
 
     return work
 
   def pillow_decode(data):
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-  def reads_of(source):
-    def work():
-      for _ in range(16):
-        counter["i"] += 1
-        example = source[counter["i"] % len(source)]
-        for index in pair_of(example, counter["i"]):
-          example["frames"][index]
-      return 16
-
-    return work
 
   def decoder_only():
     for _ in range(4):
@@ -454,10 +447,10 @@ def main(argv=None) -> dict:
   crop_flip_pil_resize = ("decode|random_resized_crop(interpolation='pil_bilinear')|flip",) * 2
   results = measure_rows(
     [
-      ("frame_records_read", reads_of(prepared)),
-      ("whole_clip_read", reads_of(whole_clip)),
-      ("jpeg_decode", jpeg_only(augment.decode_image)),
-      ("jpeg_decode_pillow", jpeg_only(pillow_decode)),
+      ("frame_records_read", frames_of(prepared)),
+      ("whole_clip_read", frames_of(whole_clip)),
+      ("jpeg_decode", frames_of(clips, augment.decode_image)),
+      ("jpeg_decode_pillow", frames_of(clips, pillow_decode)),
       ("prepared_crop_flip", pairs_of(maker(prepared, crop_flip))),
       ("prepared_crop_flip_pil_resize", pairs_of(maker(prepared, crop_flip_pil_resize))),
       ("whole_clip_crop_flip", pairs_of(maker(whole_clip, crop_flip))),
