@@ -274,11 +274,19 @@ def main(argv=None) -> int:
     parser.error(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
   seeds = [int(s) for s in args.seeds.split(",") if s]
   os.makedirs(args.out, exist_ok=True)
-  results = [
-    run_one(v, s, args.out, tiny=args.tiny, demo_root=args.demo_root, extra=args.extra)
-    for v in variants
-    for s in seeds
-  ]
+  results, failed = [], []
+  for v in variants:
+    for s in seeds:
+      try:
+        results.append(
+          run_one(v, s, args.out, tiny=args.tiny, demo_root=args.demo_root, extra=args.extra)
+        )
+      except RuntimeError as e:  # one failed run does not stop the others
+        print(f"FAILED {e}", flush=True)
+        failed.append(run_name(v, s))
+  if not results:
+    print(f"no run finished; failed: {', '.join(failed)}")
+    return 1
   rows = summarize(results)
   text = table(rows)
   with open(os.path.join(args.out, "ablations.md"), "w") as f:
@@ -292,6 +300,9 @@ def main(argv=None) -> int:
   else:  # a finished run's JSON copied in (e.g. from benchmarks/ablation_runs) without its workdir
     print(f"no TensorBoard events in {workdir}: curves.png not drawn")
   print(f"wrote {args.out}/ablations.md, ablations.png (and curves.png where drawn)")
+  if failed:
+    print(f"failed (no JSON written, run again to retry): {', '.join(failed)}")
+    return 1
   return 0
 
 

@@ -73,8 +73,9 @@ def get_config(arg=None):
       )
     )
 
-  c.evals.knn = heldout_eval(k=20, temperature=0.07)
-  c.evals.linear_probe = heldout_eval(steps=500, learning_rate=0.01, weight_decay=1e-4)
+  # pool: "mean" of the patch tokens (the method's representation) or "cls".
+  c.evals.knn = heldout_eval(k=20, temperature=0.07, pool="mean")
+  c.evals.linear_probe = heldout_eval(steps=500, learning_rate=0.01, weight_decay=1e-4, pool="mean")
   # The attentive probe on the same data: a learned query over the frozen patch tokens + Linear.
   c.evals.attentive_probe = heldout_eval(
     kind="attentive_probe", steps=500, learning_rate=1e-3, weight_decay=0.01

@@ -50,6 +50,8 @@ def test_every_variant_resolves_to_a_valid_config():
   for name, (_, overrides) in ablations.VARIANTS.items():
     config = config_lib.load_config_file(str(REPO / "configs" / "demo.py"))
     for key, value in overrides.items():
+      # What the command line refuses (a field the config does not have) fails the run.
+      assert config_lib.unknown_field(config, key) is None, (name, key)
       node = config
       *parents, leaf = key.split(".")
       for p in parents:
@@ -108,3 +110,16 @@ def test_tiny_run_writes_its_json_and_plots_and_is_not_rerun(demo_root, tmp_path
   assert ablations.main(args) == 0
   assert "vicmae_s0: done before, not run again" in capsys.readouterr().out
   assert (metrics.stat().st_mtime_ns, metrics.stat().st_size) == before
+
+  # A variant that fails (here: a field the config lacks) is reported; the others still count.
+  ablations.VARIANTS["broken"] = ("a field that does not exist", {"model.no_such_field": "1"})
+  try:
+    broken = ["--out", out, "--tiny", "--variants=broken,vicmae", "--seeds=0"]
+    assert ablations.main(broken + [f"--demo_root={demo_root}"]) == 1
+  finally:
+    del ablations.VARIANTS["broken"]
+  printed = capsys.readouterr().out
+  assert "FAILED broken_s0 failed (2)" in printed and "no_such_field" in printed
+  assert "vicmae_s0: done before, not run again" in printed
+  assert "failed (no JSON written, run again to retry): broken_s0" in printed
+  assert not os.path.exists(os.path.join(out, "broken_s0.json"))
