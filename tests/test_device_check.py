@@ -37,7 +37,17 @@ def test_device_check_runs_every_section_at_tiny_sizes(tmp_path):
     assert r["pairs_per_s"] > 0 and r["xla_bytes_per_step"] > 0 and r["compiled_peak_gib"] > 0
     assert r["flops_per_byte"] == pytest.approx(r["flops_per_step"] / r["xla_bytes_per_step"])
   throughput = summary["sections"]["throughput"]
-  assert set(throughput["rows"]) == {"step_alone", "loader_alone", "loop_in_memory", "loop_real"}
+  assert set(throughput["rows"]) == {
+    "step_alone",
+    "step_ranked",
+    "loader_alone",
+    "loop_in_memory",
+    "loop_real",
+  }
+  rows = throughput["rows"]
+  assert throughput["rank_cost"] == pytest.approx(
+    rows["step_ranked"]["step_ms"] / rows["step_alone"]["step_ms"] - 1.0
+  )
   for name, row in throughput["rows"].items():
     ratio = throughput["ratios"][f"{name} / step_alone"]
     assert ratio == pytest.approx(
