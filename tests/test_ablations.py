@@ -64,6 +64,7 @@ def test_every_variant_resolves_to_a_valid_config():
   assert all("random_resized_crop" not in a and "|resize|" in a for a in aug)
 
 
+@pytest.mark.slow
 def test_cls_contrast_pool_feeds_the_cls_token():
   from vicmae_jax.models import vicmae, vit
 

@@ -89,6 +89,7 @@ def _tiny(activation_dtype: str) -> vicmae.ViCMAE:
   return vicmae.build_model(cfg, rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 def test_bfloat16_stream_float32_outputs_and_gradients():
   images = jax.random.normal(jax.random.key(1), (4, 2, 32, 32, 3))
   key = jax.random.key(2)

@@ -37,6 +37,7 @@ def _marked_token_task(n, rng, protos, *, length=6):
   return tokens, token_class[np.arange(n), marked]
 
 
+@pytest.mark.slow
 def test_attentive_probe_learns_what_a_linear_probe_on_pooled_features_cannot():
   rng = np.random.default_rng(0)
   protos = np.linalg.qr(rng.normal(size=(15, 4)))[0].T * 2.0  # 4 orthogonal class prototypes

@@ -80,6 +80,7 @@ def _params(step_dir):
   return weights.flatten(weights.load_pretrained_tree(str(step_dir))["params"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_damaged_newest_step_is_moved_aside_and_the_run_resumes_from_the_one_before(
   demo_root, reference, tmp_path, damage, caplog

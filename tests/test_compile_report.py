@@ -1,5 +1,6 @@
 """Ahead-of-time compile report: memory per device before any data is read, FSDP shrinks it."""
 
+import pytest
 from runs import load_config
 
 from vicmae_jax.trainers import pretrain
@@ -13,6 +14,7 @@ def _config(fsdp):
   return c
 
 
+@pytest.mark.slow
 def test_report_and_fsdp_shards_state():
   replicated = pretrain.compile_report(_config(1))
   sharded = pretrain.compile_report(_config(8))

@@ -117,6 +117,7 @@ def test_validation_digits_are_never_seen_in_training(built):
   assert not any(image.tobytes() in train_flat for image in digits.images[heldout_split])
 
 
+@pytest.mark.slow
 def test_second_call_reuses_and_half_built_directory_is_rebuilt(built):
   shard = os.path.join(built["prepared_dir"], "train-00000-of-00002.array_record")
   stamp = os.stat(shard).st_mtime_ns

@@ -135,6 +135,7 @@ def test_drawn_parameters_follow_the_recipe():
     assert abs(float(jnp.mean(drawn["apply"])) - p) < 0.015, name
 
 
+@pytest.mark.slow
 def test_augment_views_applies_each_views_ops_with_their_probability():
   n = 4000
   views = jnp.full((n, 2, 8, 8, 3), 200, jnp.uint8)

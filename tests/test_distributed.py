@@ -335,6 +335,7 @@ def _run_pair(commands_and_envs, timeout_s=90):
   return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["arguments", "environment", "slurm"])
 def test_two_processes_share_one_global_array(mode):
   port = _free_port()

@@ -28,6 +28,7 @@ def _final_params(workdir) -> dict:
   return weights.flatten(weights.load_pretrained_tree(str(workdir))["params"])
 
 
+@pytest.mark.slow
 def test_finetune_resumes_exactly_after_an_interruption(
   prepared, pretrained, tmp_path, monkeypatch
 ):
@@ -64,6 +65,7 @@ def test_finetune_resumes_exactly_after_an_interruption(
   )
 
 
+@pytest.mark.slow
 def test_video_finetune_inflates_the_encoder_and_tests_several_views(
   prepared, pretrained, tmp_path
 ):
@@ -87,6 +89,7 @@ def test_video_finetune_inflates_the_encoder_and_tests_several_views(
   ]
 
 
+@pytest.mark.slow
 def test_multi_view_score_is_the_mean_of_per_view_softmax():
   model = video.build_video_model(
     {"variant": "mu/8"}, num_classes=6, num_frames=2, rngs=nnx.Rngs(0)

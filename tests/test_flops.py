@@ -124,6 +124,7 @@ def _model_jaxprs(cfg, batch, image_size, mask_ratio):
   return dims, forward, train, (params, rest)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_matches_the_matmuls_of_the_real_model(scan_layers):
   batch, image_size, mask_ratio = 3, 32, 0.5
@@ -180,6 +181,7 @@ def test_peak_flops_table():
   assert flops.peak_flops(jax.devices("cpu")[0]) is None
 
 
+@pytest.mark.slow
 def test_step_benchmark_reports_the_analytic_flops(tmp_path):
   import importlib.util
   import json

@@ -26,6 +26,7 @@ def _final_params(workdir) -> dict:
   return weights.flatten(weights.load_pretrained_tree(str(workdir))["params"])
 
 
+@pytest.mark.slow
 def test_linear_probe_on_cached_features_uses_the_pretrained_encoder(
   prepared, pretrained, tmp_path
 ):
@@ -90,6 +91,7 @@ def test_linear_probe_on_clips_runs_the_frozen_encoder_in_the_step(prepared, pre
   assert sorted(params) == ["head/bias", "head/kernel"]
 
 
+@pytest.mark.slow
 def test_attentive_probe_on_cached_patch_tokens(prepared, pretrained, tmp_path):
   config = downstream_config(
     "demo_linear_probe.py", prepared, "tiny,head=attentive", init_from=pretrained
@@ -107,6 +109,7 @@ def test_attentive_probe_on_cached_patch_tokens(prepared, pretrained, tmp_path):
   assert not any(name.startswith("encoder") for name in params)
 
 
+@pytest.mark.slow
 def test_attentive_probe_on_clips_runs_the_frozen_encoder_in_the_step(
   prepared, pretrained, tmp_path
 ):
@@ -117,6 +120,7 @@ def test_attentive_probe_on_clips_runs_the_frozen_encoder_in_the_step(
     linear_probe.validate(config)
 
 
+@pytest.mark.slow
 def test_prints_accuracy_and_rejects_an_empty_init_from(prepared, pretrained, tmp_path, capsys):
   empty = tmp_path / "empty"
   empty.mkdir()

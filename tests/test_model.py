@@ -225,6 +225,7 @@ def _np_vicmae(params, stats, images, noise, cfg, mask_ratio):
   }, stats
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("height,width,mask_ratio", [(16, 24, 0.5), (24, 24, 0.75)])
 def test_forward_matches_numpy_reference_of_official_code(height, width, mask_ratio):
   cfg = vicmae.resolve_model_config({**TINY, "depth": 2, "decoder_depth": 2})
@@ -259,6 +260,7 @@ def test_forward_matches_numpy_reference_of_official_code(height, width, mask_ra
     assert not np.allclose(new_stats[bn]["var"], stats["projector"][bn]["var"])
 
 
+@pytest.mark.slow
 def test_eval_mode_uses_running_stats_and_does_not_update():
   model = _build()
   images = _images()
@@ -365,6 +367,7 @@ def test_scan_equals_no_scan():
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat", ["full", "dots"])
 def test_remat_equals_no_remat(remat):
   images, key = _images(), jax.random.key(2)
@@ -379,6 +382,7 @@ def test_remat_equals_no_remat(remat):
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("length,multiple", [(99, 64), (17, 8), (64, 64), (1, 8)])
 def test_padded_attention_equals_attention_over_real_tokens(length, multiple):
   rng = np.random.RandomState(length)
@@ -402,6 +406,7 @@ def test_padded_attention_equals_attention_over_real_tokens(length, multiple):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cudnn_attention_option(monkeypatch):
   with pytest.raises(ValueError, match="attention_impl='cudnn' needs a GPU"):
     _build(attention_impl="cudnn")
@@ -448,6 +453,7 @@ def test_encode_at_mask_zero_equals_pooled_features():
     np.testing.assert_allclose(np.asarray(pooled), np.asarray(tokens[:, 1:].mean(1)), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_runs_close_to_float32():
   images, key = _images(), jax.random.key(3)
   ref = _build()
@@ -533,6 +539,7 @@ def _rel_diff(a, b):
   return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_cfg", [{"data": 8}, {"data": 4, "fsdp": 2}])
 def test_sharded_gradient_step_equals_single_device(mesh_cfg):
   model = _build()

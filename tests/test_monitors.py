@@ -58,6 +58,7 @@ def test_effective_rank_known_values():
   assert float(monitors.effective_rank(jnp.asarray(two))) == pytest.approx(2.0, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_collapsed_embeddings_give_collapse_values():
   rng = np.random.default_rng(1)
   one = rng.normal(size=(32,)).astype(np.float32)
@@ -123,6 +124,7 @@ def test_ranks_only_when_asked_and_the_rest_unchanged():
   assert float(on["health/z_rank"]) == pytest.approx(_np_rank(flat), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_train_step_logs_health(demo_root, tmp_path):
   from runs import tiny_config
   from vicmae_jax import main

@@ -70,6 +70,7 @@ def installed(tmp_path_factory):
   return {"wheel": wheel, "venv": venv, "python": python, "tmp": tmp}
 
 
+@pytest.mark.slow
 def test_the_wheel_declares_dependencies_and_commands(installed):
   with zipfile.ZipFile(installed["wheel"]) as wheel:
     names = wheel.namelist()
@@ -92,6 +93,7 @@ def test_the_wheel_declares_dependencies_and_commands(installed):
   assert not any(n.startswith(("tests/", "configs/", "launch/")) for n in names)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_each_command_runs_its_help(installed, command):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ""}

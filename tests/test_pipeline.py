@@ -367,6 +367,7 @@ def test_worker_processes(media):
     second.close()
 
 
+@pytest.mark.slow
 def test_orbax_save_and_restore_in_a_fresh_process(media, tmp_path):
   import grain
   import orbax.checkpoint as ocp

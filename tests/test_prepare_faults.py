@@ -155,6 +155,7 @@ def _folder_bytes(folder):
 LINUX_PROC = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc (Linux)")
 
 
+@pytest.mark.slow
 @LINUX_PROC
 def test_kill_9_leaves_no_worker_and_a_rerun_matches_an_uninterrupted_prepare(
   longer_videos, tmp_path

@@ -128,6 +128,7 @@ def _assert_same_params(workdir_a, workdir_b, step):
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_nan_stops_without_saving_bad_state(demo_root, tmp_path):
   from vicmae_jax import main
 
@@ -176,6 +177,7 @@ def test_mistyped_override_exits_2_with_one_line(demo_root, tmp_path):
   assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_init_from_another_run_loads_its_params(demo_root, reference, tmp_path):
   from vicmae_jax import main
 

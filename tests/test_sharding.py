@@ -56,6 +56,7 @@ def test_batch_sharding_and_validate_batch():
   assert batch.addressable_shards[0].data.shape == (2, 2, 8, 8, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["L/16", "H/14"])
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_fsdp_rules_shard_every_large_parameter(variant, scan_layers):

@@ -48,6 +48,7 @@ def _loss_and_grads(token_gather):
   return jax.jit(run)(params, others)
 
 
+@pytest.mark.slow
 def test_one_hot_model_matches_take_model():
   loss_a, pred_a, grads_a = _loss_and_grads("take")
   loss_b, pred_b, grads_b = _loss_and_grads("one_hot")

@@ -38,6 +38,7 @@ def _image_pooled(encoder, images):
   return encoder(images)["tokens"][:, 1:].mean(axis=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_frames", [8, 16])
 def test_static_clip_reproduces_image_pooled_features(num_frames):
   encoder = _encoder()
@@ -55,6 +56,7 @@ def test_static_clip_reproduces_image_pooled_features(num_frames):
   assert logits.shape == (2, 5) and logits.dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_static_clip_without_cls_matches_encoder_without_cls():
   encoder = _encoder()
   model = _video_model(use_cls=False)
@@ -163,6 +165,7 @@ def test_tubelet_order_and_frame_count_errors():
     _video_model(num_frames=7)
 
 
+@pytest.mark.slow
 def test_other_frame_counts_resample_the_temporal_embedding():
   model = _video_model(num_frames=8)  # 4 temporal slots
   model.temporal_pos_embed[...] = jnp.arange(4, dtype=jnp.float32)[:, None] * jnp.ones((1, 32))
@@ -174,6 +177,7 @@ def test_other_frame_counts_resample_the_temporal_embedding():
     assert out.shape == (1, 5)
 
 
+@pytest.mark.slow
 def test_train_mode_drop_path_and_layer_decay_on_video_params():
   model = _video_model(drop_path_rate=0.5)
   clip = jax.random.normal(jax.random.key(0), (4, 4, IMAGE_SIZE, IMAGE_SIZE, 3))
