@@ -208,10 +208,6 @@ def measure_workers(prepared_dir: str, size: int, args) -> list[dict]:
   next row starts (a loader left open would keep its workers filling their buffers, on the cores
   the measured row needs); each runs unmeasured for half a measuring window after its first batch.
   """
-  from absl import flags
-
-  if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags
-    flags.FLAGS.mark_as_parsed()
 
   def make_iterator(workers, placement):
     cfg = pipeline.default_data_config()

@@ -332,10 +332,6 @@ def test_iterator_state_round_trip(media, prefetch_batches):
 @pytest.mark.slow
 def test_worker_processes(media):
   """Any worker count gives the in-process stream; with 2 workers the state still restores exactly."""
-  from absl import flags
-
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags (parsed by main in real runs)
 
   def make(workers):
     cfg = _prepared_config(media, worker_count=workers)

@@ -12,7 +12,8 @@ Pretraining (`make_pretrain_loader`): one global stream, the same on every proce
                       -> video: gap (seconds) -> two frames -> two augmented views
                          image: decoded once -> two augmented views
     -> thread pool (ReadOptions.num_threads) -> batch of b
-    -> optional worker processes -> batches assembled ahead in a thread
+    -> optional worker processes (data/workers.py: whole batches into reused shared memory)
+    -> batches assembled ahead in a thread
 
     yields {"views": uint8 [b, 2, S, S, 3], "label": int32 [b], "source": int32 [b]}
 
@@ -61,7 +62,6 @@ from vicmae_jax.data.stream import (  # noqa: F401  (re-exported)
   MAX_REPLACEMENTS,
   EpochOrder,
   GlobalRows,
-  WorkerOrder,
   to_global,
 )
 

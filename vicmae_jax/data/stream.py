@@ -4,8 +4,7 @@
   EpochOrder     a source's endless stream: a fresh permutation of its records every epoch
   GlobalRows     row of this process -> position of the one global stream (the same on every
                  process), with the replacement of unusable examples
-  WorkerOrder    the element order that makes batches independent of the worker count
-  finish         threads -> batch -> worker processes -> batches ready ahead in a thread
+  finish         threads -> batch (-> worker processes, data/workers.py) -> batches ready ahead
   to_global      this process's host batch -> a global jax.Array laid out by a sharding
 """
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from vicmae_jax.data import sampling
 from vicmae_jax.data import sources as sources_lib
+from vicmae_jax.data import workers
 
 
 def seed32(*values: int) -> int:
@@ -56,58 +56,35 @@ def thread_count(cfg: Mapping[str, Any]) -> int:
 def finish(
   dataset: grain.MapDataset, cfg: Mapping[str, Any], host_batch: int, *, drop_remainder: bool
 ) -> grain.IterDataset:
-  """Threads -> batch -> optional worker processes -> batches ready ahead in a thread.
+  """Threads -> batch (-> worker processes) -> batches ready ahead in a thread.
 
-  The batches are the same whatever the worker count (see `WorkerOrder`).
+  Without workers, grain's thread pool makes the examples in this process. With data.worker_count
+  = W, batch k is made whole by worker k % W (workers.WorkerPool) into shared memory that is reused
+  batch after batch. The batches are the same whatever the worker count.
   """
   worker_count = int(cfg.get("worker_count", 0))
-  if worker_count > 1:
-    dataset = grain.MapDataset.range(
-      WorkerOrder.length(len(dataset), host_batch, worker_count)
-    ).map(WorkerOrder(dataset, host_batch, worker_count))
-  read_options = grain.ReadOptions(
-    num_threads=thread_count(cfg), prefetch_buffer_size=int(cfg.get("prefetch_elements", 256))
-  )
-  iter_dataset = dataset.to_iter_dataset(read_options).batch(
-    host_batch, drop_remainder=drop_remainder
-  )
+  threads = thread_count(cfg)
+  prefetch_elements = int(cfg.get("prefetch_elements", 256))
   if worker_count > 0:
-    # Workers stack each batch straight into shared memory, which the training process maps: no
-    # copy of the batch on either side (grain does this itself from two workers on, not for one).
-    if hasattr(iter_dataset, "enable_shared_memory_output"):
-      iter_dataset.enable_shared_memory_output()
-    iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    iter_dataset = workers.WorkerPool(
+      dataset,
+      host_batch,
+      worker_count,
+      num_threads=threads,
+      prefetch_elements=prefetch_elements,
+      drop_remainder=drop_remainder,
+    )
+  else:
+    read_options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch_elements)
+    iter_dataset = dataset.to_iter_dataset(read_options).batch(
+      host_batch, drop_remainder=drop_remainder
+    )
   prefetch_batches = int(cfg.get("prefetch_batches", 0))
   if prefetch_batches > 0:
     iter_dataset = grain.experimental.ThreadPrefetchIterDataset(
       iter_dataset, prefetch_buffer_size=prefetch_batches
     )
   return iter_dataset
-
-
-class WorkerOrder:
-  """Element m of the dataset handed to grain's worker processes -> element of the in-process order.
-
-  grain gives worker w the elements w, w + W, w + 2W, ... (W workers), each worker batches its own
-  elements, and batches are taken from the workers in turn. Element m is therefore row t % b of the
-  (t // b)-th batch of worker m % W (t = m // W), which is batch (t // b) * W + m % W of the stream:
-  reading that element there makes the batches identical for every worker count.
-  """
-
-  def __init__(self, dataset: grain.MapDataset, host_batch: int, workers: int):
-    self.dataset, self.host_batch, self.workers = dataset, int(host_batch), int(workers)
-
-  @staticmethod
-  def length(length: int, host_batch: int, workers: int) -> int:
-    return length // (host_batch * workers) * (host_batch * workers)
-
-  def position(self, element: int) -> int:
-    worker, t = element % self.workers, element // self.workers
-    batch, row = divmod(t, self.host_batch)
-    return (batch * self.workers + worker) * self.host_batch + row
-
-  def __call__(self, element: int) -> Any:
-    return self.dataset[self.position(int(element))]
 
 
 class EpochOrder:
