@@ -33,7 +33,7 @@ DECODE_ERRORS = (
 
 class LazyAugmentation:
   """Builds `augment.build(self.spec, image_size=self.image_size, crop_scale=self.crop_scale)` on
-  first use, in whichever process runs the map (grain workers receive it pickled, without it)."""
+  first use, in whichever process runs the map (worker processes receive it pickled, without it)."""
 
   _augmentation: augment.Augmentation | None = None
 
