@@ -8,7 +8,7 @@ from flax import nnx
 
 from vicmae_jax import flops
 from vicmae_jax import losses
-from vicmae_jax.models import vicmae
+from vicmae_jax.models import variants, vicmae
 
 TINY = {"variant": "mu/8", "decoder_depth": 2}
 
@@ -33,16 +33,9 @@ def dot_general_flops(jaxpr) -> float:
 
 
 def test_one_block_model_by_hand():
-  dims = dict(
-    patch_size=4,
-    embed_dim=8,
-    depth=1,
-    mlp_ratio=4.0,
-    decoder_embed_dim=4,
-    decoder_depth=1,
-    projector_hidden_dim=6,
-    projector_out_dim=3,
-  )
+  # Heads change no FLOPs count (1 each here).
+  dims = variants.sizes(4, 8, 1, 1, 4, 1, 1, mlp_ratio=4.0, projector_hidden_dim=6)
+  dims["projector_out_dim"] = 3
   # Image 8, patch 4: L = 4 patches of 48 values; mask 0.5 keeps K = 2, so 3 encoder tokens, 5 decoder tokens.
   matmuls = [  # (rows, contracted, columns) of every matmul of one view
     (4, 48, 8),  # patch embedding of all patches

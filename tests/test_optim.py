@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from vicmae_jax import optim
-from vicmae_jax.models import vicmae, vit
+from vicmae_jax.models import block_stack, vicmae, vit
 
 
 # ----------------------------------------------------------------------------------------------
@@ -135,12 +135,17 @@ def test_weight_decay_mask_on_model_tree():
   ) == jax.tree_util.tree_structure(params)
 
 
+SCANNED = block_stack.StackSettings(scan_layers=True)
+
+
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_weight_decay_mask_on_vit_encoder(scan_layers):
   # Abstract (shape-only) params, as the trainers pass them.
   encoder = nnx.eval_shape(
     lambda: vit.VisionTransformer(
-      patch_size=4, embed_dim=16, depth=2, num_heads=2, scan_layers=scan_layers, rngs=nnx.Rngs(0)
+      block_stack.EncoderDims(patch_size=4, embed_dim=16, depth=2, num_heads=2),
+      settings=block_stack.StackSettings(scan_layers=scan_layers),
+      rngs=nnx.Rngs(0),
     )
   )
   mask = _flat(optim.weight_decay_mask(nnx.state(encoder, nnx.Param)))
@@ -217,10 +222,10 @@ def test_layerwise_scales_stacked_are_per_slice():
 
 
 def test_layerwise_scales_on_scanned_vit_match_list_layout():
-  dims = dict(patch_size=4, embed_dim=16, depth=3, num_heads=2)
+  dims = block_stack.EncoderDims(patch_size=4, embed_dim=16, depth=3, num_heads=2)
   listed = _flat(
     optim.layerwise_lr_decay_scales(
-      nnx.state(nnx.eval_shape(lambda: vit.VisionTransformer(**dims, rngs=nnx.Rngs(0))), nnx.Param),
+      nnx.state(nnx.eval_shape(lambda: vit.VisionTransformer(dims, rngs=nnx.Rngs(0))), nnx.Param),
       3,
       0.75,
     )
@@ -228,7 +233,7 @@ def test_layerwise_scales_on_scanned_vit_match_list_layout():
   scanned = _flat(
     optim.layerwise_lr_decay_scales(
       nnx.state(
-        nnx.eval_shape(lambda: vit.VisionTransformer(**dims, scan_layers=True, rngs=nnx.Rngs(0))),
+        nnx.eval_shape(lambda: vit.VisionTransformer(dims, settings=SCANNED, rngs=nnx.Rngs(0))),
         nnx.Param,
       ),
       3,

@@ -7,25 +7,28 @@ import pytest
 from flax import nnx
 
 from vicmae_jax import optim
-from vicmae_jax.models import video, vit
+from vicmae_jax.models import block_stack, video, vit
 
-DIMS = dict(patch_size=4, embed_dim=32, depth=2, num_heads=4)
+DIMS = block_stack.EncoderDims(patch_size=4, embed_dim=32, depth=2, num_heads=4)
 IMAGE_SIZE = 8  # 2 x 2 patches
 
 
 def _encoder(scan_layers=False, seed=0):
-  return vit.VisionTransformer(**DIMS, scan_layers=scan_layers, rngs=nnx.Rngs(seed))
+  settings = block_stack.StackSettings(scan_layers=scan_layers)
+  return vit.VisionTransformer(DIMS, settings=settings, rngs=nnx.Rngs(seed))
 
 
-def _video_model(num_frames=8, use_cls=True, scan_layers=False, seed=1, **kw):
+def _video_model(
+  num_frames=8, use_cls=True, scan_layers=False, seed=1, drop_path_rate=0.0, **settings
+):
   return video.VideoViT(
+    DIMS,
     num_classes=5,
-    **DIMS,
     num_frames=num_frames,
     use_cls=use_cls,
-    scan_layers=scan_layers,
+    drop_path_rate=drop_path_rate,
+    settings=block_stack.StackSettings(scan_layers=scan_layers, **settings),
     rngs=nnx.Rngs(seed),
-    **kw,
   )
 
 

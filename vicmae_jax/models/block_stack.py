@@ -8,6 +8,7 @@ A stack is an ``nnx.List`` of ``layers.Block`` (parameter paths ``blocks/<i>/...
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +22,40 @@ from vicmae_jax.models import param_tree
 from vicmae_jax.models.layers import Block, LayerNorm, layer_norm
 
 REMAT_POLICIES = ("none", "full", "dots")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderDims:
+  """An encoder's sizes: patch side, width, depth, heads, MLP ratio and input channels. The image
+  and video encoders and ViC-MAE take one as ``dims`` (``variants.encoder_kwargs``)."""
+
+  patch_size: int
+  embed_dim: int
+  depth: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  in_channels: int = 3
+
+  @property
+  def patch_dim(self) -> int:
+    """Values in one flattened patch: ``patch_size**2 * in_channels``."""
+    return self.patch_size * self.patch_size * self.in_channels
+
+
+@dataclasses.dataclass(frozen=True)
+class StackSettings:
+  """How a model computes, the same for all of its parts: the matmul and parameter dtypes, the
+  residual stream's (``activation_dtype``), block rematerialization (``REMAT_POLICIES``), the
+  scanned layout, the attention kernel (None: XLA's) and the masked-token gather (``"take"`` or
+  ``"one_hot"``, ``vit.gather_tokens``). Models take one as ``settings``."""
+
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  remat: str = "none"
+  scan_layers: bool = False
+  attention_impl: str | None = None
+  activation_dtype: Any = jnp.float32
+  token_gather: str = "take"
 
 
 def stack_layout(
@@ -146,23 +181,21 @@ class BlockStackModule(nnx.Module):
     mlp_ratio: float,
     *,
     drop_path_rate: float = 0.0,
-    dtype: Any,
-    param_dtype: Any,
-    remat: str,
-    scan_layers: bool,
-    attention_impl: str | None,
-    activation_dtype: Any,
+    settings: StackSettings,
     norm_activation_dtype: Any = None,
     rngs: nnx.Rngs,
   ) -> None:
-    """Validates ``remat``, sets the stack's settings and builds ``blocks`` (``depth`` Blocks of
+    """Validates ``settings.remat``, keeps ``settings`` and builds ``blocks`` (``depth`` Blocks of
     width ``dim`` in the ``scan_layers`` layout, their residual stream in ``activation_dtype``)
     then ``norm``, whose output is in ``norm_activation_dtype`` (None: ``activation_dtype``).
     """
-    remat_policy(remat)  # validates the value early
-    self.remat = remat
-    self.scan_layers = scan_layers
-    self.stack_dtype = activation_dtype  # the residual stream's, from the first block on
+    remat_policy(settings.remat)  # validates the value early
+    self.settings = settings
+    self.remat = settings.remat
+    self.scan_layers = settings.scan_layers
+    # The residual stream's, from the first block on.
+    self.stack_dtype = activation_dtype = settings.activation_dtype
+    dtype, param_dtype = settings.dtype, settings.param_dtype
     self.drop_path_rates = drop_path_schedule(drop_path_rate, depth)
 
     def make_block(block_rngs: nnx.Rngs) -> Block:
@@ -172,12 +205,12 @@ class BlockStackModule(nnx.Module):
         mlp_ratio,
         dtype=dtype,
         param_dtype=param_dtype,
-        attention_impl=attention_impl,
+        attention_impl=settings.attention_impl,
         activation_dtype=activation_dtype,
         rngs=block_rngs,
       )
 
-    self.blocks = stack_layout(make_block, depth, scan_layers=scan_layers, rngs=rngs)
+    self.blocks = stack_layout(make_block, depth, scan_layers=settings.scan_layers, rngs=rngs)
     if norm_activation_dtype is None:
       norm_activation_dtype = activation_dtype
     self.norm = layer_norm(

@@ -28,20 +28,22 @@ ARCH_FIELDS = (
 )
 
 
-def _variant(*sizes: int, **extra: int) -> dict[str, int]:
-  return {**dict(zip(ARCH_FIELDS, sizes, strict=True)), **extra}
+def sizes(*values: int, **extra: Any) -> dict[str, Any]:
+  """The ``ARCH_FIELDS`` in their order (patch, width, depth, heads, decoder width, depth, heads),
+  plus ``extra`` fields: a row of ``VARIANTS``, or a small model's sizes in a test."""
+  return {**dict(zip(ARCH_FIELDS, values, strict=True)), **extra}
 
 
 # Architectures. Decoder sizes follow the official scripts (S: 256 wide; others 512 wide, 8 deep).
 VARIANTS: dict[str, dict[str, int]] = {
   #               patch, width, depth, heads, decoder: width, depth, heads
   # A tiny model for tests and the demo (not a published size).
-  "mu/8": _variant(8, 64, 2, 4, 32, 1, 4, projector_hidden_dim=64, projector_out_dim=32),
-  "Ti/16": _variant(16, 192, 12, 3, 128, 4, 4),
-  "S/16": _variant(16, 384, 12, 6, 256, 8, 8),
-  "B/16": _variant(16, 768, 12, 12, 512, 8, 16),
-  "L/16": _variant(16, 1024, 24, 16, 512, 8, 16),
-  "H/14": _variant(14, 1280, 32, 16, 512, 8, 16),
+  "mu/8": sizes(8, 64, 2, 4, 32, 1, 4, projector_hidden_dim=64, projector_out_dim=32),
+  "Ti/16": sizes(16, 192, 12, 3, 128, 4, 4),
+  "S/16": sizes(16, 384, 12, 6, 256, 8, 8),
+  "B/16": sizes(16, 768, 12, 12, 512, 8, 16),
+  "L/16": sizes(16, 1024, 24, 16, 512, 8, 16),
+  "H/14": sizes(14, 1280, 32, 16, 512, 8, 16),
 }
 
 # Fields with defaults: architecture extras, numerics, and the method's hyperparameters.
@@ -153,20 +155,31 @@ def dtype(resolved: Mapping[str, Any], field: str = "dtype") -> Any:
 
 def encoder_kwargs(resolved: Mapping[str, Any]) -> dict[str, Any]:
   """Constructor arguments of ``vit.VisionTransformer`` (and the encoder part of the other models)
-  from a resolved config: sizes, stochastic depth, numerics, remat, layout, attention."""
-  impl = resolved["attention_impl"]
+  from a resolved config: sizes, stochastic depth, and the ``block_stack.StackSettings``."""
+  dims = block_stack.EncoderDims(
+    resolved["patch_size"],
+    resolved["embed_dim"],
+    resolved["depth"],
+    resolved["num_heads"],
+    float(resolved["mlp_ratio"]),
+    resolved["in_channels"],
+  )
   return dict(
-    patch_size=resolved["patch_size"],
-    embed_dim=resolved["embed_dim"],
-    depth=resolved["depth"],
-    num_heads=resolved["num_heads"],
-    mlp_ratio=float(resolved["mlp_ratio"]),
-    in_channels=resolved["in_channels"],
+    dims=dims,
     drop_path_rate=float(resolved["drop_path_rate"]),
+    settings=stack_settings(resolved),
+  )
+
+
+def stack_settings(resolved: Mapping[str, Any]) -> block_stack.StackSettings:
+  """How the model of a resolved config computes (``block_stack.StackSettings``)."""
+  impl = resolved["attention_impl"]
+  return block_stack.StackSettings(
     dtype=dtype(resolved),
     param_dtype=dtype(resolved, "param_dtype"),
-    activation_dtype=dtype(resolved, "activation_dtype"),
     remat=resolved["remat"],
     scan_layers=resolved["scan_layers"],
     attention_impl=None if impl in (None, "xla") else impl,
+    activation_dtype=dtype(resolved, "activation_dtype"),
+    token_gather=resolved["token_gather"],
   )

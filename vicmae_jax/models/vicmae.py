@@ -128,18 +128,13 @@ class MAEDecoder(block_stack.BlockStackModule):
     num_heads: int,
     patch_dim: int,
     mlp_ratio: float,
-    dtype: Any,
-    param_dtype: Any,
-    remat: str,
-    scan_layers: bool,
-    attention_impl: str | None,
+    settings: block_stack.StackSettings,
     rngs: nnx.Rngs,
-    activation_dtype: Any = jnp.float32,
-    token_gather: str = "take",
   ):
     self.embed_dim = embed_dim
-    self.activation_dtype = activation_dtype
-    self.token_gather = token_gather
+    self.activation_dtype = settings.activation_dtype
+    self.token_gather = settings.token_gather
+    dtype, param_dtype = settings.dtype, settings.param_dtype
     self.embed = layers.dense(
       in_dim, embed_dim, ("embed", None), dtype=dtype, param_dtype=param_dtype, rngs=rngs
     )
@@ -151,12 +146,7 @@ class MAEDecoder(block_stack.BlockStackModule):
       embed_dim,
       num_heads,
       mlp_ratio,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      remat=remat,
-      scan_layers=scan_layers,
-      attention_impl=attention_impl,
-      activation_dtype=activation_dtype,
+      settings=settings,
       rngs=rngs,
     )
     self.pred = layers.dense(
@@ -192,68 +182,39 @@ class ViCMAE(nnx.Module):
 
   def __init__(
     self,
+    dims: block_stack.EncoderDims,
     *,
-    patch_size: int,
-    embed_dim: int,
-    depth: int,
-    num_heads: int,
     decoder_embed_dim: int,
     decoder_depth: int,
     decoder_num_heads: int,
-    mlp_ratio: float = 4.0,
-    in_channels: int = 3,
     projector_hidden_dim: int = 4096,
     projector_out_dim: int = 128,
     drop_path_rate: float = 0.0,
-    dtype: Any = jnp.float32,
-    param_dtype: Any = jnp.float32,
-    remat: str = "none",
-    scan_layers: bool = False,
-    attention_impl: str | None = None,
     contrast_pool: str = "mean",
-    activation_dtype: Any = jnp.float32,
-    token_gather: str = "take",
+    settings: block_stack.StackSettings = block_stack.StackSettings(),
     rngs: nnx.Rngs,
   ):
-    self.patch_size = patch_size
-    self.in_channels = in_channels
+    self.patch_size = dims.patch_size
+    self.in_channels = dims.in_channels
     self.contrast_pool = contrast_pool
-    # How both stacks compute (dtypes, rematerialization, scan, attention kernel, token gather).
-    stack = dict(
-      dtype=dtype,
-      param_dtype=param_dtype,
-      remat=remat,
-      scan_layers=scan_layers,
-      attention_impl=attention_impl,
-      activation_dtype=activation_dtype,
-      token_gather=token_gather,
-      rngs=rngs,
-    )
-    self.encoder = vit.VisionTransformer(
-      patch_size=patch_size,
-      embed_dim=embed_dim,
-      depth=depth,
-      num_heads=num_heads,
-      mlp_ratio=mlp_ratio,
-      in_channels=in_channels,
-      drop_path_rate=drop_path_rate,
-      **stack,
-    )
+    # Both stacks compute alike (dtypes, rematerialization, scan, attention kernel, token gather).
+    stack = dict(settings=settings, rngs=rngs)
+    self.encoder = vit.VisionTransformer(dims, drop_path_rate=drop_path_rate, **stack)
     self.decoder = MAEDecoder(
-      in_dim=embed_dim,
+      in_dim=dims.embed_dim,
       embed_dim=decoder_embed_dim,
       depth=decoder_depth,
       num_heads=decoder_num_heads,
-      patch_dim=patch_size * patch_size * in_channels,
-      mlp_ratio=mlp_ratio,
+      patch_dim=dims.patch_dim,
+      mlp_ratio=dims.mlp_ratio,
       **stack,
     )
     self.projector = Projector(
-      embed_dim,
+      dims.embed_dim,
       projector_hidden_dim,
       projector_out_dim,
-      dtype=dtype,
-      param_dtype=param_dtype,
+      dtype=settings.dtype,
+      param_dtype=settings.param_dtype,
       rngs=rngs,
     )
 
@@ -320,17 +281,22 @@ class ViCMAE(nnx.Module):
     return tokens, vit.mean_patch_tokens(tokens)
 
 
+# ViCMAE's own fields next to the encoder's (variants.encoder_kwargs).
+_HEAD_FIELDS = (
+  "decoder_embed_dim",
+  "decoder_depth",
+  "decoder_num_heads",
+  "projector_hidden_dim",
+  "projector_out_dim",
+  "contrast_pool",
+)
+
+
 def build_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> ViCMAE:
   """Builds ``ViCMAE`` from a model config (see ``variants.resolve_model_config``)."""
   c = resolve_model_config(cfg)
   return ViCMAE(
     **variants.encoder_kwargs(c),
-    decoder_embed_dim=c["decoder_embed_dim"],
-    decoder_depth=c["decoder_depth"],
-    decoder_num_heads=c["decoder_num_heads"],
-    projector_hidden_dim=c["projector_hidden_dim"],
-    projector_out_dim=c["projector_out_dim"],
-    contrast_pool=c["contrast_pool"],
-    token_gather=c["token_gather"],
+    **{field: c[field] for field in _HEAD_FIELDS},
     rngs=rngs,
   )

@@ -58,26 +58,18 @@ class VideoViT(block_stack.BlockStackModule):
 
   def __init__(
     self,
+    dims: block_stack.EncoderDims,
     *,
     num_classes: int,
-    patch_size: int,
-    embed_dim: int,
-    depth: int,
-    num_heads: int,
-    mlp_ratio: float = 4.0,
-    in_channels: int = 3,
     tubelet_size: int = 2,
     num_frames: int = 16,
     use_cls: bool = True,
     drop_path_rate: float = 0.0,
-    dtype: Any = jnp.float32,
-    param_dtype: Any = jnp.float32,
-    remat: str = "none",
-    scan_layers: bool = False,
-    attention_impl: str | None = None,
-    activation_dtype: Any = jnp.float32,
+    settings: block_stack.StackSettings = block_stack.StackSettings(),
     rngs: nnx.Rngs,
   ):
+    dtype, param_dtype = settings.dtype, settings.param_dtype
+    embed_dim = dims.embed_dim
     if num_classes < 1:
       raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if tubelet_size < 1:
@@ -86,14 +78,17 @@ class VideoViT(block_stack.BlockStackModule):
       raise ValueError(
         f"num_frames={num_frames} must be a positive multiple of tubelet_size={tubelet_size}"
       )
-    self.patch_size = patch_size
-    self.embed_dim = embed_dim
-    self.in_channels = in_channels
+    self.dims = dims
+    self.patch_size, self.embed_dim, self.in_channels = (
+      dims.patch_size,
+      embed_dim,
+      dims.in_channels,
+    )
     self.tubelet_size = tubelet_size
     self.num_frames = num_frames
     self.use_cls = use_cls
     self.patch_embed, self.cls_token = vit.patch_embedding(
-      tubelet_size * patch_size * patch_size * in_channels,
+      tubelet_size * dims.patch_dim,
       embed_dim,
       use_cls=use_cls,
       dtype=dtype,
@@ -107,17 +102,12 @@ class VideoViT(block_stack.BlockStackModule):
     )
     # The blocks as the image encoder's; the final norm's output stays float32.
     self.init_stack(
-      depth,
+      dims.depth,
       embed_dim,
-      num_heads,
-      mlp_ratio,
+      dims.num_heads,
+      dims.mlp_ratio,
       drop_path_rate=drop_path_rate,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      remat=remat,
-      scan_layers=scan_layers,
-      attention_impl=attention_impl,
-      activation_dtype=activation_dtype,
+      settings=settings,
       norm_activation_dtype=jnp.float32,
       rngs=rngs,
     )

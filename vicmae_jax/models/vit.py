@@ -230,48 +230,35 @@ class VisionTransformer(block_stack.BlockStackModule):
 
   def __init__(
     self,
+    dims: block_stack.EncoderDims,
     *,
-    patch_size: int,
-    embed_dim: int,
-    depth: int,
-    num_heads: int,
-    mlp_ratio: float = 4.0,
-    in_channels: int = 3,
     drop_path_rate: float = 0.0,
-    dtype: Any = jnp.float32,
-    param_dtype: Any = jnp.float32,
-    remat: str = "none",
-    scan_layers: bool = False,
-    attention_impl: str | None = None,
-    activation_dtype: Any = jnp.float32,
-    token_gather: str = "take",
+    settings: block_stack.StackSettings = block_stack.StackSettings(),
     rngs: nnx.Rngs,
   ):
-    self.activation_dtype = activation_dtype
-    self.token_gather = token_gather
-    self.patch_size = patch_size
-    self.embed_dim = embed_dim
-    self.in_channels = in_channels
+    self.activation_dtype = settings.activation_dtype
+    self.token_gather = settings.token_gather
+    self.dims = dims
+    self.patch_size, self.embed_dim, self.in_channels = (
+      dims.patch_size,
+      dims.embed_dim,
+      dims.in_channels,
+    )
     self.patch_embed, self.cls_token = patch_embedding(
-      patch_size * patch_size * in_channels,
-      embed_dim,
+      dims.patch_dim,
+      dims.embed_dim,
       use_cls=True,
-      dtype=dtype,
-      param_dtype=param_dtype,
+      dtype=settings.dtype,
+      param_dtype=settings.param_dtype,
       rngs=rngs,
     )
     self.init_stack(
-      depth,
-      embed_dim,
-      num_heads,
-      mlp_ratio,
+      dims.depth,
+      dims.embed_dim,
+      dims.num_heads,
+      dims.mlp_ratio,
       drop_path_rate=drop_path_rate,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      remat=remat,
-      scan_layers=scan_layers,
-      attention_impl=attention_impl,
-      activation_dtype=activation_dtype,
+      settings=settings,
       rngs=rngs,
     )
 
