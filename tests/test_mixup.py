@@ -23,11 +23,14 @@ def _constant_batch(batch=6, height=16, width=12):
   ), values
 
 
+MIXUP_ONLY = mixup.MixSettings(cutmix_alpha=0.0)
+
+
 def test_mixup_blends_images_and_labels_with_one_lambda():
   images, values = _constant_batch()
   labels = np.array([0, 1, 2, 3, 4, 0])
   mixed, targets, params = mixup.mixup_cutmix(
-    images, labels, np.random.default_rng(0), num_classes=5, cutmix_alpha=0.0
+    images, labels, np.random.default_rng(0), num_classes=5, settings=MIXUP_ONLY
   )
   lam = params.lam
   assert not params.use_cutmix and 0.0 < lam < 1.0
@@ -48,7 +51,7 @@ def test_cutmix_lambda_matches_pasted_pixel_mass():
       labels,
       np.random.default_rng(seed),
       num_classes=4,
-      mixup_alpha=0.0,
+      settings=mixup.MixSettings(mixup_alpha=0.0),
       label_smoothing=0.0,
     )
     assert params.use_cutmix
@@ -65,10 +68,13 @@ def test_cutmix_lambda_matches_pasted_pixel_mass():
   assert seen_clipped  # the lambda correction was exercised on boxes cut by the border
 
 
+CUTMIX_ONLY = mixup.MixSettings(mixup_alpha=0.0)
+
+
 def test_cutmix_on_clips_pastes_the_same_box_in_every_frame():
   clips = np.random.default_rng(0).integers(0, 256, size=(2, 3, 8, 8, 3), dtype=np.uint8)
   mixed, _, params = mixup.mixup_cutmix(
-    clips, np.array([0, 1]), np.random.default_rng(4), num_classes=2, mixup_alpha=0.0
+    clips, np.array([0, 1]), np.random.default_rng(4), num_classes=2, settings=CUTMIX_ONLY
   )
   top, bottom, left, right = params.box
   np.testing.assert_array_equal(
@@ -88,7 +94,11 @@ def test_switch_probability_and_no_mix_path():
   assert 0.45 < np.mean([d.lam for d in draws if not d.use_cutmix]) < 0.55
   images, _ = _constant_batch(batch=2)
   mixed, targets, params = mixup.mixup_cutmix(
-    images, np.array([1, 0]), np.random.default_rng(0), num_classes=3, prob=0.0
+    images,
+    np.array([1, 0]),
+    np.random.default_rng(0),
+    num_classes=3,
+    settings=mixup.MixSettings(prob=0.0),
   )
   assert params.lam == 1.0
   np.testing.assert_array_equal(mixed, images.astype(np.float32))

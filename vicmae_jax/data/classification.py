@@ -209,10 +209,7 @@ class BatchMixing:
   """Adds the batch's mixup / cutmix draw ("mix_lam", "mix_box") to a host batch (grain random_map)."""
 
   def __init__(self, mixup_cfg: Mapping[str, Any], pixel_key: str):
-    self.mixup_alpha = float(mixup_cfg.get("mixup_alpha", 0.0))
-    self.cutmix_alpha = float(mixup_cfg.get("cutmix_alpha", 0.0))
-    self.switch_prob = float(mixup_cfg.get("switch_prob", 0.5))
-    self.prob = float(mixup_cfg.get("prob", 1.0))
+    self.settings = mixup.MixSettings.from_config(mixup_cfg)
     self.pixel_key = pixel_key
 
   def __call__(
@@ -220,15 +217,7 @@ class BatchMixing:
   ) -> dict[str, np.ndarray]:
     pixels = batch[self.pixel_key]
     rows = pixels.shape[0]
-    params = mixup.sample_mix(
-      rng,
-      pixels.shape[-3],
-      pixels.shape[-2],
-      mixup_alpha=self.mixup_alpha,
-      cutmix_alpha=self.cutmix_alpha,
-      switch_prob=self.switch_prob,
-      prob=self.prob,
-    )
+    params = mixup.sample_mix(rng, pixels.shape[-3], pixels.shape[-2], self.settings)
     box = params.box if params.use_cutmix else (0, 0, 0, 0)
     out = {k: v for k, v in batch.items() if k != "valid"}
     out["mix_lam"] = np.full((rows,), params.lam, np.float32)

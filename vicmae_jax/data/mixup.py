@@ -43,17 +43,33 @@ class MixParams:
   box: tuple[int, int, int, int] | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class MixSettings:
+  """The Beta parameters of mixup and cutmix (<= 0 turns one off), the chance of cutmix when both
+  are on, and of mixing a batch at all. The defaults are the fine-tuning recipe's."""
+
+  mixup_alpha: float = 0.8
+  cutmix_alpha: float = 1.0
+  switch_prob: float = 0.5
+  prob: float = 1.0
+
+  @classmethod
+  def from_config(cls, mixup_cfg) -> MixSettings:
+    """From a ``config.mixup`` block; an alpha it does not give is 0 (off)."""
+    return cls(
+      float(mixup_cfg.get("mixup_alpha", 0.0)),
+      float(mixup_cfg.get("cutmix_alpha", 0.0)),
+      float(mixup_cfg.get("switch_prob", 0.5)),
+      float(mixup_cfg.get("prob", 1.0)),
+    )
+
+
 def sample_mix(
-  rng: np.random.Generator,
-  height: int,
-  width: int,
-  *,
-  mixup_alpha: float = 0.8,
-  cutmix_alpha: float = 1.0,
-  switch_prob: float = 0.5,
-  prob: float = 1.0,
+  rng: np.random.Generator, height: int, width: int, settings: MixSettings = MixSettings()
 ) -> MixParams:
   """Draws the batch's mixing (timm 'batch' mode) and, for cutmix, the box and corrected lam."""
+  mixup_alpha, cutmix_alpha = settings.mixup_alpha, settings.cutmix_alpha
+  switch_prob, prob = settings.switch_prob, settings.prob
   if mixup_alpha <= 0 and cutmix_alpha <= 0:
     raise ValueError("at least one of mixup_alpha and cutmix_alpha must be > 0")
   if rng.random() >= prob:
@@ -83,10 +99,7 @@ def mixup_cutmix(
   rng: np.random.Generator,
   *,
   num_classes: int,
-  mixup_alpha: float = 0.8,
-  cutmix_alpha: float = 1.0,
-  switch_prob: float = 0.5,
-  prob: float = 1.0,
+  settings: MixSettings = MixSettings(),
   label_smoothing: float = 0.1,
 ) -> tuple[np.ndarray, np.ndarray, MixParams]:
   """Mixes a batch with its reverse.
@@ -104,15 +117,7 @@ def mixup_cutmix(
   if labels.shape != images.shape[:1]:
     raise ValueError(f"labels must be [B={images.shape[0]}], got shape {labels.shape}")
   targets = smooth_one_hot(labels, num_classes, label_smoothing)
-  params = sample_mix(
-    rng,
-    images.shape[-3],
-    images.shape[-2],
-    mixup_alpha=mixup_alpha,
-    cutmix_alpha=cutmix_alpha,
-    switch_prob=switch_prob,
-    prob=prob,
-  )
+  params = sample_mix(rng, images.shape[-3], images.shape[-2], settings)
   mixed = images.astype(np.float32)
   if params.lam == 1.0:
     return mixed, targets, params
