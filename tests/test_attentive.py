@@ -43,9 +43,9 @@ def test_attentive_probe_learns_what_a_linear_probe_on_pooled_features_cannot():
   protos = np.linalg.qr(rng.normal(size=(15, 4)))[0].T * 2.0  # 4 orthogonal class prototypes
   xtr, ytr = _marked_token_task(2000, rng, protos)
   xte, yte = _marked_token_task(500, rng, protos)
-  linear = frozen.linear_probe_accuracy(xtr.mean(1), ytr, xte.mean(1), yte, steps=500)
+  linear = frozen.linear_probe_accuracy(frozen.Split(xtr.mean(1), ytr, xte.mean(1), yte), steps=500)
   attn = attentive_eval.attentive_probe_accuracy(
-    xtr, ytr, xte, yte, steps=600, batch_size=128, learning_rate=3e-3, num_heads=2
+    frozen.Split(xtr, ytr, xte, yte), steps=600, batch_size=128, learning_rate=3e-3, num_heads=2
   )
   assert linear < 0.6, linear
   assert attn > 0.95, attn

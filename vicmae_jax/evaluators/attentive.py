@@ -49,10 +49,7 @@ def _fit(graphdef, params, xtr, ytr, key, *, steps, batch_size, learning_rate, w
 
 
 def attentive_probe_accuracy(
-  train_x: np.ndarray,
-  train_y: np.ndarray,
-  test_x: np.ndarray,
-  test_y: np.ndarray,
+  split: frozen.Split,
   *,
   steps: int = 500,
   batch_size: int = 256,
@@ -64,9 +61,10 @@ def attentive_probe_accuracy(
   seed: int = 0,
 ) -> float:
   """Top-1 of an AttentiveProbeHead trained on tokens ``[N, L, D]`` (AdamW, cosine decay)."""
+  train_x, train_y, test_x, test_y = split
   if train_x.ndim != 3 or test_x.ndim != 3:
     raise ValueError(f"tokens must be [N, L, D], got {train_x.shape} and {test_x.shape}")
-  num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
+  num_classes = split.class_count(num_classes)
   width = int(train_x.shape[-1])
   head = attentive.AttentiveProbeHead(
     width,
@@ -106,9 +104,9 @@ class AttentiveProbeEvaluator(frozen._FrozenEvaluator):
       value = int(cfg.get(field, 1))
       config_lib.require(value >= 1, f"evals.{name}.{field}", f"must be >= 1, got {value}")
 
-  def accuracy(self, *split) -> float:
+  def accuracy(self, split: frozen.Split) -> float:
     return attentive_probe_accuracy(
-      *split,
+      split,
       steps=int(self.cfg.get("steps", 500)),
       batch_size=self.batch_size,
       learning_rate=float(self.cfg.get("learning_rate", 1e-3)),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from absl import logging
 import jax
@@ -72,11 +72,22 @@ def _local(x: jax.Array) -> np.ndarray:
   return np.concatenate(rows)
 
 
+class Split(NamedTuple):
+  """Train and test features (``[N, D]``, or ``[N, L, D]`` tokens) with their integer labels: what
+  every frozen-feature probe fits and scores."""
+
+  train_x: np.ndarray
+  train_y: np.ndarray
+  test_x: np.ndarray
+  test_y: np.ndarray
+
+  def class_count(self, num_classes: int | None = None) -> int:
+    """``num_classes`` where given, else one more than the largest label of either part."""
+    return num_classes or int(max(self.train_y.max(), self.test_y.max())) + 1
+
+
 def knn_accuracy(
-  train_x: np.ndarray,
-  train_y: np.ndarray,
-  test_x: np.ndarray,
-  test_y: np.ndarray,
+  split: Split,
   *,
   k: int = 20,
   temperature: float = 0.07,
@@ -84,7 +95,8 @@ def knn_accuracy(
   chunk: int = 1024,
 ) -> float:
   """Weighted kNN top-1 accuracy (cosine similarity, weights exp(sim / T))."""
-  num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
+  train_x, train_y, test_x, test_y = split
+  num_classes = split.class_count(num_classes)
   k = min(k, len(train_x))
   tr = train_x / np.maximum(np.linalg.norm(train_x, axis=1, keepdims=True), 1e-12)
   te = test_x / np.maximum(np.linalg.norm(test_x, axis=1, keepdims=True), 1e-12)
@@ -129,10 +141,7 @@ def fit(loss_fn, params, tx: optax.GradientTransformation, steps: int):
 
 
 def linear_probe_accuracy(
-  train_x: np.ndarray,
-  train_y: np.ndarray,
-  test_x: np.ndarray,
-  test_y: np.ndarray,
+  split: Split,
   *,
   steps: int = 500,
   learning_rate: float = 0.01,
@@ -141,7 +150,8 @@ def linear_probe_accuracy(
   seed: int = 0,
 ) -> float:
   """Standardize (train statistics, no affine) + linear softmax classifier, full batch AdamW."""
-  num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
+  train_x, train_y, test_x, test_y = split
+  num_classes = split.class_count(num_classes)
   mean = train_x.mean(0, keepdims=True)
   std = train_x.std(0, keepdims=True) + 1e-6
   xtr = jnp.asarray((train_x - mean) / std, jnp.float32)
@@ -205,7 +215,7 @@ class _FrozenEvaluator(common.Base):
   def run(self, predict: FrozenFeatures) -> dict[str, float]:
     get = lambda data: predict.features(data, pool=self.pool, batch_size=self.batch_size)
     (xtr, ytr), (xte, yte) = get(self.cfg.train_data), get(self.cfg.test_data)
-    acc = self.accuracy(xtr, ytr, xte, yte)
+    acc = self.accuracy(Split(xtr, ytr, xte, yte))
     logging.info(
       "eval %s: top-1 %.4f (train %d, test %d examples)", self.name, acc, len(xtr), len(xte)
     )
@@ -218,9 +228,9 @@ class KnnEvaluator(_FrozenEvaluator):
 
   kind = "knn"
 
-  def accuracy(self, *split) -> float:
+  def accuracy(self, split: Split) -> float:
     return knn_accuracy(
-      *split,
+      split,
       k=int(self.cfg.get("k", 20)),
       temperature=float(self.cfg.get("temperature", 0.07)),
     )
@@ -232,9 +242,9 @@ class LinearProbeEvaluator(_FrozenEvaluator):
 
   kind = "linear_probe"
 
-  def accuracy(self, *split) -> float:
+  def accuracy(self, split: Split) -> float:
     return linear_probe_accuracy(
-      *split,
+      split,
       steps=int(self.cfg.get("steps", 500)),
       learning_rate=float(self.cfg.get("learning_rate", 0.01)),
       weight_decay=float(self.cfg.get("weight_decay", 1e-4)),
