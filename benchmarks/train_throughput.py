@@ -237,13 +237,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         workdir=run_dir,
         state=state,
         train_step=timed_step,
-        data_iter=source,
-        to_global=to_global,
-        batch_keys=("views",),
+        feed=common.Feed(source, to_global, ("views",)),
         ckpt=ckpt,
         logger=logger,
-        start_step=0,
-        total_steps=total,
+        steps=(0, total),
       )
     finally:
       ckpt.close()

@@ -102,13 +102,12 @@ def _loop(tmp_path, batches, *, guard="disallow", prefetch=2, leak=False, steps=
       workdir=workdir,
       state=state,
       train_step=step,
-      data_iter=source,
-      to_global=functools.partial(data_pipeline.to_global, sharding=batch_sh),
-      batch_keys=("x",),
+      feed=common.Feed(
+        source, functools.partial(data_pipeline.to_global, sharding=batch_sh), ("x",)
+      ),
       ckpt=ckpt,
       logger=logger,
-      start_step=0,
-      total_steps=config.num_steps,
+      steps=(0, config.num_steps),
     )
   finally:
     ckpt.close()

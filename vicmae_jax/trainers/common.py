@@ -195,6 +195,7 @@ def restore_or_init(
 from vicmae_jax.trainers.run_loop import (  # noqa: E402, F401
   DEVICE_PREFETCH,
   DevicePrefetch,
+  Feed,
   PreemptionWatcher,
   host_metrics,
   maybe_profile,

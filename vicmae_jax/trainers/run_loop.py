@@ -1,6 +1,7 @@
 """The training loop every trainer runs: `run_loop` drives a jitted step over the data with
 checkpoints, one-step-late metrics, evaluations, SIGTERM handling and device prefetch.
 
+  Feed               what the loop trains on: host batches, their global form, the device keys
   DevicePrefetch     global batches made `depth` steps ahead; the data state of the consumed batch
   PreemptionWatcher  SIGTERM -> save and stop, decided together on every process
   maybe_profile      a jax.profiler trace of a window of steps
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import os
 import signal
 import threading
@@ -148,24 +150,33 @@ class DevicePrefetch:
 DEVICE_PREFETCH = 2
 
 
+@dataclasses.dataclass(frozen=True)
+class Feed:
+  """What the loop trains on: `data_iter` yields host batches (a grain iterator: its state goes
+  into every checkpoint), `to_global` makes one the step's global arrays, and only `batch_keys`
+  travel to the device."""
+
+  data_iter: Any
+  to_global: Callable
+  batch_keys: tuple[str, ...]
+
+
 def run_loop(
   *,
   config,
   workdir: str,
   state: dict,
   train_step: Callable,
-  data_iter,
-  to_global: Callable,
-  batch_keys: tuple[str, ...],
+  feed: Feed,
   ckpt: ckpt_lib.Checkpointer,
   logger: metrics_lib.TrainLogger,
-  start_step: int,
-  total_steps: int,
+  steps: tuple[int, int],
   evaluators: Sequence[evaluators_lib.Evaluator] = (),
   predict: Callable[[dict], Any] | None = None,
   on_step: Callable[[int, dict, dict], None] | None = None,
 ) -> dict:
-  """Drives `train_step` from `start_step` to `total_steps` with checkpoints, metrics and evals.
+  """Drives `train_step` over `feed` through `steps` = (start_step, total_steps) with
+  checkpoints, metrics and evaluations.
 
   - Metrics of step s are fetched while step s+1 runs (one step late), checked for NaN/Inf.
   - Before any save the pending metrics are checked, so a NaN state is never written.
@@ -184,6 +195,7 @@ def run_loop(
     `jax.transfer_guard` level, e.g. "disallow") makes that an error instead of a silent sync.
   Returns {"final_step", "last_checkpoint", "stopped_early", "state", "skipped", "evals"}.
   """
+  start_step, total_steps = steps
   plain_config = config_lib.to_plain(config)
   every = int(config.checkpoint.every_steps)
   pending = None
@@ -207,9 +219,8 @@ def run_loop(
     if s % int(config.log.every_steps) == 0 or s == total_steps:
       logger.flush(s)
 
-  batches = DevicePrefetch(
-    data_iter, to_global, batch_keys, int(config.get("device_prefetch", DEVICE_PREFETCH))
-  )
+  depth = int(config.get("device_prefetch", DEVICE_PREFETCH))
+  batches = DevicePrefetch(feed.data_iter, feed.to_global, feed.batch_keys, depth)
   guard = str(config.get("transfer_guard", "allow") or "allow")
   if start_step == 0:
     run_evals(0, state)
