@@ -83,10 +83,11 @@ def write_videos(
   *,
   seconds: float = 10.0,
   fps: float = 30.0,
-  width: int = 456,
-  height: int = 256,
+  size: tuple[int, int] = (456, 256),
 ) -> None:
-  """K400-like H.264 clips: a slow pan and zoom over a photograph with per-frame noise."""
+  """K400-like H.264 clips (``size`` = width, height): a slow pan and zoom over a photograph with
+  per-frame noise."""
+  width, height = size
   import skimage.data
 
   rng = np.random.default_rng(0)

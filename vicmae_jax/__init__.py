@@ -8,15 +8,17 @@ Layout, from the entry point down (each module's docstring says its one job):
   trainers/         pretrain.py, linear_probe.py, finetune.py (+ classification.py, their shared
                     core); common.py: sharded state, the resume order, the one training loop
   evaluators/       plug-ins run by the loop (common.py: the protocol and registry; frozen.py: kNN
-                    and linear probe of the frozen encoder; classification.py: top-1 / top-5)
-  models/           layers.py, block_stack.py, vit.py (encoder with masking), vicmae.py (encoder,
-                    decoder, projector), video.py, classifier.py, variants.py, param_tree.py
+                    and linear probe of the frozen encoder; attentive.py: the attentive probe;
+                    classification.py: top-1 / top-5)
+  models/           layers.py, block_stack.py (block stacks; EncoderDims and StackSettings, what
+                    every model takes), vit.py (encoder with masking), vicmae.py (encoder, decoder,
+                    projector), video.py, classifier.py, attentive.py, variants.py, param_tree.py
   losses.py         norm-pix reconstruction, global NT-Xent, classification targets and mixing
   optim             optimizers, schedules, weight-decay masks, layer-wise decay, LARS
   data/             prepare (videos -> shards; prepare_beam.py on Apache Beam), records (the shard
                     format), sources, sampling, augmentation, grain pipelines (pretraining pairs,
-                    clips, classification loaders, cached features), mixup, the embedded demo
-                    dataset
+                    clips, classification loaders, cached features) and their worker processes
+                    (workers.py), mixup, the embedded demo dataset
   checkpoint.py     the orbax manager: save, restore the newest step that loads, save failures
   weights.py        another run's (or the official code's) weights into each model layout
   convert/          official PyTorch checkpoints <-> ours, torch-free
