@@ -340,40 +340,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
       base[field.strip()] = json.loads(value)
     except ValueError:
       base[field.strip()] = value
-  grid = itertools.product(
-    _split(args.batch, int),
-    _split(args.dtype),
-    _split(args.activation_dtype),
-    _split(args.token_gather),
-    _split(args.remat),
-    _split(args.scan_layers, _bool),
-    _split(args.mask_ratio, float),
-    _split(args.attention_impl),
-  )
+  swept = {  # the model fields swept over (comma lists), each row one combination with a batch
+    "dtype": _split(args.dtype),
+    "activation_dtype": _split(args.activation_dtype),
+    "token_gather": _split(args.token_gather),
+    "remat": _split(args.remat),
+    "scan_layers": _split(args.scan_layers, _bool),
+    "mask_ratio": _split(args.mask_ratio, float),
+    "attention_impl": _split(args.attention_impl),
+  }
   rows = []
   print(
     f"device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform}), jax {jax.__version__}"
   )
-  for (
-    batch,
-    dtype,
-    activation_dtype,
-    gather,
-    remat,
-    scan_layers,
-    mask_ratio,
-    attention_impl,
-  ) in grid:
-    cfg = dict(
-      base,
-      dtype=dtype,
-      activation_dtype=activation_dtype,
-      token_gather=gather,
-      remat=remat,
-      scan_layers=scan_layers,
-      mask_ratio=mask_ratio,
-      attention_impl=attention_impl,
-    )
+  for batch, *values in itertools.product(_split(args.batch, int), *swept.values()):
+    cfg = dict(base, **dict(zip(swept, values)))
     try:
       vicmae.resolve_model_config(cfg)
     except ValueError as e:
@@ -397,7 +378,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
       if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
         raise
       rows.append(dict(cfg, image_size=args.image_size, batch=batch, error=str(e).splitlines()[0]))
-      print(f"batch {batch} {dtype} remat={remat} scan={scan_layers}: {rows[-1]['error']}")
+      print(
+        f"batch {batch} {cfg['dtype']} remat={cfg['remat']} scan={cfg['scan_layers']}: "
+        f"{rows[-1]['error']}"
+      )
   print(format_table([r for r in rows if "error" not in r]))
   bench_lib.write_json(args.json_out, rows)
   return rows
