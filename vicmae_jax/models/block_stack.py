@@ -186,8 +186,9 @@ class BlockStackModule(nnx.Module):
     rngs: nnx.Rngs,
   ) -> None:
     """Validates ``settings.remat``, keeps ``settings`` and builds ``blocks`` (``depth`` Blocks of
-    width ``dim`` in the ``scan_layers`` layout, their residual stream in ``activation_dtype``)
-    then ``norm``, whose output is in ``norm_activation_dtype`` (None: ``activation_dtype``).
+    width ``dim`` in the ``settings.scan_layers`` layout, their residual stream in
+    ``settings.activation_dtype``) then ``norm``, whose output is in ``norm_activation_dtype``
+    (None: ``settings.activation_dtype``).
     """
     remat_policy(settings.remat)  # validates the value early
     self.settings = settings
